@@ -1,0 +1,108 @@
+"""Public entry point: input validation and backend dispatch for lightning attention."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from pallas_kernels.lightning_attention import reference
+
+IMPLS = ("auto", "reference", "reference_recurrent")
+DEFAULT_BLOCK_SIZE = 256
+
+
+def _check_inputs(q, k, v, decay, initial_state, segment_ids, block_size):
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.ndim != 4:
+            raise ValueError(f"{name} must be [batch, seq, heads, head_dim], got shape {x.shape}")
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise TypeError(f"{name} must be a floating dtype, got {x.dtype}")
+    if q.shape != k.shape:
+        raise ValueError(f"q and k shapes differ: {q.shape} vs {k.shape}")
+    if v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"v [batch, seq, heads] {v.shape[:3]} does not match q's {q.shape[:3]}")
+    b, _, h, dk = q.shape
+    if decay.shape != (h,):
+        raise ValueError(f"decay must have shape [heads] = ({h},), got {decay.shape}")
+    if not jnp.issubdtype(decay.dtype, jnp.floating):
+        raise TypeError(f"decay must be a floating dtype, got {decay.dtype}")
+    if initial_state is not None and initial_state.shape != (b, h, dk, v.shape[-1]):
+        raise ValueError(
+            f"initial_state must be [batch, heads, dk, dv] = {(b, h, dk, v.shape[-1])}, "
+            f"got {initial_state.shape}"
+        )
+    if segment_ids is not None:
+        if segment_ids.shape != q.shape[:2]:
+            raise ValueError(f"segment_ids must be [batch, seq] = {q.shape[:2]}, got {segment_ids.shape}")
+        if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
+            raise TypeError(f"segment_ids must be integer, got {segment_ids.dtype}")
+    if int(block_size) < 1:
+        raise ValueError(f"block_size must be positive, got {block_size}")
+
+
+def _resolve_impl(impl: str) -> str:
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "auto":
+        return "reference"
+    return impl
+
+
+def lightning_attention(
+    q,
+    k,
+    v,
+    decay,
+    *,
+    initial_state=None,
+    return_state: bool = False,
+    segment_ids=None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    impl: str = "auto",
+    interpret: bool = False,
+):
+    """Causal decayed linear attention (MiniMax lightning attention).
+
+    Args:
+      q, k: [batch, seq, heads, dk]; v: [batch, seq, heads, dv]. Any float dtype.
+      decay: [heads] positive rates s; the per-step factor is e^{-s}.
+      initial_state: optional [batch, heads, dk, dv] state (kept in fp32).
+      return_state: also return the final fp32 state.
+      segment_ids: optional [batch, seq] ints; the state resets where the id changes.
+      block_size: chunk length C of the blocked algorithm.
+      impl: "auto" picks the fastest available path for the backend; "reference" is pure jnp.
+      interpret: run Pallas kernels in interpret mode (CPU testing).
+
+    Returns:
+      o [batch, seq, heads, dv] in q.dtype, and the final state if return_state.
+    """
+    del interpret  # used by Pallas kernels once they are registered
+    _check_inputs(q, k, v, decay, initial_state, segment_ids, block_size)
+    impl = _resolve_impl(impl)
+    if impl == "reference_recurrent":
+        o, state = reference.recurrent(q, k, v, decay, initial_state=initial_state, segment_ids=segment_ids)
+    else:
+        o, state = reference.chunked(
+            q, k, v, decay, initial_state=initial_state, segment_ids=segment_ids, block_size=block_size
+        )
+    return (o, state) if return_state else o
+
+
+def lightning_attention_decode(q, k, v, decay, state, *, impl: str = "auto", interpret: bool = False):
+    """One decode step for a batch of independent slots.
+
+    q, k [batch, heads, dk], v [batch, heads, dv], state [batch, heads, dk, dv] fp32.
+    Returns (o [batch, heads, dv] in q.dtype, new fp32 state).
+    """
+    del interpret
+    if q.ndim != 3 or k.shape != q.shape or v.shape[:2] != q.shape[:2]:
+        raise ValueError(f"decode expects q, k [batch, heads, dk] and v [batch, heads, dv]; got {q.shape}, {k.shape}, {v.shape}")
+    if state.shape != (*q.shape, v.shape[-1]):
+        raise ValueError(f"state must be {(*q.shape, v.shape[-1])}, got {state.shape}")
+    if decay.shape != (q.shape[1],):
+        raise ValueError(f"decay must have shape ({q.shape[1]},), got {decay.shape}")
+    _resolve_impl(impl)
+    return reference.step(q, k, v, decay, state)
+
+
+__all__ = ["lightning_attention", "lightning_attention_decode", "DEFAULT_BLOCK_SIZE", "IMPLS"]
+
