@@ -6,8 +6,29 @@ import jax.numpy as jnp
 
 from pallas_kernels.lightning_attention import reference
 
-IMPLS = ("auto", "reference", "reference_recurrent")
 DEFAULT_BLOCK_SIZE = 256
+
+
+def _reference_chunked(q, k, v, decay, *, initial_state, segment_ids, block_size, interpret):
+    del interpret
+    return reference.chunked(
+        q, k, v, decay, initial_state=initial_state, segment_ids=segment_ids, block_size=block_size
+    )
+
+
+def _reference_recurrent(q, k, v, decay, *, initial_state, segment_ids, block_size, interpret):
+    del block_size, interpret
+    return reference.recurrent(q, k, v, decay, initial_state=initial_state, segment_ids=segment_ids)
+
+
+# impl name -> callable(q, k, v, decay, *, initial_state, segment_ids, block_size, interpret)
+# returning (o, final fp32 state), differentiable in q, k, v and initial_state.
+# Kernel modules are imported lazily so that a missing backend never breaks the reference.
+_IMPLS = {
+    "reference": lambda: _reference_chunked,
+    "reference_recurrent": lambda: _reference_recurrent,
+}
+IMPLS = ("auto", *_IMPLS)
 
 
 def _check_inputs(q, k, v, decay, initial_state, segment_ids, block_size):
@@ -39,12 +60,15 @@ def _check_inputs(q, k, v, decay, initial_state, segment_ids, block_size):
         raise ValueError(f"block_size must be positive, got {block_size}")
 
 
-def _resolve_impl(impl: str) -> str:
-    if impl not in IMPLS:
+def _auto_impl() -> str:
+    """The fastest implementation registered for the default backend."""
+    return "reference"
+
+
+def _resolve_impl(impl: str):
+    if impl != "auto" and impl not in _IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    if impl == "auto":
-        return "reference"
-    return impl
+    return _IMPLS[_auto_impl() if impl == "auto" else impl]()
 
 
 def lightning_attention(
@@ -75,15 +99,12 @@ def lightning_attention(
     Returns:
       o [batch, seq, heads, dv] in q.dtype, and the final state if return_state.
     """
-    del interpret  # used by Pallas kernels once they are registered
     _check_inputs(q, k, v, decay, initial_state, segment_ids, block_size)
-    impl = _resolve_impl(impl)
-    if impl == "reference_recurrent":
-        o, state = reference.recurrent(q, k, v, decay, initial_state=initial_state, segment_ids=segment_ids)
-    else:
-        o, state = reference.chunked(
-            q, k, v, decay, initial_state=initial_state, segment_ids=segment_ids, block_size=block_size
-        )
+    fn = _resolve_impl(impl)
+    o, state = fn(
+        q, k, v, decay,
+        initial_state=initial_state, segment_ids=segment_ids, block_size=int(block_size), interpret=interpret,
+    )
     return (o, state) if return_state else o
 
 
