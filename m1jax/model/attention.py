@@ -1,0 +1,67 @@
+"""Softmax GQA attention with partial RoPE (minimax_m1_spec.md §3)."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from m1jax.config import ModelConfig
+from m1jax.model.layers import dense, param
+from m1jax.model.rope import apply_partial_rope, rope_cos_sin
+
+
+class SoftmaxAttention(nnx.Module):
+    def __init__(self, config: ModelConfig, layer: int, *, rngs: nnx.Rngs):
+        c = config
+        H, K, D, E = c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.hidden_size
+        pd = c.jnp_param_dtype
+        self.q_proj = param(rngs, (E, H * D), ("embed", "heads"), pd)
+        self.k_proj = param(rngs, (E, K * D), ("embed", "kv_heads"), pd)
+        self.v_proj = param(rngs, (E, K * D), ("embed", "kv_heads"), pd)
+        self.o_proj = param(rngs, (H * D, E), ("heads", "embed"), pd)
+        self.num_heads, self.num_kv_heads, self.head_dim = H, K, D
+        self.rotary_dim, self.rope_theta = c.rotary_dim, c.rope_theta
+        self.dtype = c.jnp_dtype
+
+    def __call__(self, x, *, positions, segment_ids=None, kv_cache=None, cache_index=None):
+        """x [b, n, hidden], positions [b, n] -> (y [b, n, hidden], updated (k, v) cache or None).
+
+        Without a cache, attention is causal within ``segment_ids`` (all one segment if None).
+        With ``kv_cache`` = (k, v) of [b, S, Hkv, D], the new keys are written at ``cache_index`` and
+        queries attend to every cached position <= their own.
+        """
+        b, n, _ = x.shape
+        H, K, D = self.num_heads, self.num_kv_heads, self.head_dim
+        q = dense(x, self.q_proj.value, self.dtype).reshape(b, n, H, D)
+        k = dense(x, self.k_proj.value, self.dtype).reshape(b, n, K, D)
+        v = dense(x, self.v_proj.value, self.dtype).reshape(b, n, K, D)
+        cos, sin = rope_cos_sin(positions, self.rotary_dim, self.rope_theta)
+        q, k = apply_partial_rope(q, cos, sin), apply_partial_rope(k, cos, sin)
+
+        q_pos = jnp.arange(n) if cache_index is None else cache_index + jnp.arange(n)
+        if kv_cache is None:
+            mask = q_pos[:, None] >= q_pos[None, :]
+            mask = jnp.broadcast_to(mask, (b, n, n))
+            if segment_ids is not None:
+                mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
+            new_cache = None
+        else:
+            ck, cv = kv_cache
+            ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache_index, 0, 0))
+            cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache_index, 0, 0))
+            k, v, new_cache = ck, cv, (ck, cv)
+            k_pos = jnp.arange(ck.shape[1])
+            mask = jnp.broadcast_to(q_pos[:, None] >= k_pos[None, :], (b, n, ck.shape[1]))
+
+        qg = q.reshape(b, n, K, H // K, D)  # kv head g serves q heads g*G .. (g+1)*G - 1
+        scores = jnp.einsum("bqkgd,bskd->bkgqs", qg, k.astype(self.dtype), preferred_element_type=jnp.float32)
+        scores = scores / math.sqrt(D)
+        scores = jnp.where(mask[:, None, None], scores, -jnp.inf)
+        probs = jax.nn.softmax(scores, axis=-1)
+        o = jnp.einsum("bkgqs,bskd->bqkgd", probs.astype(self.dtype), v.astype(self.dtype),
+                       preferred_element_type=jnp.float32)
+        o = o.reshape(b, n, H * D).astype(self.dtype)
+        return dense(o, self.o_proj.value, self.dtype), new_cache

@@ -1,0 +1,81 @@
+"""MiniMaxM1: embeddings, the hybrid decoder stack, final norm and the fp32 LM head."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from m1jax.config import ModelConfig
+from m1jax.model.cache import Cache, init_cache
+from m1jax.model.decoder import DecoderLayer
+from m1jax.model.layers import RMSNorm, param
+from m1jax.model.moe import RouterStats
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class ModelOutput:
+    logits: jax.Array  # [b, n, vocab] float32
+    cache: Cache | None
+    router: RouterStats  # stacked over layers: fields [num_layers, E]
+
+    @property
+    def aux_loss(self):
+        """Mean over layers of the per-layer Switch load-balancing loss (not yet times the coef)."""
+        return jnp.mean(self.router.aux_loss())
+
+
+class MiniMaxM1(nnx.Module):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        c = config
+        self.config = c
+        pd = c.jnp_param_dtype
+        self.embed_tokens = param(rngs, (c.vocab_size, c.hidden_size), ("vocab", "embed"), pd)
+        self.layers = nnx.List([DecoderLayer(c, i, rngs=rngs) for i in range(c.num_hidden_layers)])
+        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, param_dtype=pd)
+        self.lm_head = param(rngs, (c.hidden_size, c.vocab_size), ("embed", "vocab"), pd)
+
+    def __call__(self, tokens, *, segment_ids=None, positions=None):
+        """tokens [b, n] int -> logits [b, n, vocab] float32."""
+        return self.forward(tokens, segment_ids=segment_ids, positions=positions).logits
+
+    def init_cache(self, batch: int, max_len: int, dtype=None) -> Cache:
+        return init_cache(self.config, batch, max_len, dtype)
+
+    def forward(self, tokens, *, segment_ids=None, positions=None, cache: Cache | None = None) -> ModelOutput:
+        """Full forward, or with ``cache`` the next chunk of tokens (prefill or one decode step).
+
+        segment_ids [b, n] (packed sequences; 0 marks padding, excluded from router statistics)
+        makes tokens of different segments independent; positions default to 0..n-1 (offset by the
+        cache index when decoding).
+        """
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must be [batch, seq], got shape {tokens.shape}")
+        if cache is not None and segment_ids is not None:
+            raise ValueError("segment_ids (packed sequences) cannot be combined with a decoding cache")
+        b, n = tokens.shape
+        c = self.config
+        index = None if cache is None else cache.index
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(n) + (0 if index is None else index), (b, n))
+        token_mask = None if segment_ids is None else segment_ids != 0
+
+        x = jnp.take(self.embed_tokens.value, tokens, axis=0).astype(c.jnp_dtype)
+        entries, stats = [], []
+        for i, layer in enumerate(self.layers):
+            x, entry, st = layer(
+                x, positions=positions, segment_ids=segment_ids,
+                cache_entry=None if cache is None else cache.layers[i], cache_index=index, token_mask=token_mask,
+            )
+            entries.append(entry)
+            stats.append(st)
+        # M1's LM head runs in fp32 (final norm and matmul) to keep train/inference probabilities aligned.
+        h = self.norm(x.astype(jnp.float32))
+        logits = jnp.einsum("bnd,dv->bnv", h, self.lm_head.value.astype(jnp.float32),
+                            precision=jax.lax.Precision.HIGHEST)
+        new_cache = None if cache is None else Cache(index=cache.index + n, layers=tuple(entries))
+        router = jax.tree.map(lambda *xs: jnp.stack(xs), *stats)
+        return ModelOutput(logits=logits, cache=new_cache, router=router)
