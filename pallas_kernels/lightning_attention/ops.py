@@ -109,20 +109,24 @@ def lightning_attention(
 
 
 def lightning_attention_decode(q, k, v, decay, state, *, impl: str = "auto", interpret: bool = False):
-    """One decode step for a batch of independent slots.
+    """One decode step for a batch of independent slots (see ``decode.py``).
 
-    q, k [batch, heads, dk], v [batch, heads, dv], state [batch, heads, dk, dv] fp32.
+    q, k [batch, heads, dk], v [batch, heads, dv], state [batch, heads, dk, dv] fp32, updated in place
+    by the kernels (donate it under jit to avoid a copy; a non-fp32 state is upcast first, a copy).
+    ``impl``: a decode name ("auto", "triton", "tpu", "reference") or a forward name from ``IMPLS``,
+    mapped to the decode kernel of the same backend.
     Returns (o [batch, heads, dv] in q.dtype, new fp32 state).
     """
-    del interpret
-    if q.ndim != 3 or k.shape != q.shape or v.shape[:2] != q.shape[:2]:
-        raise ValueError(f"decode expects q, k [batch, heads, dk] and v [batch, heads, dv]; got {q.shape}, {k.shape}, {v.shape}")
-    if state.shape != (*q.shape, v.shape[-1]):
-        raise ValueError(f"state must be {(*q.shape, v.shape[-1])}, got {state.shape}")
-    if decay.shape != (q.shape[1],):
-        raise ValueError(f"decay must have shape ({q.shape[1]},), got {decay.shape}")
-    _resolve_impl(impl)
-    return reference.step(q, k, v, decay, state)
+    from pallas_kernels.lightning_attention import decode as _decode
+
+    if impl not in _decode.DECODE_IMPLS and impl not in _IMPLS:
+        names = tuple(dict.fromkeys((*_decode.DECODE_IMPLS, *IMPLS)))
+        raise ValueError(f"impl must be one of {names}, got {impl!r}")
+    if state.dtype != jnp.float32 and jnp.issubdtype(state.dtype, jnp.floating):
+        state = state.astype(jnp.float32)
+    return _decode.lightning_attention_decode(
+        q, k, v, decay, state, impl=_decode.decode_impl_for(impl), interpret=interpret
+    )
 
 
 __all__ = ["lightning_attention", "lightning_attention_decode", "DEFAULT_BLOCK_SIZE", "IMPLS"]
