@@ -101,7 +101,7 @@ def load_hf(path: str | os.PathLike, *, dtype: str | None = None, **config_overr
 
     for entry in names.entries(config):
         var = get_param(model, entry.ours)
-        want = tuple(var.value.shape)
+        want = tuple(var.get_value().shape)
         per_key = want[1:] if entry.per_expert else want
         if entry.transpose:
             per_key = per_key[::-1]
@@ -116,7 +116,7 @@ def load_hf(path: str | os.PathLike, *, dtype: str | None = None, **config_overr
             arr = reader.read(key)
             arrays.append(arr.T if entry.transpose else arr)
         value = np.stack(arrays) if entry.per_expert else arrays[0]
-        var.value = jnp.asarray(value.astype(config.jnp_param_dtype))
+        var.set_value(jnp.asarray(value.astype(config.jnp_param_dtype)))
     return model
 
 

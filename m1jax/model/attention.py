@@ -35,9 +35,9 @@ class SoftmaxAttention(nnx.Module):
         """
         b, n, _ = x.shape
         H, K, D = self.num_heads, self.num_kv_heads, self.head_dim
-        q = dense(x, self.q_proj.value, self.dtype).reshape(b, n, H, D)
-        k = dense(x, self.k_proj.value, self.dtype).reshape(b, n, K, D)
-        v = dense(x, self.v_proj.value, self.dtype).reshape(b, n, K, D)
+        q = dense(x, self.q_proj[...], self.dtype).reshape(b, n, H, D)
+        k = dense(x, self.k_proj[...], self.dtype).reshape(b, n, K, D)
+        v = dense(x, self.v_proj[...], self.dtype).reshape(b, n, K, D)
         cos, sin = rope_cos_sin(positions, self.rotary_dim, self.rope_theta)
         q, k = apply_partial_rope(q, cos, sin), apply_partial_rope(k, cos, sin)
 
@@ -64,4 +64,4 @@ class SoftmaxAttention(nnx.Module):
         o = jnp.einsum("bkgqs,bskd->bqkgd", probs.astype(self.dtype), v.astype(self.dtype),
                        preferred_element_type=jnp.float32)
         o = o.reshape(b, n, H * D).astype(self.dtype)
-        return dense(o, self.o_proj.value, self.dtype), new_cache
+        return dense(o, self.o_proj[...], self.dtype), new_cache

@@ -40,4 +40,4 @@ class RMSNorm(nnx.Module):
         dtype = x.dtype
         xf = x.astype(jnp.float32)
         xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
-        return self.weight.value.astype(dtype) * xf.astype(dtype)
+        return self.weight[...].astype(dtype) * xf.astype(dtype)

@@ -60,7 +60,7 @@ class LightningAttention(nnx.Module):
         """
         b, n, _ = x.shape
         H, D = self.num_heads, self.head_dim
-        qkv = jax.nn.silu(dense(x, self.qkv_proj.value, self.dtype)).reshape(b, n, H, 3 * D)
+        qkv = jax.nn.silu(dense(x, self.qkv_proj[...], self.dtype)).reshape(b, n, H, 3 * D)
         q, k, v = qkv[..., :D], qkv[..., D : 2 * D], qkv[..., 2 * D :]
         decay = jnp.asarray(self.decay, jnp.float32)
         if state is not None and n == 1 and segment_ids is None:
@@ -72,5 +72,5 @@ class LightningAttention(nnx.Module):
                 block_size=self.block_size, impl=self.kernel_impl,
             )
         o = self.norm(o.reshape(b, n, H * D).astype(self.dtype))
-        o = jax.nn.sigmoid(dense(x, self.output_gate.value, self.dtype)) * o
-        return dense(o, self.out_proj.value, self.dtype), state
+        o = jax.nn.sigmoid(dense(x, self.output_gate[...], self.dtype)) * o
+        return dense(o, self.out_proj[...], self.dtype), state

@@ -68,14 +68,14 @@ class MoE(nnx.Module):
         b, n, d = x.shape
         xt = x.reshape(b * n, d).astype(self.dtype)
         # Router logits in fp32: routing decisions should not flip with the activation dtype.
-        logits = jnp.einsum("td,de->te", xt.astype(jnp.float32), self.gate.value.astype(jnp.float32),
+        logits = jnp.einsum("td,de->te", xt.astype(jnp.float32), self.gate[...].astype(jnp.float32),
                             precision=jax.lax.Precision.HIGHEST)
         weights, experts, probs = route(logits, self.top_k)
         y = (self._dense if impl == "dense" else self._grouped)(xt, weights, experts)
         return y.reshape(b, n, d).astype(self.dtype), self._stats(probs, experts, token_mask)
 
     def _expert_params(self):
-        return (p.value.astype(self.dtype) for p in (self.w1, self.w3, self.w2))
+        return (p[...].astype(self.dtype) for p in (self.w1, self.w3, self.w2))
 
     def _dense(self, xt, weights, experts):
         w1, w3, w2 = self._expert_params()

@@ -63,7 +63,7 @@ class MiniMaxM1(nnx.Module):
             positions = jnp.broadcast_to(jnp.arange(n) + (0 if index is None else index), (b, n))
         token_mask = None if segment_ids is None else segment_ids != 0
 
-        x = jnp.take(self.embed_tokens.value, tokens, axis=0).astype(c.jnp_dtype)
+        x = jnp.take(self.embed_tokens[...], tokens, axis=0).astype(c.jnp_dtype)
         entries, stats = [], []
         for i, layer in enumerate(self.layers):
             x, entry, st = layer(
@@ -74,7 +74,7 @@ class MiniMaxM1(nnx.Module):
             stats.append(st)
         # M1's LM head runs in fp32 (final norm and matmul) to keep train/inference probabilities aligned.
         h = self.norm(x.astype(jnp.float32))
-        logits = jnp.einsum("bnd,dv->bnv", h, self.lm_head.value.astype(jnp.float32),
+        logits = jnp.einsum("bnd,dv->bnv", h, self.lm_head[...].astype(jnp.float32),
                             precision=jax.lax.Precision.HIGHEST)
         new_cache = None if cache is None else Cache(index=cache.index + n, layers=tuple(entries))
         router = jax.tree.map(lambda *xs: jnp.stack(xs), *stats)

@@ -21,6 +21,8 @@ Three forms, all computing in fp32 at HIGHEST matmul precision and returning o i
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -43,6 +45,7 @@ def _zero_state(q, v):
     return jnp.zeros((b, h, dk, v.shape[-1]), jnp.float32)
 
 
+@jax.jit
 def quadratic(q, k, v, decay, *, initial_state=None, segment_ids=None):
     """O(T^2) oracle. Returns (o [b, t, h, dv] in q.dtype, final state [b, h, dk, dv] fp32)."""
     out_dtype = q.dtype
@@ -87,6 +90,7 @@ def _last_segment_mask(segment_ids, b, t):
     return (segment_ids == segment_ids[:, -1:]).astype(jnp.float32)
 
 
+@jax.jit
 def step(q, k, v, decay, state):
     """One decode step. q, k [b, h, dk], v [b, h, dv], state [b, h, dk, dv] fp32 -> (o, state)."""
     out_dtype = q.dtype
@@ -97,6 +101,7 @@ def step(q, k, v, decay, state):
     return o.astype(out_dtype), state
 
 
+@jax.jit
 def recurrent(q, k, v, decay, *, initial_state=None, segment_ids=None):
     """Token-by-token scan of the recurrence; the most literal oracle. Same outputs as quadratic."""
     out_dtype = q.dtype
@@ -122,6 +127,7 @@ def recurrent(q, k, v, decay, *, initial_state=None, segment_ids=None):
     return jnp.moveaxis(o, 0, 1).astype(out_dtype), state
 
 
+@functools.partial(jax.jit, static_argnames=("block_size",))
 def chunked(q, k, v, decay, *, initial_state=None, segment_ids=None, block_size=256):
     """Block-wise lightning attention (LA2 forward) for any sequence length.
 
