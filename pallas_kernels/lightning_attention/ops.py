@@ -21,12 +21,19 @@ def _reference_recurrent(q, k, v, decay, *, initial_state, segment_ids, block_si
     return reference.recurrent(q, k, v, decay, initial_state=initial_state, segment_ids=segment_ids)
 
 
+def _tpu_impl():
+    from pallas_kernels.lightning_attention import tpu  # lazy: Pallas Mosaic TPU kernels
+
+    return tpu.lightning_attention
+
+
 # impl name -> callable(q, k, v, decay, *, initial_state, segment_ids, block_size, interpret)
 # returning (o, final fp32 state), differentiable in q, k, v and initial_state.
 # Kernel modules are imported lazily so that a missing backend never breaks the reference.
 _IMPLS = {
     "reference": lambda: _reference_chunked,
     "reference_recurrent": lambda: _reference_recurrent,
+    "tpu": lambda: _tpu_impl(),
 }
 IMPLS = ("auto", *_IMPLS)
 
@@ -62,6 +69,10 @@ def _check_inputs(q, k, v, decay, initial_state, segment_ids, block_size):
 
 def _auto_impl() -> str:
     """The fastest implementation registered for the default backend."""
+    import jax
+
+    if jax.default_backend() == "tpu":
+        return "tpu"
     return "reference"
 
 

@@ -1,0 +1,154 @@
+"""Pallas TPU lightning attention kernels, run in TPU interpret mode on CPU, vs the jnp oracles.
+
+Shapes are tiny (interpret mode is slow and every new shape recompiles); they still respect the TPU
+tiling rules (interpret mode does not check them): blocks of C rows with C a multiple of 8 (fp32) or
+16 (bf16), full head_dim lanes. Decays include a tiny (1e-4), a moderate and a large (5.0) rate.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pallas_kernels.lightning_attention import ops, reference, tpu
+
+DECAY = jnp.array([1e-4, 0.3, 5.0], jnp.float32)  # H = 3
+_seed = itertools.count(1234)
+
+
+def _keys(n):
+    return jax.random.split(jax.random.PRNGKey(next(_seed)), n)
+
+
+def _inputs(b, t, dk, dv, dtype, *, h=3):
+    kq, kk, kv, ks = _keys(4)
+    # Scale keeps |o| O(1) even for the tiny decay (which sums ~t terms).
+    q = (jax.random.normal(kq, (b, t, h, dk)) / dk**0.5).astype(dtype)
+    k = (jax.random.normal(kk, (b, t, h, dk)) / dk**0.5).astype(dtype)
+    v = jax.random.normal(kv, (b, t, h, dv)).astype(dtype)
+    s0 = jax.random.normal(ks, (b, h, dk, dv), jnp.float32)
+    return q, k, v, s0
+
+
+def _segments(t):
+    """Two rows: boundaries inside blocks, on a block edge (16), a 1-token segment, last token alone."""
+    row0 = np.zeros(t, np.int32)
+    row0[7:16] = 1
+    row0[16:17] = 2
+    row0[17:t - 1] = 3
+    row0[t - 1] = 4
+    row1 = np.full(t, 9, np.int32)
+    row1[:3] = 5
+    row1[32:] = 11
+    return jnp.asarray(np.stack([row0, row1]))
+
+
+def _rel_err(x, ref):
+    x, ref = np.asarray(x, np.float32), np.asarray(ref, np.float32)
+    return float(np.max(np.abs(x - ref)) / max(np.max(np.abs(ref)), 1e-6))
+
+
+_ref_quadratic = jax.jit(reference.quadratic)
+
+
+def _run(q, k, v, s0, seg, block):
+    return tpu.lightning_attention(
+        q, k, v, DECAY, initial_state=s0, segment_ids=seg, block_size=block, interpret=True
+    )
+
+
+@pytest.mark.parametrize(
+    "t,block,use_s0,use_seg",
+    [
+        (40, 16, False, False),  # 3 blocks, the last one of 8 tokens
+        (40, 64, True, True),  # single block shorter than block_size
+    ],
+)
+def test_forward_fp32(t, block, use_s0, use_seg):
+    q, k, v, s0 = _inputs(2, t, 16, 16, jnp.float32)
+    s0 = s0 if use_s0 else None
+    seg = _segments(t) if use_seg else None
+    o, st = _run(q, k, v, s0, seg, block)
+    o_ref, st_ref = _ref_quadratic(q, k, v, DECAY, initial_state=s0, segment_ids=seg)
+    assert o.dtype == jnp.float32 and st.dtype == jnp.float32
+    assert o.shape == o_ref.shape and st.shape == st_ref.shape
+    np.testing.assert_allclose(o, o_ref, atol=2e-5, rtol=2e-5)
+    np.testing.assert_allclose(st, st_ref, atol=2e-5, rtol=2e-5)
+
+
+def test_forward_bf16_dk_ne_dv():
+    t = 50
+    q, k, v, s0 = _inputs(2, t, 16, 32, jnp.bfloat16)
+    seg = _segments(t)
+    o, st = _run(q, k, v, s0, seg, 16)
+    # Oracle in fp32 on the same bf16-rounded inputs.
+    o_ref, st_ref = _ref_quadratic(q, k, v, DECAY, initial_state=s0, segment_ids=seg)
+    assert o.dtype == jnp.bfloat16 and st.dtype == jnp.float32
+    # bf16 tolerance: the kernel rounds the masked score tile, the decayed keys and the fp32 state to
+    # bf16 (relative 2^-9 each) before the MXU, and o itself is stored in bf16 (another 2^-9); sums
+    # of ~50 such terms give a few 1e-3 relative to max|o|. 2e-2 leaves margin but still catches any
+    # wrong decay or mask (those are O(1) errors).
+    assert _rel_err(o, o_ref) < 2e-2
+    assert _rel_err(st, st_ref) < 2e-2
+
+
+def _value_and_grads(fn, q, k, v, s0, seg, do, dst):
+    """(o, final state) and the vjp w.r.t. (q, k, v[, s0]) for cotangents on both outputs."""
+
+    def f(q, k, v, *s0):
+        return fn(q, k, v, DECAY, initial_state=s0[0] if s0 else None, segment_ids=seg)
+
+    args = (q, k, v) if s0 is None else (q, k, v, s0)
+    out, vjp = jax.vjp(f, *args)
+    return out, vjp((do, dst))
+
+
+@pytest.mark.parametrize(
+    "t,use_s0,use_seg,dtype",
+    [
+        (40, True, False, jnp.float32),  # d(final state) flows back to d(initial_state)
+        (50, True, True, jnp.float32),  # last block of 2 tokens, initial state, segments
+        (48, False, True, jnp.bfloat16),  # no initial state
+    ],
+)
+def test_gradients(t, use_s0, use_seg, dtype):
+    q, k, v, s0 = _inputs(2, t, 16, 16, dtype)
+    s0 = s0 if use_s0 else None
+    seg = _segments(t) if use_seg else None
+    kdo, kds = _keys(2)
+    do = jax.random.normal(kdo, v.shape).astype(dtype)
+    dst = jax.random.normal(kds, (2, 3, 16, 16), jnp.float32)
+    kern = lambda *a, **kw: tpu.lightning_attention(*a, block_size=16, interpret=True, **kw)  # noqa: E731
+    (o, st), got = jax.jit(functools.partial(_value_and_grads, kern))(q, k, v, s0, seg, do, dst)
+    (o_ref, st_ref), want = jax.jit(functools.partial(_value_and_grads, reference.quadratic))(
+        q, k, v, s0, seg, do, dst
+    )
+    names = ("o", "state", "dq", "dk", "dv", "ds0")
+    for name, g, w in zip(names, (o, st, *got), (o_ref, st_ref, *want)):
+        assert g.shape == w.shape and g.dtype == w.dtype, name
+        if dtype == jnp.float32:
+            np.testing.assert_allclose(g, w, atol=5e-5, rtol=5e-5, err_msg=name)
+        else:
+            # bf16: same rounding argument as the forward test (operands rounded to bf16 before the
+            # MXU, gradients of q, k, v stored in bf16); relative to the largest entry.
+            assert _rel_err(g, w) < 3e-2, (name, _rel_err(g, w))
+
+
+def test_decay_gradient_is_zero_and_ops_dispatch():
+    q, k, v, _ = _inputs(1, 24, 16, 16, jnp.float32)
+
+    def loss(fn, q, decay):
+        return jnp.sum(jnp.sin(fn(q, k, v, decay)))
+
+    kern = functools.partial(ops.lightning_attention, block_size=16, impl="tpu", interpret=True)
+    ref = functools.partial(ops.lightning_attention, impl="reference")
+    val, (dq, dd) = jax.jit(jax.value_and_grad(functools.partial(loss, kern), argnums=(0, 1)))(q, DECAY)
+    val_ref, dq_ref = jax.jit(jax.value_and_grad(functools.partial(loss, ref)))(q, DECAY)
+    np.testing.assert_allclose(val, val_ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dq, dq_ref, rtol=5e-5, atol=5e-5)
+    np.testing.assert_array_equal(dd, jnp.zeros_like(DECAY))  # decay is a fixed buffer
