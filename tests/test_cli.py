@@ -1,0 +1,39 @@
+"""The CLI's main job and its error handling."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments import tiny
+from m1jax.cli import generate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_generate_main_job_checks_cache_against_full_forward(tmp_path):
+    cfg = tiny.get_config("smoke")
+    with cfg.unlocked():
+        cfg.batch_size, cfg.prompt_len, cfg.max_new_tokens = 2, 11, 6
+    result = generate.main(cfg, str(tmp_path))
+    assert result["cache_vs_full_forward_max_logprob_diff"] < 1e-4
+    assert len(result["first_completion"]) == 6 and result["layers"] == "LLLLLLLF"
+    assert (tmp_path / "config.json").exists() and (tmp_path / "generate.json").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["generate", "--config=experiments/tiny.py:nope"], "unknown preset 'nope'"),
+        (["generate", "--config=experiments/tiny.py", "--config.model.rotary_dim=7"], "ModelConfig.rotary_dim=7"),
+        (["generate", "--config=experiments/tiny.py", "--config.no_such_key=1"], "no_such_key"),
+        (["train2"], "unknown command 'train2'"),
+    ],
+)
+def test_cli_errors_name_the_problem(args, message):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    proc = subprocess.run([sys.executable, "-m", "m1jax.cli.main", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
