@@ -27,6 +27,12 @@ def _tpu_impl():
     return tpu.lightning_attention
 
 
+def _triton_impl():
+    from pallas_kernels.lightning_attention import gpu_triton  # lazy: Pallas Triton GPU kernels
+
+    return gpu_triton.lightning_attention
+
+
 # impl name -> callable(q, k, v, decay, *, initial_state, segment_ids, block_size, interpret)
 # returning (o, final fp32 state), differentiable in q, k, v and initial_state.
 # Kernel modules are imported lazily so that a missing backend never breaks the reference.
@@ -34,6 +40,7 @@ _IMPLS = {
     "reference": lambda: _reference_chunked,
     "reference_recurrent": lambda: _reference_recurrent,
     "tpu": lambda: _tpu_impl(),
+    "triton": lambda: _triton_impl(),
 }
 IMPLS = ("auto", *_IMPLS)
 
@@ -73,6 +80,8 @@ def _auto_impl() -> str:
 
     if jax.default_backend() == "tpu":
         return "tpu"
+    if jax.default_backend() == "gpu":
+        return "triton"
     return "reference"
 
 
