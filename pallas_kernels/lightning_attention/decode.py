@@ -21,6 +21,11 @@ Backends:
 
 ``interpret=True`` runs the Pallas kernels in interpret mode (CPU testing); for ``"tpu"`` it uses
 ``pltpu.InterpretParams()`` (TPU semantics on the CPU) where this JAX has it.
+
+Measured on one H200 (JAX 0.11.2, H=64, D=128, fp32 state, steps in a jitted loop): triton 147 us
+per step at B=64 (3.65 TB/s on state bytes), 553 us at B=256 (3.88 TB/s); XLA's fusion of
+``reference.step`` is within 2-4% (150 / 577 us). block_v and num_warps hardly matter. Errors vs
+reference.step: fp32 o ~1e-7 relative, state bit-exact. The TPU kernel has only run in interpret mode.
 """
 
 from __future__ import annotations
@@ -101,8 +106,8 @@ def _triton_params(num_warps: int):
     return pltriton.CompilerParams(num_warps=num_warps, num_stages=1)
 
 
-@functools.partial(jax.jit, static_argnames=("block_v", "interpret"))
-def _decode_triton(q, k, v, decay, state, *, block_v=None, interpret=False):
+@functools.partial(jax.jit, static_argnames=("block_v", "num_warps", "interpret"))
+def _decode_triton(q, k, v, decay, state, *, block_v=None, num_warps=None, interpret=False):
     b, h, dk = q.shape
     dv = v.shape[-1]
     if not (_is_pow2(dk) and _is_pow2(dv)):
@@ -111,7 +116,8 @@ def _decode_triton(q, k, v, decay, state, *, block_v=None, interpret=False):
     if not _is_pow2(bv) or dv % bv:
         raise ValueError(f"block_v must be a power of two dividing dv={dv}, got {bv}")
     nv = dv // bv
-    num_warps = 4 if dk * bv <= 128 * 64 else 8
+    if num_warps is None:
+        num_warps = 4 if dk * bv <= 128 * 64 else 8
     vec = lambda blk, im: pl.BlockSpec((None, None, blk), im)  # noqa: E731
     state_spec = pl.BlockSpec((None, None, dk, bv), lambda i, j, n: (i, j, 0, n))
     return pl.pallas_call(

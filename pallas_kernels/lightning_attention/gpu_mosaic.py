@@ -1,0 +1,401 @@
+"""Lightning attention forward for Hopper in Pallas Mosaic GPU (written against JAX 0.11.2).
+
+One CTA (a single warpgroup) per (value block, head, batch); it walks the sequence in blocks of C = 64
+tokens, keeps the fp32 state S [dk, block_v] in registers (WGMMA accumulator layout) for the whole
+sequence, and per block does (LA2 forward, minimax_m1_spec.md §2.5):
+
+    A   = Q K^T                                   wgmma, SMEM x SMEM^T         [C, C]
+    Oi  = Q S_bf16                                wgmma, SMEM x SMEM           [C, block_v]
+    O   = ((A * M) as bf16) V + Oi * e^{-s(t+1)}  wgmma, REGS x SMEM; row scale
+    Kw  = K * e^{-s(C-1-u)}    (bf16, to SMEM)
+    S   = e^{-sC} S + Kw^T V                      wgmma, SMEM^T x SMEM (transposed A)
+    S_bf16 <- S (SMEM, the B operand of the next block's inter-block product)
+
+Q, K, V blocks arrive by TMA (``plgpu.copy_gmem_to_smem`` + ``plgpu.barrier_wait``), with
+``num_slots`` - 1 blocks in flight (default 2 slots: block j+1 loads while block j computes). O goes
+back by TMA from SMEM. All decay factors (the causal decay mask M, the row factors, e^{-sC}) are
+precomputed per head outside the kernel with non-positive exponents and loaded once per CTA.
+``fused=True`` is the same math with Kw first and the three state-independent products issued
+together (one wgmma wait); it measured no faster (see experiments/results/gpu_kernel_check.md).
+
+Parallelism: the grid is (dv / block_v, heads, batch) = 2 * B * H CTAs at dv = 128, block_v = 64
+(128 CTAs at B1 H64 on 132 SMs). Each value block re-reads Q and K (the sibling CTAs run side by
+side, so the second read mostly hits L2). No sequence split: for B * H < ~64 the GPU is
+under-filled (a split would need a state-only pass plus a combine; not done). SMEM ~170 KB per CTA
+(2 slots), so one CTA per SM; 4 slots do not fit (258 KB > 227 KB).
+
+Measured on one H200 (JAX 0.11.2), H=64, D=128, bf16, median of 10, run-to-run spread ~10-20%:
+B1 T4K 0.20-0.26 ms, B1 T16K 0.52-0.65 ms, B4 T16K 1.90-2.08 ms, B1 T64K 1.76-1.93 ms, i.e.
+1.0-2.4 TB/s on q,k,v,o bytes (fla chunk_simple_gla on the same kind of GPU: 0.44 / 0.74 / 3.13 /
+3.04 ms). Errors against the fp32 reference on the same bf16 inputs: o ~2.6e-3, state ~1.6e-3
+(relative Frobenius).
+
+Limits (checked, ValueError otherwise):
+  * q, k, v [B, T, H, D] in bfloat16 or float16, dk in {64, 128}, dv a multiple of 64;
+  * block_size C = 64 (the wgmma M tile; 128 would need more registers);
+  * T may be anything: the whole blocks run in the kernel, a tail of T % C tokens runs in the jnp
+    reference from the kernel's final state (exact, a small XLA computation);
+  * no segment_ids (``lightning_attention`` falls back to the reference for them);
+  * forward only: ``lightning_attention`` (the ops adapter) has a custom VJP whose backward is the
+    jnp reference's VJP.
+The inter-block product uses the state rounded to bf16 (as fla does); the state itself, all
+accumulators and the decay math are fp32. Needs sm_90 (wgmma, TMA): Hopper only.
+
+Mosaic GPU API notes (0.11.2): ``plgpu.kernel(body, out_type=, scratch_types=, grid=, grid_names=)``;
+default lowering semantics is Warpgroup (layout inference); ``ref.transpose((1, 0))`` replaces
+``plgpu.transpose_ref``; ``plgpu.load(ref, layout=...)`` (0.10: ``load(ref, (), layout=...)``);
+wgmma A may be a register array in WGMMA layout or a (transposed) swizzled SMEM ref; B is SMEM.
+The GPU interpret mode (``interpret=plgpu.InterpretGPUParams()``) runs this kernel on a CPU if P
+goes through SMEM and no ``pl.run_state(ACC.init(...))`` is used (both handled here).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from pallas_kernels.lightning_attention import reference
+
+try:  # Mosaic GPU Pallas; the API below is the one of JAX 0.11.x.
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import mosaic_gpu as plgpu
+except ImportError:  # pragma: no cover
+    pl = plgpu = None
+
+BLOCK_V = 64
+
+
+def _t(ref):
+    """Transposed view of a 2-D SMEM ref (``ref.transpose`` on 0.11+, ``transpose_ref`` before)."""
+    if hasattr(ref, "transpose"):
+        return ref.transpose((1, 0))
+    return plgpu.transpose_ref(ref, (1, 0))
+
+
+def _load(ref, layout):
+    try:
+        return plgpu.load(ref, layout=layout)
+    except TypeError:  # 0.10.x: load(ref, idx, *, layout)
+        return plgpu.load(ref, (), layout=layout)
+
+
+def _decay_tables(decay, c, dk):
+    """Per-head fp32 factors, every exponent <= 0: mask [H,C,C], q row [H,C], k row [H,C], e^{-sC} [H,dk]."""
+    s = decay.astype(jnp.float32)
+    pos = jnp.arange(c, dtype=jnp.float32)
+    dist = pos[:, None] - pos[None, :]
+    causal = dist >= 0
+    mask = jnp.where(causal[None], jnp.exp(-s[:, None, None] * jnp.where(causal, dist, 0.0)[None]), 0.0)
+    qdec = jnp.exp(-s[:, None] * (pos + 1.0)[None])
+    kdec = jnp.exp(-s[:, None] * (c - 1.0 - pos)[None])
+    bdec = jnp.broadcast_to(jnp.exp(-s * c)[:, None], (s.shape[0], dk))
+    return mask, qdec, kdec, bdec
+
+
+def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, interpret, p_in_smem=None,
+                 num_slots=2, fused=False):
+    b, t, h, dk = q.shape
+    dv = v.shape[-1]
+    nblk = t // c
+    nv = dv // block_v
+    dtype = q.dtype
+    f32 = jnp.float32
+    swz = plgpu.SwizzleTransform(128)
+    tile16 = plgpu.TilingTransform((8, 64))  # 128-byte rows of 16-bit elements
+    tile32 = plgpu.TilingTransform((8, 32))  # 128-byte rows of fp32
+    wgmma_layout = plgpu.Layout.WGMMA
+    row_layout = plgpu.Layout.WGMMA.reduce(1)
+    # P = (Q K^T) * M is the A operand of the intra-block product: from registers on the GPU (no SMEM
+    # round trip), from SMEM in interpret mode (which takes wgmma operands from SMEM only).
+    p_in_smem = bool(interpret) if p_in_smem is None else bool(p_in_smem)
+
+    def body(q_ref, k_ref, v_ref, m_ref, qd_ref, kd_ref, bd_ref, s0_ref, o_ref, sf_ref,
+             q_smem, k_smem, v_smem, kw_smem, sb_smem, o_smem, m_smem, qd_smem, kd_smem, bd_smem,
+             st_smem, p_smem, q_bar, k_bar, v_bar, c_bar):
+        iv = lax.axis_index("v")
+        hh = lax.axis_index("h")
+        bb = lax.axis_index("b")
+        v0 = iv * block_v
+
+        def issue(j, slot):
+            rows = pl.ds(j * c, c)
+            plgpu.copy_gmem_to_smem(q_ref.at[bb, rows, hh], q_smem.at[slot], q_bar.at[slot])
+            plgpu.copy_gmem_to_smem(k_ref.at[bb, rows, hh], k_smem.at[slot], k_bar.at[slot])
+            v_src = v_ref.at[bb, rows, hh, pl.ds(v0, block_v)]
+            plgpu.copy_gmem_to_smem(v_src, v_smem.at[slot], v_bar.at[slot])
+
+        plgpu.copy_gmem_to_smem(m_ref.at[hh], m_smem, c_bar.at[0])
+        plgpu.copy_gmem_to_smem(qd_ref.at[hh], qd_smem, c_bar.at[1])
+        plgpu.copy_gmem_to_smem(kd_ref.at[hh], kd_smem, c_bar.at[2])
+        plgpu.copy_gmem_to_smem(bd_ref.at[hh], bd_smem, c_bar.at[3])
+        if has_init:
+            plgpu.copy_gmem_to_smem(s0_ref.at[bb, hh, :, pl.ds(v0, block_v)], st_smem, c_bar.at[4])
+        for i in range(min(num_slots - 1, nblk)):
+            issue(i, i)
+        for i in range(4):
+            plgpu.barrier_wait(c_bar.at[i])
+        if has_init:
+            plgpu.barrier_wait(c_bar.at[4])
+            s_init = _load(st_smem, wgmma_layout)
+        else:
+            s_init = plgpu.layout_cast(jnp.zeros((dk, block_v), f32), wgmma_layout)
+        sb_smem[...] = s_init.astype(dtype)
+        plgpu.commit_smem()
+
+        def step(j, s):
+            slot = lax.rem(j, num_slots)
+            ahead = j + num_slots - 1  # its slot was last read by block j - 1, which is done
+
+            @pl.when(ahead < nblk)
+            def _prefetch():
+                issue(ahead, lax.rem(ahead, num_slots))
+
+            plgpu.barrier_wait(q_bar.at[slot])
+            plgpu.barrier_wait(k_bar.at[slot])
+            plgpu.barrier_wait(v_bar.at[slot])
+            qs, ks, vs = q_smem.at[slot], k_smem.at[slot], v_smem.at[slot]
+
+            def scores_and_inter(a_ref, oi_ref):
+                plgpu.wgmma(a_ref, qs, _t(ks))
+                plgpu.wgmma(oi_ref, qs, sb_smem)
+                return a_ref[...], oi_ref[...]
+
+            a, oi = pl.run_scoped(scores_and_inter, plgpu.ACC((c, c), f32), plgpu.ACC((c, block_v), f32))
+            p = (a * _load(m_smem, wgmma_layout)).astype(dtype)
+            if p_in_smem:  # GPU interpret mode takes wgmma operands from SMEM only
+                p_smem[...] = p
+                plgpu.commit_smem()
+                p = p_smem
+            else:
+                p = lax.optimization_barrier(p)
+
+            def intra(acc_ref):
+                plgpu.wgmma(acc_ref, p, vs)
+                return acc_ref[...]
+
+            # Fresh accumulators (run_scoped) rather than pl.run_state(ACC.init(x)): the GPU interpret
+            # mode of JAX 0.11 cannot run wgmma under run_state; costs one [C, block_v] add.
+            o = pl.run_scoped(intra, plgpu.ACC((c, block_v), f32))
+            o = o + oi * lax.broadcast_in_dim(_load(qd_smem, row_layout), (c, block_v), [0])
+
+            kk = _load(ks, wgmma_layout).astype(f32)
+            kw = kk * lax.broadcast_in_dim(_load(kd_smem, row_layout), (c, dk), [0])
+            kw_smem[...] = kw.astype(dtype)
+            plgpu.commit_smem()
+
+            def update(acc_ref):
+                plgpu.wgmma(acc_ref, _t(kw_smem), vs)
+                return acc_ref[...]
+
+            s = s * lax.broadcast_in_dim(_load(bd_smem, row_layout), (dk, block_v), [0])
+            s = s + pl.run_scoped(update, plgpu.ACC((dk, block_v), f32))
+            sb_smem[...] = s.astype(dtype)
+            plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the previous O store has left o_smem
+            o_smem[...] = o.astype(dtype)
+            plgpu.commit_smem()
+            plgpu.copy_smem_to_gmem(o_smem, o_ref.at[bb, pl.ds(j * c, c), hh, pl.ds(v0, block_v)])
+            return s
+
+        def step_fused(j, s):
+            # Same math, fewer wgmma round trips: Kw first, then Q K^T, Q S and Kw^T V issued together
+            # (one wait), and the bf16 state store overlapping the P V product.
+            slot = lax.rem(j, num_slots)
+            ahead = j + num_slots - 1
+
+            @pl.when(ahead < nblk)
+            def _prefetch():
+                issue(ahead, lax.rem(ahead, num_slots))
+
+            plgpu.barrier_wait(q_bar.at[slot])
+            plgpu.barrier_wait(k_bar.at[slot])
+            plgpu.barrier_wait(v_bar.at[slot])
+            qs, ks, vs = q_smem.at[slot], k_smem.at[slot], v_smem.at[slot]
+            kk = _load(ks, wgmma_layout).astype(f32)
+            kw = kk * lax.broadcast_in_dim(_load(kd_smem, row_layout), (c, dk), [0])
+            kw_smem[...] = kw.astype(dtype)
+            plgpu.commit_smem()
+
+            def products(a_ref, oi_ref, up_ref):
+                plgpu.wgmma(a_ref, qs, _t(ks))
+                plgpu.wgmma(oi_ref, qs, sb_smem)
+                plgpu.wgmma(up_ref, _t(kw_smem), vs)
+                return a_ref[...], oi_ref[...], up_ref[...]
+
+            a, oi, up = pl.run_scoped(
+                products, plgpu.ACC((c, c), f32), plgpu.ACC((c, block_v), f32), plgpu.ACC((dk, block_v), f32)
+            )
+            s = s * lax.broadcast_in_dim(_load(bd_smem, row_layout), (dk, block_v), [0]) + up
+            p = (a * _load(m_smem, wgmma_layout)).astype(dtype)
+            if p_in_smem:
+                p_smem[...] = p
+                plgpu.commit_smem()
+                p = p_smem
+            else:
+                p = lax.optimization_barrier(p)
+
+            def intra(acc_ref):
+                plgpu.wgmma(acc_ref, p, vs)
+                sb_smem[...] = s.astype(dtype)  # Q S of this block is done; overlaps the wgmma
+                return acc_ref[...]
+
+            o = pl.run_scoped(intra, plgpu.ACC((c, block_v), f32))
+            o = o + oi * lax.broadcast_in_dim(_load(qd_smem, row_layout), (c, block_v), [0])
+            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+            o_smem[...] = o.astype(dtype)
+            plgpu.commit_smem()
+            plgpu.copy_smem_to_gmem(o_smem, o_ref.at[bb, pl.ds(j * c, c), hh, pl.ds(v0, block_v)])
+            return s
+
+        s = lax.fori_loop(0, nblk, step_fused if fused else step, s_init)
+        st_smem[...] = s
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(st_smem, sf_ref.at[bb, hh, :, pl.ds(v0, block_v)])
+        plgpu.wait_smem_to_gmem(0)
+
+    smem16 = lambda *shape: plgpu.SMEM(shape, dtype, transforms=(tile16, swz))  # noqa: E731
+    scratch = [
+        smem16(num_slots, c, dk),  # q
+        smem16(num_slots, c, dk),  # k
+        smem16(num_slots, c, block_v),  # v
+        smem16(c, dk),  # K * decay (A^T of the state update)
+        smem16(dk, block_v),  # state in bf16 (B of the inter-block product)
+        smem16(c, block_v),  # o
+        plgpu.SMEM((c, c), f32, transforms=(tile32, swz)),  # decay mask
+        plgpu.SMEM((c,), f32),  # e^{-s(t+1)}
+        plgpu.SMEM((c,), f32),  # e^{-s(C-1-u)}
+        plgpu.SMEM((dk,), f32),  # e^{-sC}
+        plgpu.SMEM((dk, block_v), f32, transforms=(tile32, swz)),  # initial / final state
+        smem16(c, c) if p_in_smem else plgpu.SMEM((1,), f32),  # P (interpret mode only)
+        plgpu.Barrier(num_barriers=num_slots),
+        plgpu.Barrier(num_barriers=num_slots),
+        plgpu.Barrier(num_barriers=num_slots),
+        plgpu.Barrier(num_barriers=5),
+    ]
+    kwargs = {}
+    if interpret:
+        kwargs["interpret"] = plgpu.InterpretGPUParams()
+    return plgpu.kernel(
+        body,
+        out_type=(
+            jax.ShapeDtypeStruct((b, t, h, dv), dtype),
+            jax.ShapeDtypeStruct((b, h, dk, dv), f32),
+        ),
+        scratch_types=scratch,
+        grid=(nv, h, b),
+        grid_names=("v", "h", "b"),
+        compiler_params=plgpu.CompilerParams(),
+        **kwargs,
+    )(q, k, v, mask, qdec, kdec, bdec, s0)
+
+
+def check_supported(q, k, v, decay, initial_state=None, block_size=64):
+    if plgpu is None:
+        raise ImportError("jax.experimental.pallas.mosaic_gpu is not available")
+    if q.ndim != 4 or k.shape != q.shape or v.ndim != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"q, k [B, T, H, dk] and v [B, T, H, dv] expected, got {q.shape} {k.shape} {v.shape}")
+    if q.dtype not in (jnp.bfloat16, jnp.float16) or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"mosaic_gpu needs bf16/f16 q, k, v of one dtype, got {q.dtype} {k.dtype} {v.dtype}")
+    b, _, h, dk = q.shape
+    dv = v.shape[-1]
+    if dk % 64 or dv % BLOCK_V:
+        raise ValueError(f"mosaic_gpu needs dk % 64 == 0 and dv % {BLOCK_V} == 0, got {dk}, {dv}")
+    if int(block_size) != 64:
+        raise ValueError(f"mosaic_gpu supports block_size=64 only, got {block_size}")
+    if dk > 128:
+        raise ValueError(f"mosaic_gpu supports dk <= 128 (registers and SMEM), got dk={dk}")
+    if decay.shape != (h,):
+        raise ValueError(f"decay must be [heads] = ({h},), got {decay.shape}")
+    if initial_state is not None and initial_state.shape != (b, h, dk, dv):
+        raise ValueError(f"initial_state must be {(b, h, dk, dv)}, got {initial_state.shape}")
+
+
+@functools.partial(jax.jit, static_argnames=("block_size", "interpret", "p_in_smem", "num_slots", "fused"))
+def lightning_attention_fwd(
+    q, k, v, decay, *, initial_state=None, block_size=64, interpret=False, p_in_smem=None, num_slots=2,
+    fused=False,
+):
+    """Forward of lightning attention. q, k [B,T,H,dk], v [B,T,H,dv] bf16/f16; decay [H].
+
+    Returns (o [B,T,H,dv] in q.dtype, final state [B,H,dk,dv] fp32). See the module docstring.
+    """
+    check_supported(q, k, v, decay, initial_state, block_size)
+    if int(num_slots) not in (2, 3):  # 4 slots: 258 KB of SMEM > 227 KB on H100/H200
+        raise ValueError(f"num_slots must be 2 or 3, got {num_slots}")
+    c = int(block_size)
+    b, t, h, dk = q.shape
+    dv = v.shape[-1]
+    t_main = (t // c) * c
+    state = None if initial_state is None else initial_state.astype(jnp.float32)
+    outs = []
+    if t_main:
+        mask, qdec, kdec, bdec = _decay_tables(decay, c, dk)
+        s0 = state if state is not None else jnp.zeros((1, 1, dk, dv), jnp.float32)
+        sl = lambda x: x if t_main == t else x[:, :t_main]  # noqa: E731
+        o_main, state = _kernel_call(
+            sl(q), sl(k), sl(v), mask, qdec, kdec, bdec, s0,
+            c=c, block_v=BLOCK_V, has_init=state is not None, interpret=interpret, p_in_smem=p_in_smem,
+            num_slots=int(num_slots), fused=bool(fused),
+        )
+        outs.append(o_main)
+    if t_main < t:
+        o_tail, state = reference.chunked(
+            q[:, t_main:], k[:, t_main:], v[:, t_main:], decay, initial_state=state, block_size=c
+        )
+        outs.append(o_tail)
+    o = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+    return o, state
+
+
+# ------------------------------------------------------------------------------------------------
+# ops adapter: callable(q, k, v, decay, *, initial_state, segment_ids, block_size, interpret)
+# -> (o, final state), differentiable (backward = the jnp reference's VJP).
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _fwd_with_ref_vjp(q, k, v, decay, initial_state, block_size, interpret):
+    del block_size  # the kernel always uses C = 64; kept for the VJP's reference block size
+    return lightning_attention_fwd(q, k, v, decay, initial_state=initial_state, interpret=interpret)
+
+
+def _vjp_fwd(q, k, v, decay, initial_state, block_size, interpret):
+    out = _fwd_with_ref_vjp(q, k, v, decay, initial_state, block_size, interpret)
+    return out, (q, k, v, decay, initial_state)
+
+
+def _vjp_bwd(block_size, interpret, res, cts):
+    del interpret
+    q, k, v, decay, initial_state = res
+
+    def f(q, k, v, decay, s0):
+        return reference.chunked(q, k, v, decay, initial_state=s0, block_size=block_size)
+
+    _, pullback = jax.vjp(f, q, k, v, decay, initial_state)
+    return pullback(cts)
+
+
+_fwd_with_ref_vjp.defvjp(_vjp_fwd, _vjp_bwd)
+
+
+def lightning_attention(
+    q, k, v, decay, *, initial_state=None, segment_ids=None, block_size=64, interpret=False
+):
+    """ops-style entry: Mosaic GPU forward where supported, the jnp reference otherwise.
+
+    Falls back to ``reference.chunked`` for segment_ids, non-16-bit inputs or unsupported shapes.
+    ``block_size`` is used by the fallback; the kernel always uses C = 64.
+    """
+    try:
+        if segment_ids is not None:
+            raise ValueError("segment_ids")
+        check_supported(q, k, v, decay, initial_state, 64)
+    except ValueError:
+        return reference.chunked(
+            q, k, v, decay, initial_state=initial_state, segment_ids=segment_ids, block_size=block_size
+        )
+    return _fwd_with_ref_vjp(q, k, v, decay, initial_state, int(block_size), bool(interpret))
+
+
+__all__ = ["lightning_attention_fwd", "lightning_attention", "check_supported"]
