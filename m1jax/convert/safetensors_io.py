@@ -91,3 +91,46 @@ class SafetensorsReader:
         if arr.size != count:
             raise SafetensorsError(f"{self.path}: truncated while reading tensor {name!r}")
         return arr.reshape(shape)
+
+
+_DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+
+class TensorSpec:
+    """One tensor to write: name, shape, dtype and a zero-argument function producing its data."""
+
+    __slots__ = ("name", "shape", "dtype", "produce")
+
+    def __init__(self, name: str, shape, dtype, produce):
+        self.name, self.shape, self.dtype, self.produce = name, tuple(int(s) for s in shape), np.dtype(dtype), produce
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+
+def write_safetensors(path: str | os.PathLike, specs: list[TensorSpec], metadata: dict[str, str] | None = None):
+    """Write ``specs`` in order, producing and writing one tensor at a time (peak memory: one tensor).
+
+    The header is computed from the specs up front; each produced array must match its spec.
+    """
+    header: dict = {"__metadata__": dict(metadata or {"format": "pt"})}
+    offset = 0
+    for s in specs:
+        if s.dtype not in _DTYPE_NAMES:
+            raise SafetensorsError(f"{path}: tensor {s.name!r} has unsupported dtype {s.dtype}")
+        header[s.name] = {"dtype": _DTYPE_NAMES[s.dtype], "shape": list(s.shape), "data_offsets": [offset, offset + s.nbytes]}
+        offset += s.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # align the data section to 8 bytes
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for s in specs:
+            arr = np.asarray(s.produce())
+            if arr.shape != s.shape or arr.dtype != s.dtype:
+                raise SafetensorsError(
+                    f"{path}: tensor {s.name!r} produced {arr.dtype}{list(arr.shape)}, planned {s.dtype}{list(s.shape)}"
+                )
+            f.write(np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False).tobytes())
+            del arr
