@@ -123,17 +123,17 @@ class ModelConfig:
     def jnp_param_dtype(self):
         return jnp.dtype(self.param_dtype)
 
-    def replace(self, **changes) -> "ModelConfig":
+    def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
     # ------------------------------------------------------------------------------------ presets
     @classmethod
-    def minimax_m1_456b(cls, **overrides) -> "ModelConfig":
+    def minimax_m1_456b(cls, **overrides) -> ModelConfig:
         """The released MiniMax-M1 / Text-01 shape: 80 layers, 456B params, 45.9B active."""
         return cls(**overrides)
 
     @classmethod
-    def tiny(cls, **overrides) -> "ModelConfig":
+    def tiny(cls, **overrides) -> ModelConfig:
         """A few-thousand-parameter model for tests: 4 layers (L F L F), 4 heads of 16, 4 experts."""
         base = dict(
             vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
@@ -147,7 +147,7 @@ class ModelConfig:
         return cls(**base)
 
     @classmethod
-    def preset(cls, name: str, **overrides) -> "ModelConfig":
+    def preset(cls, name: str, **overrides) -> ModelConfig:
         presets = {"minimax_m1_456b": cls.minimax_m1_456b, "tiny": cls.tiny}
         if name not in presets:
             raise ValueError(f"unknown ModelConfig preset {name!r}; choose from {sorted(presets)}")
@@ -155,7 +155,7 @@ class ModelConfig:
 
     # ------------------------------------------------------------------------------ Hugging Face
     @classmethod
-    def from_hf(cls, config: dict[str, Any] | str | os.PathLike, **overrides) -> "ModelConfig":
+    def from_hf(cls, config: dict[str, Any] | str | os.PathLike, **overrides) -> ModelConfig:
         """Read a checkpoint config: a dict, a config.json path, or a checkpoint directory.
 
         Both forms are accepted: remote code (attn_type_list, layernorm_*_alpha, rotary_dim, rope_theta)

@@ -41,6 +41,6 @@ def make_torch_model(seed: int, **config) -> MiniMaxForCausalLM:
     return model
 
 
-def torch_logits(model, tokens) -> "torch.Tensor":
+def torch_logits(model, tokens) -> torch.Tensor:
     with torch.no_grad():
         return model(torch.as_tensor(tokens)).logits.float().numpy()

@@ -16,7 +16,6 @@ from safetensors.numpy import load_file
 from transformers import MiniMaxForCausalLM
 
 from m1jax.convert import CheckpointError, load_hf, save_hf
-from m1jax.convert.hf import convert_hf
 from m1jax.convert.safetensors_io import SafetensorsReader
 from m1jax.convert.torch_io import load_torch, save_torch
 from tests.conftest import jit_logits, rel_err
@@ -101,7 +100,7 @@ def test_bf16_round_trip_is_bit_exact(tmp_path):
     save_hf(ours, tmp_path / "out")
     a = SafetensorsReader(tmp_path / "hf" / "model.safetensors")
     b = SafetensorsReader(tmp_path / "out" / "model.safetensors")
-    for key in b.keys():
+    for key in b.keys():  # noqa: SIM118 (a reader, not a dict)
         assert a.dtype(key) == b.dtype(key) and a.read(key).tobytes() == b.read(key).tobytes(), key
     save_torch(ours, tmp_path / "m.pt")
     sd = torch.load(tmp_path / "m.pt", weights_only=True)

@@ -52,7 +52,9 @@ def test_forms_agree_with_float64_recurrence(rng, case, init, segments):
     b, t, h, dk, dv, block = case
     q, k, v, s, s0, seg = inputs(rng, b, t, h, dk, dv, init, segments)
     o64, st64 = numpy_recurrence(q, k, v, s, s0, seg)
-    kw = dict(initial_state=None if s0 is None else jnp.asarray(s0), segment_ids=None if seg is None else jnp.asarray(seg))
+    kw = dict(
+        initial_state=None if s0 is None else jnp.asarray(s0), segment_ids=None if seg is None else jnp.asarray(seg)
+    )
     args = (jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), jnp.asarray(s))
     results = {
         "quadratic": ref.quadratic(*args, **kw),
@@ -88,7 +90,7 @@ def test_chunked_gradients_match_the_oracle(rng, init):
     argnums = (0, 1, 2, 3) if init else (0, 1, 2)
     g_chunk = jax.grad(lambda *a: loss(lambda *x, **kw: ref.chunked(*x, block_size=8, **kw), *a), argnums)(*args)
     g_quad = jax.grad(lambda *a: loss(ref.quadratic, *a), argnums)(*args)
-    for gc, gq in zip(g_chunk, g_quad):
+    for gc, gq in zip(g_chunk, g_quad, strict=True):
         assert rel_err(gc, gq) < 2e-5
 
 

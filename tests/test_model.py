@@ -19,7 +19,7 @@ def randomize(model: MiniMaxM1, seed: int) -> MiniMaxM1:
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(key, len(leaves))
     new = []
-    for k, p in zip(keys, leaves):
+    for k, p in zip(keys, leaves, strict=True):
         if p.ndim == 1:  # norm weights
             new.append((1 + 0.2 * jax.random.normal(k, p.shape)).astype(p.dtype))
         else:
@@ -108,7 +108,7 @@ def _numpy_moe(moe, x):
         p /= p.sum()
         top = np.argsort(-p, kind="stable")[: moe.top_k]
         w = p[top] / p[top].sum()
-        for wi, e in zip(w, top):
+        for wi, e in zip(w, top, strict=True):
             h = xv @ w1[e]
             out[t] += wi * ((h / (1 + np.exp(-h))) * (xv @ w3[e])) @ w2[e]
     return out.reshape(np.shape(x))

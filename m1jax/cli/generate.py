@@ -61,5 +61,7 @@ def main(cfg, workdir: str | None) -> dict:
         with open(os.path.join(workdir, "generate.json"), "w") as f:
             json.dump(result, f, indent=1)
     if mismatch > cfg.max_logprob_diff:
-        raise SystemExit(f"decode with the cache disagrees with the full forward: {mismatch:.3g} > {cfg.max_logprob_diff}")
+        raise SystemExit(
+            f"decode with the cache disagrees with the full forward: {mismatch:.3g} > {cfg.max_logprob_diff}"
+        )
     return result

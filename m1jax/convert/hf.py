@@ -55,7 +55,7 @@ class CheckpointReader:
             if not os.path.exists(single):
                 raise CheckpointError(f"{self.path}: neither {INDEX_FILE} nor {SINGLE_FILE} found")
             self._readers = {SINGLE_FILE: SafetensorsReader(single)}
-            self._where = {k: SINGLE_FILE for k in self._readers[SINGLE_FILE].keys()}
+            self._where = dict.fromkeys(self._readers[SINGLE_FILE].keys(), SINGLE_FILE)
 
     def keys(self):
         return self._where.keys()
@@ -98,7 +98,8 @@ def check_source(source, config: ModelConfig, skeleton: MiniMaxM1) -> list[tuple
         raise CheckpointError(f"{source.path}: {_count(missing, 'missing tensor')}")
     unexpected = sorted(k for k in keys if k not in expected and not names.is_ignored(k))
     if unexpected:
-        raise CheckpointError(f"{source.path}: {_count(unexpected, 'unexpected tensor')} in {source.where(unexpected[0])}")
+        first = source.where(unexpected[0])
+        raise CheckpointError(f"{source.path}: {_count(unexpected, 'unexpected tensor')} in {first}")
     plan = []
     for entry in entries:
         shape = tuple(get_param(skeleton, entry.ours).get_value().shape)

@@ -41,7 +41,9 @@ class SafetensorsReader:
                 raise SafetensorsError(f"{self.path}: truncated (no header length; file is {size} bytes)")
             (n,) = struct.unpack("<Q", raw)
             if n > min(_MAX_HEADER, size - 8):
-                raise SafetensorsError(f"{self.path}: header length {n} exceeds the file ({size} bytes): truncated or corrupt")
+                raise SafetensorsError(
+                    f"{self.path}: header length {n} exceeds the file ({size} bytes): truncated or corrupt"
+                )
             try:
                 header = json.loads(f.read(n))
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -58,7 +60,8 @@ class SafetensorsReader:
             nbytes = int(np.prod(shape, dtype=np.int64)) * DTYPES[dt].itemsize
             if end - begin != nbytes or begin < 0:
                 raise SafetensorsError(
-                    f"{self.path}: tensor {name!r} {dt}{list(shape)} needs {nbytes} bytes but its offsets span {end - begin}"
+                    f"{self.path}: tensor {name!r} {dt}{list(shape)} needs {nbytes} bytes "
+                    f"but its offsets span {end - begin}"
                 )
             if self._data_start + end > size:
                 raise SafetensorsError(
@@ -119,7 +122,9 @@ def write_safetensors(path: str | os.PathLike, specs: list[TensorSpec], metadata
     for s in specs:
         if s.dtype not in _DTYPE_NAMES:
             raise SafetensorsError(f"{path}: tensor {s.name!r} has unsupported dtype {s.dtype}")
-        header[s.name] = {"dtype": _DTYPE_NAMES[s.dtype], "shape": list(s.shape), "data_offsets": [offset, offset + s.nbytes]}
+        header[s.name] = {
+            "dtype": _DTYPE_NAMES[s.dtype], "shape": list(s.shape), "data_offsets": [offset, offset + s.nbytes]
+        }
         offset += s.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # align the data section to 8 bytes

@@ -29,7 +29,7 @@ class Cache:
                 return entry[0].shape[1]
         return 2**31 - 1  # all-lightning models have no length limit
 
-    def replace(self, **kw) -> "Cache":
+    def replace(self, **kw) -> Cache:
         return dataclasses.replace(self, **kw)
 
 

@@ -50,12 +50,12 @@ def route(logits, k: int):
 class MoE(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         c = config
-        E, D, I = c.num_local_experts, c.hidden_size, c.intermediate_size
+        E, D, F = c.num_local_experts, c.hidden_size, c.intermediate_size
         pd = c.jnp_param_dtype
         self.gate = param(rngs, (D, E), ("embed", "expert_logits"), pd)
-        self.w1 = param(rngs, (E, D, I), ("expert", "embed", "mlp"), pd)  # gate projection
-        self.w3 = param(rngs, (E, D, I), ("expert", "embed", "mlp"), pd)  # up projection
-        self.w2 = param(rngs, (E, I, D), ("expert", "mlp", "embed"), pd)  # down projection
+        self.w1 = param(rngs, (E, D, F), ("expert", "embed", "mlp"), pd)  # gate projection
+        self.w3 = param(rngs, (E, D, F), ("expert", "embed", "mlp"), pd)  # up projection
+        self.w2 = param(rngs, (E, F, D), ("expert", "mlp", "embed"), pd)  # down projection
         self.top_k = c.num_experts_per_tok
         self.dtype = c.jnp_dtype
         self.impl = "grouped"
