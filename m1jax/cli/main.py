@@ -10,7 +10,7 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for outputs (config, logs, checkpoints).")
 
-COMMANDS = {"generate": "m1jax.cli.generate"}
+COMMANDS = {"generate": "m1jax.cli.generate", "train": "m1jax.cli.train"}
 
 
 def _usage() -> str:

@@ -1,0 +1,64 @@
+"""Training presets. Usage:
+
+    m1jax train --config=experiments/pretrain.py:tiny --workdir=/tmp/tiny [--config.optim.lr=3e-3 ...]
+
+  tiny      CPU, minutes: a 4-layer model learns copy / reverse / sort / add from bytes.
+  100m      GPU: ~100M active params (12 layers, 8 experts top-2), bf16 activations.
+  1b        GPU: ~1B active params (16 layers, 8 experts top-2); ~2.7B total, ~40 GiB of fp32 train state.
+  m1_456b   the full MiniMax-M1 shape (456B total, 45.9B active): --config.dry_run=True prints sizes and
+            FLOPs; training it needs the sharding layer (not yet written).
+GPU presets default to the procedural tasks with the byte tokenizer so they run anywhere; for text use
+--config.data.source=text --config.data.paths=/data/*.jsonl --config.data.tokenizer=/path/tokenizer.json.
+"""
+
+from m1jax.config import ModelConfig, hybrid_layout
+from m1jax.train.config import default_config, model_fields
+
+
+def _shape(layers: int, hidden: int, heads: int, kv_heads: int, head_dim: int, experts: int, inter: int,
+           **kw) -> ModelConfig:
+    alpha = (2 * layers) ** 0.25  # M1's deepnorm-style residual scale
+    return ModelConfig(
+        num_hidden_layers=layers, attn_type_list=hybrid_layout(layers), hidden_size=hidden,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim, rotary_dim=head_dim // 2,
+        num_local_experts=experts, num_experts_per_tok=2, intermediate_size=inter,
+        layernorm_full_attention_alpha=alpha, layernorm_linear_attention_alpha=alpha, layernorm_mlp_alpha=alpha,
+        **kw,
+    )
+
+
+def get_config(arg: str = "tiny"):
+    if arg == "tiny":
+        model = ModelConfig.tiny(vocab_size=258, num_hidden_layers=4, attn_type_list=(0, 0, 0, 1), block_size=16,
+                                 max_position_embeddings=4096)
+        cfg = default_config(model)
+        cfg.steps = 400
+        cfg.data.update(batch_size=16, seq_len=128, tasks="copy,reverse,sort,add", task_size=6)
+        cfg.optim.update(lr=3e-3, warmup_steps=20, weight_decay=0.01)
+        cfg.checkpoint.update(every=100, keep=2)
+        cfg.log.every = 20
+    elif arg == "100m":
+        model = _shape(12, 768, 12, 4, 64, 8, 1024, vocab_size=32768, dtype="bfloat16", block_size=256)
+        cfg = default_config(model)
+        cfg.steps = 20000
+        cfg.data.update(batch_size=32, seq_len=2048)
+        cfg.optim.update(lr=6e-4, warmup_steps=1000)
+        cfg.checkpoint.every = 1000
+    elif arg == "1b":
+        model = _shape(16, 2048, 16, 4, 128, 8, 2816, vocab_size=32768, dtype="bfloat16", block_size=256)
+        cfg = default_config(model)
+        cfg.steps = 50000
+        cfg.data.update(batch_size=64, seq_len=4096)
+        cfg.optim.update(lr=3e-4, warmup_steps=2000, grad_accum_steps=8)
+        cfg.checkpoint.every = 1000
+    elif arg == "m1_456b":
+        cfg = default_config(ModelConfig.minimax_m1_456b(dtype="bfloat16", param_dtype="bfloat16"))
+        cfg.steps = 100000
+        cfg.data.update(batch_size=512, seq_len=8192)
+        cfg.optim.update(lr=8e-5, warmup_steps=2000, grad_accum_steps=64)
+        cfg.checkpoint.every = 500
+    else:
+        raise ValueError(f"unknown preset {arg!r} for experiments/pretrain.py; choose from "
+                         "['100m', '1b', 'm1_456b', 'tiny']")
+    cfg.model.update(model_fields(model) if arg != "m1_456b" else {})
+    return cfg

@@ -1,0 +1,93 @@
+"""Procedural tasks (copy, reverse, sort, add, multiply): endless exact-answer data for smoke training and
+as an RL warm start. ``sample_task`` gives (prompt, answer) strings; ``TaskSource`` tokenizes them.
+
+Document i is drawn from its own generator seeded by (seed, i), so any document can be made again
+without generating the ones before it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from m1jax.data.sources import Document, with_specials
+
+_LETTERS = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+
+
+def _word(rng, size):
+    return "".join(rng.choice(_LETTERS, int(rng.integers(1, size + 1))))
+
+
+def _number(rng, digits):
+    return int(rng.integers(0, 10 ** int(rng.integers(1, digits + 1))))
+
+
+def _copy(rng, size):
+    w = _word(rng, size)
+    return f"copy {w}=", w
+
+
+def _reverse(rng, size):
+    w = _word(rng, size)
+    return f"reverse {w}=", w[::-1]
+
+
+def _sort(rng, size):
+    xs = rng.integers(0, 10, int(rng.integers(1, size + 1)))
+    return "sort " + " ".join(map(str, xs)) + "=", " ".join(map(str, np.sort(xs)))
+
+
+def _add(rng, size):
+    a, b = _number(rng, size), _number(rng, size)
+    return f"{a}+{b}=", str(a + b)
+
+
+def _mul(rng, size):
+    a, b = _number(rng, max(1, size // 2)), _number(rng, max(1, size // 2))
+    return f"{a}*{b}=", str(a * b)
+
+
+TASKS = {"copy": _copy, "reverse": _reverse, "sort": _sort, "add": _add, "mul": _mul}
+
+
+def sample_task(name: str, rng: np.random.Generator, size: int) -> tuple[str, str]:
+    """One instance of task ``name`` -> (prompt, answer); ``size`` bounds lengths / digit counts."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose from {sorted(TASKS)}")
+    return TASKS[name](rng, int(size))
+
+
+def parse_tasks(spec: str) -> tuple[str, ...]:
+    """'copy,sort' -> ('copy', 'sort'), checking every name."""
+    names = tuple(t.strip() for t in spec.split(",") if t.strip())
+    if not names:
+        raise ValueError("no task named")
+    for t in names:
+        if t not in TASKS:
+            raise ValueError(f"unknown task {t!r}; choose from {sorted(TASKS)}")
+    return names
+
+
+class TaskSource:
+    """Endless task documents: BOS prompt answer EOS. ``loss_on="answer"`` predicts only answer + EOS."""
+
+    def __init__(self, tasks: str | tuple[str, ...], tokenizer, *, seed: int = 0, size: int = 6,
+                 loss_on: str = "all"):
+        self.tasks = parse_tasks(tasks) if isinstance(tasks, str) else tuple(tasks)
+        if loss_on not in ("all", "answer"):
+            raise ValueError(f"loss_on={loss_on!r}: choose 'all' or 'answer'")
+        self.tokenizer, self.seed, self.size, self.loss_on = tokenizer, int(seed), int(size), loss_on
+
+    def example(self, index: int) -> tuple[str, str, str]:
+        """Document ``index`` as (task name, prompt, answer)."""
+        rng = np.random.default_rng((self.seed, int(index)))
+        name = self.tasks[int(rng.integers(len(self.tasks)))]
+        return (name, *sample_task(name, rng, self.size))
+
+    def __getitem__(self, index: int) -> Document:
+        _, prompt, answer = self.example(index)
+        p, a = self.tokenizer.encode(prompt), self.tokenizer.encode(answer)
+        ids = np.concatenate([p, a])
+        if self.loss_on == "all":
+            return with_specials(self.tokenizer, ids)
+        return with_specials(self.tokenizer, ids, np.concatenate([np.zeros(len(p), bool), np.ones(len(a), bool)]))

@@ -1,0 +1,129 @@
+"""The training experiment config: defaults (``default_config``) and a check of every value
+(``validate``) that runs before any work, raising ValueError naming the offending key."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import ml_collections
+
+from m1jax.config import ModelConfig
+
+
+def model_fields(config: ModelConfig) -> dict:
+    """ModelConfig -> dict for ``config.model`` (tuples stay tuples: ml_collections overrides those from the
+    command line, e.g. ``--config.model.attn_type_list='(0, 1)'``, but not lists)."""
+    return dataclasses.asdict(config)
+
+
+def model_config(cfg) -> ModelConfig:
+    """``cfg.model`` -> ModelConfig (validated by ModelConfig itself)."""
+    return ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.model.to_dict().items()})
+
+
+def default_config(model: ModelConfig) -> ml_collections.ConfigDict:
+    """Every key a training run reads, with defaults; experiment presets change some of them."""
+    cfg = ml_collections.ConfigDict()
+    cfg.model = ml_collections.ConfigDict(model_fields(model))
+    cfg.seed = 0
+    cfg.steps = 1000
+    cfg.init_from = ""  # a params checkpoint (m1jax.train.checkpoint.save_params) to start from
+    cfg.dry_run = False  # print sizes, FLOPs and memory estimates, then exit without allocating
+    cfg.kernels = ml_collections.ConfigDict(dict(moe="grouped", lightning="auto"))
+    cfg.data = ml_collections.ConfigDict(dict(
+        source="tasks",  # "tasks" (procedural) or "text" (text files / JSONL)
+        tasks="copy,reverse,sort,add", task_size=6, loss_on="all",  # tasks: which, how big, "all"|"answer"
+        paths="", text_unit="file", jsonl_field="text", shuffle=True,  # text: files/globs, comma-separated
+        tokenizer="bytes", bos_token="", eos_token="",  # "bytes" or a tokenizer.json (or its directory)
+        batch_size=16, seq_len=128, split_documents=True, prefetch=2,
+    ))
+    cfg.optim = ml_collections.ConfigDict(dict(
+        lr=3e-4, warmup_steps=100, min_lr_ratio=0.1,  # linear warmup from 0, cosine to lr * min_lr_ratio
+        b1=0.9, b2=0.95, eps=1e-15,  # MiniMax-M1's AdamW settings
+        weight_decay=0.1, no_decay="norm,embed_tokens",  # regexes on parameter paths exempt from decay
+        clip_norm=1.0,  # global-norm clipping (0 = off)
+        grad_accum_steps=1,  # micro-batches per step; data.batch_size is the global batch
+    ))
+    cfg.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3, async_save=True))
+    cfg.log = ml_collections.ConfigDict(dict(every=10, tensorboard=True, peak_tflops=0.0))  # 0: device table
+    return cfg
+
+
+def _fail(key, value, msg):
+    raise ValueError(f"config.{key}={value!r}: {msg}")
+
+
+def _check(cfg, key, ok, msg):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    try:
+        good = ok(node)
+    except TypeError:
+        good = False
+    if not good:
+        _fail(key, node, msg)
+
+
+def _is_int(x):
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def validate(cfg) -> ModelConfig:
+    """Check every training value; returns the ModelConfig. Raises ValueError naming the first bad key."""
+    from m1jax.data.pipeline import SOURCES
+    from m1jax.data.tasks import parse_tasks
+    from m1jax.model.moe import MOE_IMPLS
+    from pallas_kernels.lightning_attention.ops import IMPLS
+
+    finite = math.isfinite
+    _check(cfg, "seed", _is_int, "must be an int")
+    _check(cfg, "steps", lambda v: _is_int(v) and v > 0, "must be a positive int")
+    for key in ("data.batch_size", "data.seq_len", "optim.grad_accum_steps", "checkpoint.every",
+                "checkpoint.keep", "log.every", "data.task_size"):
+        _check(cfg, key, lambda v: _is_int(v) and v > 0, "must be a positive int")
+    _check(cfg, "data.prefetch", lambda v: _is_int(v) and v >= 0, "must be an int >= 0")
+    _check(cfg, "optim.lr", lambda v: finite(v) and v > 0, "must be a positive finite number")
+    _check(cfg, "optim.warmup_steps", lambda v: _is_int(v) and v >= 0, "must be an int >= 0")
+    _check(cfg, "optim.min_lr_ratio", lambda v: 0 <= v <= 1, "must be in [0, 1]")
+    for key in ("optim.b1", "optim.b2"):
+        _check(cfg, key, lambda v: 0 <= v < 1, "must be in [0, 1)")
+    for key in ("optim.eps", "optim.weight_decay", "optim.clip_norm", "log.peak_tflops"):
+        _check(cfg, key, lambda v: finite(v) and v >= 0, "must be a finite number >= 0")
+    if cfg.data.batch_size % cfg.optim.grad_accum_steps:
+        _fail("optim.grad_accum_steps", cfg.optim.grad_accum_steps,
+              f"must divide data.batch_size={cfg.data.batch_size}")
+    _check(cfg, "kernels.moe", lambda v: v in MOE_IMPLS, f"must be one of {MOE_IMPLS}")
+    _check(cfg, "kernels.lightning", lambda v: v in IMPLS, f"must be one of {IMPLS}")
+    _check(cfg, "data.source", lambda v: v in SOURCES, f"must be one of {SOURCES}")
+    _check(cfg, "data.loss_on", lambda v: v in ("all", "answer"), "must be 'all' or 'answer'")
+    if cfg.data.source == "tasks":
+        try:
+            parse_tasks(cfg.data.tasks)
+        except ValueError as e:
+            _fail("data.tasks", cfg.data.tasks, str(e))
+    if cfg.data.source == "text":
+        from m1jax.data.sources import TEXT_UNITS, expand_paths
+
+        _check(cfg, "data.text_unit", lambda v: v in TEXT_UNITS, f"must be one of {TEXT_UNITS}")
+        try:
+            expand_paths(cfg.data.paths)
+        except (FileNotFoundError, ValueError) as e:
+            _fail("data.paths", cfg.data.paths, str(e))
+    model = model_config(cfg)
+    tokenizer = load_data_tokenizer(cfg.data)
+    if tokenizer.vocab_size > model.vocab_size:
+        _fail("model.vocab_size", model.vocab_size, f"smaller than the tokenizer's vocabulary "
+              f"({tokenizer.vocab_size}, data.tokenizer={cfg.data.tokenizer!r})")
+    return model
+
+
+def load_data_tokenizer(data_cfg):
+    """The tokenizer named by ``config.data``, with errors naming the key."""
+    from m1jax.data.tokenizer import load_tokenizer
+
+    try:
+        return load_tokenizer(data_cfg.tokenizer, bos_token=data_cfg.bos_token, eos_token=data_cfg.eos_token)
+    except (OSError, ValueError) as e:
+        _fail("data.tokenizer", data_cfg.tokenizer, str(e))

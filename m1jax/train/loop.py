@@ -1,0 +1,188 @@
+"""The training loop: build everything from a config, resume from the latest checkpoint, train, log.
+
+``train(cfg, workdir)`` is what ``m1jax train`` runs; notebooks call it the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import threading
+import time
+
+import jax
+
+from m1jax.data.pipeline import build_pipeline
+from m1jax.train import checkpoint as ckpt_lib
+from m1jax.train.config import validate
+from m1jax.train.flops import device_peak_flops, flops_per_token, mfu, param_counts
+from m1jax.train.metrics import MetricWriter, Progress
+from m1jax.train.optimizer import make_optimizer
+from m1jax.train.step import abstract_train_state, init_params, init_train_state, make_train_step, model_graphdef
+
+# Sections of the config that define what is being trained: a resumed run must not change them.
+_FIXED = ("model", "data", "seed")
+_FREE_DATA_KEYS = ("prefetch",)
+
+
+class NonFiniteError(FloatingPointError):
+    """The loss or the gradient norm became NaN / Inf."""
+
+
+def _say(msg: str):
+    print(f"m1jax train: {msg}", flush=True)
+
+
+@contextlib.contextmanager
+def stop_signals():
+    """Record SIGTERM / SIGINT instead of dying, so the loop can checkpoint and stop cleanly.
+
+    Yields a dict whose "signum" is set when a signal arrived. A second signal acts immediately.
+    """
+    got = {"signum": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def handler(signum, frame):
+        if got["signum"] is not None:  # asked twice: stop now
+            signal.signal(signum, previous[signum])
+            signal.raise_signal(signum)
+        got["signum"] = signum
+        _say(f"got {signal.Signals(signum).name}: saving a checkpoint after this step, then stopping")
+
+    for s in previous:
+        signal.signal(s, handler)
+    try:
+        yield got
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _fixed_part(cfg_dict: dict) -> dict:
+    out = {k: cfg_dict.get(k) for k in _FIXED}
+    out["data"] = {k: v for k, v in (out["data"] or {}).items() if k not in _FREE_DATA_KEYS}
+    return out
+
+
+def _check_and_write_config(cfg, workdir: str, resuming: bool):
+    """Refuse to resume a run with a different model / data / seed; then record the current config."""
+    path = os.path.join(workdir, "config.json")
+    current = json.loads(cfg.to_json_best_effort())
+    if resuming and os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        old, new = _fixed_part(saved), _fixed_part(current)
+        diffs = [f"{sec}.{k}: {old[sec].get(k)!r} -> {new[sec].get(k)!r}" for sec in ("model", "data")
+                 for k in sorted(set(old[sec]) | set(new[sec])) if old[sec].get(k) != new[sec].get(k)]
+        if old["seed"] != new["seed"]:
+            diffs.append(f"seed: {old['seed']} -> {new['seed']}")
+        if diffs:
+            raise ValueError(f"{workdir} holds a run with a different config ({'; '.join(diffs)}); "
+                             "use a new --workdir to start another run")
+    with open(path + ".tmp", "w") as f:
+        f.write(cfg.to_json_best_effort(indent=1))
+    os.replace(path + ".tmp", path)
+
+
+def describe(cfg, model_config) -> dict:
+    """Sizes, FLOPs and a memory estimate, computed without allocating the model."""
+    counts = param_counts(model_config)
+    p_bytes = jax.numpy.dtype(model_config.param_dtype).itemsize
+    # params + grads in param dtype, Adam's two moments in param dtype (optax keeps them like the params)
+    train_bytes = counts["total"] * p_bytes * 4
+    fpt = flops_per_token(model_config, cfg.data.seq_len)
+    return {
+        "params_total": counts["total"], "params_active": counts["active"],
+        "params_active_non_embedding": counts["active"] - 2 * model_config.vocab_size * model_config.hidden_size,
+        "train_flops_per_token": fpt["total"], "attention_flops_fraction": fpt["attention"] / fpt["total"],
+        "tokens_per_step": cfg.data.batch_size * cfg.data.seq_len,
+        "state_memory_gib": train_bytes / 2**30,
+    }
+
+
+def train(cfg, workdir: str) -> dict:
+    """Train per ``cfg`` in ``workdir``, resuming from its latest checkpoint; returns a summary dict.
+
+    Writes workdir/config.json, metrics.jsonl, tb/ (TensorBoard) and checkpoints/<step>/.
+    Raises ValueError for a bad config (before any work) and NonFiniteError when training diverges
+    (the last good checkpoint is kept).
+    """
+    model_config = validate(cfg)
+    info = describe(cfg, model_config)
+    if cfg.dry_run:
+        _say(json.dumps(info))
+        return {"dry_run": True, **info}
+    if not workdir:
+        raise ValueError("training needs a --workdir")
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    os.makedirs(workdir, exist_ok=True)
+
+    tx, schedule = make_optimizer(cfg.optim, cfg.steps)
+    graphdef, abstract_params = model_graphdef(model_config, cfg.kernels.to_dict())
+    checkpointer = ckpt_lib.TrainCheckpointer(os.path.join(workdir, "checkpoints"), keep=cfg.checkpoint.keep,
+                                              async_save=cfg.checkpoint.async_save)
+    latest = checkpointer.latest_step()
+    _check_and_write_config(cfg, workdir, resuming=latest is not None)
+    if latest is not None:
+        state, data_state = checkpointer.restore(latest, abstract_train_state(abstract_params, tx))
+        _say(f"resuming from step {latest} ({checkpointer.directory})")
+    else:
+        if cfg.init_from:
+            params = ckpt_lib.restore_params_dict(cfg.init_from, abstract_params)
+            _say(f"params from {cfg.init_from}")
+        else:
+            params = init_params(model_config, cfg.seed)
+        state, data_state = init_train_state(params, tx), None
+    # Commit everything to one device, as restored arrays are: the step then compiles once, to the same
+    # executable whether the run is fresh or resumed (single device until the sharding layer lands).
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    state = jax.device_put(state, device)
+    start = latest or 0
+    _say(f"{info['params_total'] / 1e6:.2f}M params ({info['params_active'] / 1e6:.2f}M active), "
+         f"{info['tokens_per_step']} tokens/step, steps {start + 1}..{cfg.steps}, backend {jax.default_backend()}")
+
+    data = build_pipeline(cfg.data, cfg.seed, data_state)
+    step_fn = make_train_step(graphdef, tx, schedule, model_config, grad_accum_steps=cfg.optim.grad_accum_steps)
+    writer = MetricWriter(workdir, tensorboard=cfg.log.tensorboard, resume_step=latest)
+    progress = Progress(cfg.steps, cfg.log.every)
+    peak = cfg.log.peak_tflops * 1e12 or device_peak_flops(dtype=model_config.dtype)
+    summary = {"workdir": workdir, "start_step": start, "step": start, "interrupted": None}
+    saved_step = latest
+    try:
+        with stop_signals() as stop:
+            last = time.perf_counter()
+            for step in range(start + 1, cfg.steps + 1):
+                batch = jax.device_put(next(data), device)
+                state, m = step_fn(state, batch)
+                m = {k: float(v) for k, v in jax.device_get(m).items()}
+                now = time.perf_counter()
+                dt, last = now - last, now
+                if not m.pop("finite"):
+                    checkpointer.wait()
+                    raise NonFiniteError(
+                        f"step {step}: loss={m['total_loss']} grad_norm={m['grad_norm']} is not finite; stopped. "
+                        f"The last good checkpoint is step {saved_step} in {checkpointer.directory} (nothing "
+                        "newer was saved); lower config.optim.lr or check the data, then rerun to resume from it.")
+                m["step_time"] = dt
+                m["tokens_per_s"] = info["tokens_per_step"] / dt
+                m["mfu"] = mfu(m["tokens_per_s"] * info["train_flops_per_token"], peak)
+                writer.write(step, m)
+                progress.update(step, m)
+                summary.update(step=step, loss=m["loss"])
+                if step % cfg.checkpoint.every == 0 or step == cfg.steps or stop["signum"] is not None:
+                    checkpointer.save(step, state, data.state, model_config)
+                    saved_step = step
+                if stop["signum"] is not None:
+                    summary["interrupted"] = signal.Signals(stop["signum"]).name
+                    _say(f"stopped by {summary['interrupted']} after step {step}; checkpoint saved")
+                    break
+    finally:
+        checkpointer.close()
+        writer.close()
+        data.close()
+    return summary

@@ -1,0 +1,99 @@
+"""Per-step metrics: a JSONL log and TensorBoard events in the workdir, and a progress line."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+from m1jax.train.tensorboard import SummaryWriter
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """The complete records of a JSONL log (a torn last line from a killed run is skipped)."""
+    if not os.path.exists(path):
+        return []
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+class MetricWriter:
+    """Appends one JSON object per step to ``workdir/metrics.jsonl`` and scalars to ``workdir/tb``."""
+
+    def __init__(self, workdir: str, *, tensorboard: bool = True, resume_step: int | None = None):
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        if resume_step is not None:
+            self._truncate(resume_step)
+        elif os.path.exists(self.path):
+            os.remove(self.path)
+        self._f = open(self.path, "a")  # noqa: SIM115 - open for the run
+        self._tb = SummaryWriter(os.path.join(workdir, "tb")) if tensorboard else None
+
+    def _truncate(self, step: int):
+        """Drop records after ``step`` (they are about to be recomputed by the resumed run)."""
+        rows = [r for r in read_jsonl(self.path) if r.get("step", 0) <= step]
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        os.replace(tmp, self.path)
+
+    def write(self, step: int, metrics: dict):
+        row = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
+        self._f.write(json.dumps(row) + "\n")
+        self._f.flush()
+        if self._tb is not None:
+            self._tb.scalars(step, {k: v for k, v in row.items()
+                                    if k != "step" and isinstance(v, (int, float)) and v is not None})
+
+    def close(self):
+        self._f.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _plain(v):
+    v = float(v) if hasattr(v, "dtype") or isinstance(v, (int, float)) else v
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)  # JSON has no NaN / Inf
+    return v
+
+
+def _fmt_count(x: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= div:
+            return f"{x / div:.1f}{unit}"
+    return f"{x:.0f}"
+
+
+def _fmt_time(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class Progress:
+    """Prints ``step i/N | loss | grad norm | lr | tokens/s | MFU | ETA`` every ``every`` steps."""
+
+    def __init__(self, total_steps: int, every: int, stream=None):
+        self.total, self.every, self.stream = total_steps, every, stream or sys.stdout
+        self._start, self._start_step = time.perf_counter(), None
+
+    def update(self, step: int, m: dict):
+        if self._start_step is None:
+            self._start, self._start_step = time.perf_counter(), step
+        if step % self.every and step != self.total:
+            return
+        done = step - self._start_step
+        eta = (time.perf_counter() - self._start) / done * (self.total - step) if done else float("nan")
+        mfu = "n/a" if m.get("mfu") is None else f"{100 * m['mfu']:.1f}%"
+        line = (f"step {step}/{self.total} | loss {m['loss']:.4f} | acc {m['accuracy']:.3f} | "
+                f"gnorm {m['grad_norm']:.3g} | lr {m['lr']:.2e} | {_fmt_count(m['tokens_per_s'])} tok/s | "
+                f"MFU {mfu} | load {m['router/max_load']:.2f} | ETA {_fmt_time(eta) if done else '?'}")
+        print(line, file=self.stream, flush=True)

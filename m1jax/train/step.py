@@ -1,0 +1,130 @@
+"""The train state (a plain pytree) and the jitted train step (donated state, fixed shapes).
+
+state = {"params": nested dict of arrays (the model's nnx.Param values, nnx.State.to_pure_dict form),
+         "opt_state": the optax state, "step": int32 scalar (updates applied so far)}
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from m1jax.config import ModelConfig
+from m1jax.model import MiniMaxM1
+from m1jax.train.loss import cross_entropy_sums, next_token_targets
+
+
+def set_kernels(model: MiniMaxM1, *, moe: str = "grouped", lightning: str = "auto") -> MiniMaxM1:
+    """Choose the MoE path and lightning-attention implementation of every layer (static attributes)."""
+    for layer in model.layers:
+        layer.block_sparse_moe.impl = moe
+        if layer.is_lightning:
+            layer.self_attn.kernel_impl = lightning
+    return model
+
+
+def model_graphdef(config: ModelConfig, kernels: dict | None = None):
+    """(graphdef, abstract params as a pure dict of ShapeDtypeStruct) without allocating anything."""
+    model = nnx.eval_shape(lambda: MiniMaxM1(config, rngs=nnx.Rngs(0)))
+    set_kernels(model, **(kernels or {}))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    if jax.tree.leaves(rest):
+        raise ValueError(f"the model holds state other than nnx.Param, which training does not handle: {rest}")
+    return graphdef, nnx.to_pure_dict(params)
+
+
+def init_params(config: ModelConfig, seed: int):
+    """Freshly initialised params (pure dict), built under jit so nothing runs op by op."""
+    return jax.jit(lambda: nnx.to_pure_dict(nnx.state(MiniMaxM1(config, rngs=nnx.Rngs(seed)), nnx.Param)))()
+
+
+def init_train_state(params, tx: optax.GradientTransformation) -> dict:
+    return {"params": params, "opt_state": jax.jit(tx.init)(params), "step": jnp.zeros((), jnp.int32)}
+
+
+def abstract_train_state(abstract_params, tx: optax.GradientTransformation) -> dict:
+    """ShapeDtypeStructs of the train state (for restoring a checkpoint and for dry runs)."""
+    return jax.eval_shape(lambda p: init_train_state(p, tx), abstract_params)
+
+
+def _micro_batches(batch, n: int):
+    """[b, ...] arrays -> [n, b / n, ...] (rows i, i + n, ... would also do; contiguous is simpler)."""
+    return jax.tree.map(lambda x: x.reshape(n, x.shape[0] // n, *x.shape[1:]), batch)
+
+
+_STATS = ("nll", "correct", "aux_loss", "router/max_load", "router/min_load")
+
+
+def make_loss_and_grads(graphdef, config: ModelConfig, *, grad_accum_steps: int = 1):
+    """(params, batch) -> (loss, stats, grads, n_targets), traceable (call it under jit).
+
+    loss = sum of target NLLs / number of targets (over the whole global batch)
+           + config.router_aux_loss_coef * mean over micro-batches of the MoE load-balancing loss.
+    With grad_accum_steps = A > 1 the batch [b, n] runs as A micro-batches [b / A, n] in a lax.scan,
+    their gradients summed in fp32: exactly the full-batch gradient of the NLL term (the aux term
+    uses per-micro-batch router statistics). stats: summed nll / correct, mean aux loss and router load
+    (max / min over experts of tokens-per-expert relative to perfect balance, averaged over layers).
+    """
+    A = int(grad_accum_steps)
+    aux_loss_coef, top_k = float(config.router_aux_loss_coef), int(config.num_experts_per_tok)
+
+    def micro_loss(params, mb, n_targets):
+        out = nnx.merge(graphdef, params).forward(mb["tokens"], segment_ids=mb["segment_ids"],
+                                                  positions=mb["positions"])
+        nll, _, correct = cross_entropy_sums(out.logits, mb)
+        aux = out.aux_loss
+        load = out.router.tokens_per_expert * out.router.tokens_per_expert.shape[-1] / top_k  # [L, E]
+        stats = {"nll": nll, "correct": correct, "aux_loss": aux,
+                 "router/max_load": jnp.mean(jnp.max(load, -1)), "router/min_load": jnp.mean(jnp.min(load, -1))}
+        return nll / n_targets + aux_loss_coef * aux / A, stats
+
+    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+    def loss_and_grads(params, batch):
+        n_targets = jnp.maximum(jnp.sum(next_token_targets(batch)[1]), 1.0)
+        if A == 1:
+            (loss, stats), grads = grad_fn(params, batch, n_targets)
+            return loss, stats, grads, n_targets
+
+        def body(carry, mb):
+            g_sum, l_sum, s_sum = carry
+            (loss, stats), g = grad_fn(params, mb, n_targets)
+            return (jax.tree.map(jnp.add, g_sum, g), l_sum + loss, jax.tree.map(jnp.add, s_sum, stats)), None
+
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+        s0 = {k: jnp.zeros((), jnp.float32) for k in _STATS}
+        (grads, loss, stats), _ = jax.lax.scan(body, (zeros, jnp.zeros((), jnp.float32), s0), _micro_batches(batch, A))
+        stats = {k: v / A if k.startswith(("aux", "router")) else v for k, v in stats.items()}
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+        return loss, stats, grads, n_targets
+
+    return loss_and_grads
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.Schedule, config: ModelConfig,
+                    *, grad_accum_steps: int = 1):
+    """jit(state, batch) -> (state, metrics), the state donated; the loss is make_loss_and_grads'.
+
+    A step whose loss or gradient norm is not finite leaves the state unchanged (metrics["finite"] = 0).
+    """
+    loss_and_grads = make_loss_and_grads(graphdef, config, grad_accum_steps=grad_accum_steps)
+
+    def step(state, batch):
+        params = state["params"]
+        loss, stats, grads, n_targets = loss_and_grads(params, batch)
+        grad_norm = optax.tree.norm(grads)
+        updates, opt_state = tx.update(grads, state["opt_state"], params)
+        new = {"params": optax.apply_updates(params, updates), "opt_state": opt_state, "step": state["step"] + 1}
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
+        metrics = {
+            "loss": stats["nll"] / n_targets, "total_loss": loss, "aux_loss": stats["aux_loss"],
+            "accuracy": stats["correct"] / n_targets, "grad_norm": grad_norm, "lr": schedule(state["step"]),
+            "targets": n_targets, "finite": finite.astype(jnp.float32),
+            "router/max_load": stats["router/max_load"], "router/min_load": stats["router/min_load"],
+        }
+        return new, metrics
+
+    return jax.jit(step, donate_argnums=0)

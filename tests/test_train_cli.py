@@ -1,0 +1,140 @@
+"""`m1jax train` end to end (subprocesses sharing a JAX compilation cache): the tiny preset learns,
+a run killed with SIGKILL or stopped with SIGTERM resumes and reproduces the uninterrupted losses
+exactly, divergence stops with a clear message, bad configs fail before any work."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from m1jax.train.metrics import read_jsonl
+from m1jax.train.tensorboard import read_records
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 60
+# The tiny preset, shrunk so each step takes milliseconds on a CPU.
+ARGS = ["train", "--config=experiments/pretrain.py:tiny", f"--config.steps={STEPS}",
+        "--config.model.num_hidden_layers=2", "--config.model.attn_type_list=(0, 1)", "--config.model.hidden_size=32",
+        "--config.model.intermediate_size=32", "--config.data.batch_size=8", "--config.data.seq_len=64",
+        "--config.checkpoint.every=10", "--config.checkpoint.keep=2", "--config.log.every=20"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("jax_cache")
+    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO, JAX_COMPILATION_CACHE_DIR=str(cache),
+                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+
+
+def cli(env, workdir, *extra, **kw):
+    return subprocess.Popen([sys.executable, "-m", "m1jax.cli.main", *ARGS, f"--workdir={workdir}", *extra],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def run(env, workdir, *extra):
+    proc = cli(env, workdir, *extra)
+    out, _ = proc.communicate(timeout=300)
+    return proc.returncode, out
+
+
+def losses(workdir):
+    rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    assert [r["step"] for r in rows] == list(range(1, len(rows) + 1)), "one record per step, in order"
+    return np.array([r["loss"] for r in rows]), np.array([r["grad_norm"] for r in rows])
+
+
+def wait_for_step(proc, workdir, step, timeout=240):
+    path, start = os.path.join(workdir, "metrics.jsonl"), time.time()
+    while time.time() - start < timeout:
+        rows = read_jsonl(path)
+        if rows and rows[-1]["step"] >= step:
+            return rows[-1]["step"]
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.02)
+    raise TimeoutError(f"no step {step} after {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def reference(env, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("reference")
+    code, out = run(env, workdir)
+    assert code == 0, out
+    return workdir, out
+
+
+def test_tiny_preset_learns_and_logs(reference):
+    workdir, out = reference
+    loss, grad_norm = losses(workdir)
+    assert len(loss) == STEPS and np.all(np.isfinite(grad_norm))
+    assert loss[0] > 5.0 and loss[-5:].mean() < 0.65 * loss[0], loss[::10]
+    assert f"step {STEPS}/{STEPS}" in out and "tok/s" in out
+    rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    assert {"lr", "tokens_per_s", "mfu", "router/max_load", "aux_loss", "accuracy"} <= set(rows[0])
+    assert rows[0]["mfu"] is None  # CPU: no peak to compare against
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["50", "60"]  # keep-last-2
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f)["steps"] == STEPS
+    (events,) = os.listdir(os.path.join(workdir, "tb"))
+    assert len(read_records(os.path.join(workdir, "tb", events))) == STEPS + 1  # + the file_version header
+
+
+def test_sigterm_and_sigkill_then_rerun_reproduce_the_uninterrupted_losses(env, reference, tmp_path):
+    # SIGTERM: the run saves a checkpoint at the step it is on and exits with 128 + 15
+    proc = cli(env, tmp_path)
+    wait_for_step(proc, tmp_path, 13)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    stopped = losses(tmp_path)[0].size
+    assert stopped < STEPS and str(stopped) in os.listdir(os.path.join(tmp_path, "checkpoints")), out
+    # rerun, then SIGKILL: no chance to save; the rerun resumes from the last complete checkpoint
+    proc = cli(env, tmp_path)
+    wait_for_step(proc, tmp_path, stopped + 22)
+    proc.send_signal(signal.SIGKILL)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL and f"resuming from step {stopped}" in out, out
+    assert len(losses(tmp_path)[0]) < STEPS, "killed before the end"
+    code, out = run(env, tmp_path)
+    assert code == 0 and "resuming from step" in out, out
+    ref_loss, ref_gn = losses(reference[0])
+    loss, gn = losses(tmp_path)
+    np.testing.assert_array_equal(loss, ref_loss)  # bit-identical, not just close
+    np.testing.assert_array_equal(gn, ref_gn)
+
+
+def test_divergence_stops_with_a_clear_message(env, reference, tmp_path):
+    import jax
+    import orbax.checkpoint as ocp
+
+    # a params checkpoint whose LM head holds a NaN: the first step's loss is NaN
+    ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+    good = os.path.join(reference[0], "checkpoints", "60")
+    params = ckptr.restore(good, args=ocp.args.Composite(params=ocp.args.StandardRestore()))["params"]
+    params = jax.tree.map(np.asarray, params)
+    params["lm_head"] = params["lm_head"].copy()
+    params["lm_head"][0, 0] = np.nan
+    from m1jax.train.checkpoint import load_config, save_params
+
+    bad = save_params(str(tmp_path / "nan_params"), params, load_config(good))
+    code, out = run(env, tmp_path / "run", f"--config.init_from={bad}")
+    assert code == 1 and "training diverged" in out and "step 1: loss=nan" in out, out
+    assert os.listdir(tmp_path / "run" / "checkpoints") == []
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--config.optim.lr=-0.001"], "config.optim.lr=-0.001: must be a positive finite number"),
+    (["--config.optim.learning_rate=1e-3"], "learning_rate"),
+    (["--config=experiments/pretrain.py:huge"], "unknown preset 'huge'"),
+])
+def test_bad_config_fails_before_any_work(extra, message, tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    workdir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "m1jax.cli.main", *ARGS, f"--workdir={workdir}", *extra], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and message in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    assert not workdir.exists()

@@ -1,0 +1,54 @@
+"""Experiment presets and the config checks that run before any work."""
+
+import pytest
+
+from experiments import pretrain
+from m1jax.train.config import validate
+from m1jax.train.loop import describe
+
+
+@pytest.mark.parametrize("preset", ["tiny", "100m", "1b", "m1_456b"])
+def test_presets_validate_and_have_the_intended_size(preset):
+    cfg = pretrain.get_config(preset)
+    info = describe(cfg, validate(cfg))
+    active = info["params_active_non_embedding"]
+    expect = {"tiny": (1e4, 1e6), "100m": (0.7e8, 1.3e8), "1b": (0.8e9, 1.2e9), "m1_456b": (45.5e9, 46.5e9)}[preset]
+    assert expect[0] < active < expect[1], active
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("optim.lr", -1e-3, "config.optim.lr=-0.001: must be a positive finite number"),
+    ("optim.lr", float("nan"), "config.optim.lr=nan"),
+    ("optim.b2", 1.0, "config.optim.b2=1.0: must be in [0, 1)"),
+    ("optim.grad_accum_steps", 3, "must divide data.batch_size=16"),
+    ("optim.warmup_steps", -1, "config.optim.warmup_steps=-1"),
+    ("steps", 0, "config.steps=0: must be a positive int"),
+    ("data.seq_len", 0, "config.data.seq_len=0"),
+    ("data.source", "web", "config.data.source='web': must be one of"),
+    ("data.tasks", "copy,fly", "unknown task 'fly'"),
+    ("data.tokenizer", "/no/such/tokenizer.json", "config.data.tokenizer='/no/such/tokenizer.json'"),
+    ("kernels.moe", "sparse", "config.kernels.moe='sparse'"),
+    ("model.vocab_size", 200, "config.model.vocab_size=200: smaller than the tokenizer's vocabulary (258"),
+    ("model.rotary_dim", 7, "ModelConfig.rotary_dim=7"),
+])
+def test_bad_values_are_named(key, value, message):
+    cfg = pretrain.get_config("tiny")
+    section, _, name = key.rpartition(".")
+    (cfg[section] if section else cfg)[name] = value
+    with pytest.raises(ValueError) as e:
+        validate(cfg)
+    assert message in str(e.value)
+
+
+def test_text_source_needs_existing_paths(tmp_path):
+    cfg = pretrain.get_config("tiny")
+    cfg.data.source, cfg.data.paths = "text", str(tmp_path / "*.jsonl")
+    with pytest.raises(ValueError, match="config.data.paths=.*matches no file"):
+        validate(cfg)
+    (tmp_path / "a.jsonl").write_text('{"text": "hi"}\n')
+    validate(cfg)
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        pretrain.get_config("huge")
