@@ -11,6 +11,7 @@ from flax import nnx
 from m1jax.config import ModelConfig
 from m1jax.model.layers import dense, param
 from m1jax.model.rope import apply_partial_rope, rope_cos_sin
+from m1jax.sharding import constrain
 
 
 class SoftmaxAttention(nnx.Module):
@@ -40,6 +41,10 @@ class SoftmaxAttention(nnx.Module):
         v = dense(x, self.v_proj[...], self.dtype).reshape(b, n, K, D)
         cos, sin = rope_cos_sin(positions, self.rotary_dim, self.rope_theta)
         q, k = apply_partial_rope(q, cos, sin), apply_partial_rope(k, cos, sin)
+        # Context parallelism: queries stay split over the sequence, keys / values are all-gathered
+        # (XLA derives each shard's causal offset from the global iota positions of the mask).
+        q = constrain(q, ("batch", "seq", "heads", None))
+        k, v = (constrain(a, ("batch", None, "kv_heads", None)) for a in (k, v))
 
         q_pos = jnp.arange(n) if cache_index is None else cache_index + jnp.arange(n)
         if kv_cache is None:

@@ -11,7 +11,9 @@ from flax import nnx
 
 import pallas_kernels
 from m1jax.config import ModelConfig
+from m1jax.model import lightning_cp
 from m1jax.model.layers import RMSNorm, dense, param
+from m1jax.sharding import constrain
 
 
 def _alibi_slopes(n: int) -> list[float]:
@@ -61,14 +63,15 @@ class LightningAttention(nnx.Module):
         b, n, _ = x.shape
         H, D = self.num_heads, self.head_dim
         qkv = jax.nn.silu(dense(x, self.qkv_proj[...], self.dtype)).reshape(b, n, H, 3 * D)
+        qkv = constrain(qkv, ("batch", "seq", "heads", None))  # per-head interleaved: heads split whole
         q, k, v = qkv[..., :D], qkv[..., D : 2 * D], qkv[..., 2 * D :]
         decay = jnp.asarray(self.decay, jnp.float32)
         if state is not None and n == 1 and segment_ids is None:
             o, state = pallas_kernels.lightning_attention_decode(q[:, 0], k[:, 0], v[:, 0], decay, state)
             o = o[:, None]
         else:
-            o, state = pallas_kernels.lightning_attention(
-                q, k, v, decay, initial_state=state, return_state=True, segment_ids=segment_ids,
+            o, state = lightning_cp.lightning_attention(
+                q, k, v, decay, initial_state=state, segment_ids=segment_ids,
                 block_size=self.block_size, impl=self.kernel_impl,
             )
         o = self.norm(o.reshape(b, n, H * D).astype(self.dtype))

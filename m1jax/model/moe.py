@@ -1,8 +1,10 @@
 """The MoE block (`block_sparse_moe`): softmax router over all experts, top-k, renormalise, SwiGLU experts.
 
-Two numerically equivalent paths:
+Three numerically equivalent paths:
   * ``dense``   every expert on every token, combined with the (mostly zero) routing weights; the oracle.
   * ``grouped`` token-expert pairs sorted by expert and run with jax.lax.ragged_dot; the fast path.
+  * ``ep``      expert parallel over the ambient mesh (``moe_ep.py``): tokens meet the devices holding
+                their experts, ``grouped`` runs there; ``grouped`` itself when there is no mesh.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from flax import nnx
 
 from m1jax.config import ModelConfig
 from m1jax.model.layers import param
+from m1jax.model.moe_ep import expert_parallel
 
-MOE_IMPLS = ("grouped", "dense")
+MOE_IMPLS = ("grouped", "dense", "ep")
 
 
 @jax.tree_util.register_dataclass
@@ -71,7 +74,12 @@ class MoE(nnx.Module):
         logits = jnp.einsum("td,de->te", xt.astype(jnp.float32), self.gate[...].astype(jnp.float32),
                             precision=jax.lax.Precision.HIGHEST)
         weights, experts, probs = route(logits, self.top_k)
-        y = (self._dense if impl == "dense" else self._grouped)(xt, weights, experts)
+        if impl == "ep":
+            k = self.top_k
+            y = expert_parallel(self._grouped_ffn, xt.reshape(b, n, d), weights.reshape(b, n, k),
+                                experts.reshape(b, n, k), *self._expert_params())
+        else:
+            y = (self._dense if impl == "dense" else self._grouped)(xt, weights, experts)
         return y.reshape(b, n, d).astype(self.dtype), self._stats(probs, experts, token_mask)
 
     def _expert_params(self):
@@ -88,7 +96,10 @@ class MoE(nnx.Module):
         return jnp.einsum("ted,te->td", y, combine)
 
     def _grouped(self, xt, weights, experts):
-        w1, w3, w2 = self._expert_params()
+        return self._grouped_ffn(xt, weights, experts, *self._expert_params())
+
+    def _grouped_ffn(self, xt, weights, experts, w1, w3, w2):
+        """xt [t, d]; weights, experts [t, k] (expert id == E means skip); w1, w3 [E, d, F]; w2 [E, F, d]."""
         f32 = jnp.float32
         t, k = experts.shape
         flat = experts.reshape(-1)

@@ -13,6 +13,7 @@ from m1jax.model.cache import Cache, init_cache
 from m1jax.model.decoder import DecoderLayer
 from m1jax.model.layers import RMSNorm, param
 from m1jax.model.moe import RouterStats
+from m1jax.sharding import constrain
 
 
 @jax.tree_util.register_dataclass
@@ -63,19 +64,25 @@ class MiniMaxM1(nnx.Module):
             positions = jnp.broadcast_to(jnp.arange(n) + (0 if index is None else index), (b, n))
         token_mask = None if segment_ids is None else segment_ids != 0
 
-        x = jnp.take(self.embed_tokens[...], tokens, axis=0).astype(c.jnp_dtype)
+        # The table is gathered over its FSDP dim first: XLA then looks up rows with the vocab split over
+        # devices (masked gather + all-reduce) instead of replicating the activations.
+        table = constrain(self.embed_tokens[...], ("vocab", None))
+        x = jnp.take(table, tokens, axis=0).astype(c.jnp_dtype)
+        x = constrain(x, ("batch", "seq", "hidden"))
         entries, stats = [], []
         for i, layer in enumerate(self.layers):
             x, entry, st = layer(
                 x, positions=positions, segment_ids=segment_ids,
                 cache_entry=None if cache is None else cache.layers[i], cache_index=index, token_mask=token_mask,
             )
+            x = constrain(x, ("batch", "seq", "hidden"))
             entries.append(entry)
             stats.append(st)
         # M1's LM head runs in fp32 (final norm and matmul) to keep train/inference probabilities aligned.
         h = self.norm(x.astype(jnp.float32))
         logits = jnp.einsum("bnd,dv->bnv", h, self.lm_head[...].astype(jnp.float32),
                             precision=jax.lax.Precision.HIGHEST)
+        logits = constrain(logits, ("batch", "seq", "vocab"))
         new_cache = None if cache is None else Cache(index=cache.index + n, layers=tuple(entries))
         router = jax.tree.map(lambda *xs: jnp.stack(xs), *stats)
         return ModelOutput(logits=logits, cache=new_cache, router=router)

@@ -1,0 +1,100 @@
+"""Lightning attention on the ambient mesh: ``shard_map`` over batch / heads, and context parallelism.
+
+The Pallas kernels cannot be split by XLA's automatic partitioner, so with a mesh the kernel always
+runs inside ``shard_map`` on each device's [batch, seq, heads] block.
+
+Context parallelism (the sequence split over the ``context`` axis into C equal pieces of length L):
+each shard runs the kernel from a zero state, giving its local output and its local final state
+S_j (the state of its last segment, from its own tokens only). With a = e^{-s L} (the decay across
+one shard) the state entering shard c follows the reference's block recurrence, one block per shard:
+    In_0 = initial state (or 0),   In_{j+1} = S_j + a * [prev_j == last_j] * In_j,
+where prev_j is the segment the incoming state belongs to (first token's segment for j = 0, else the
+last segment of shard j-1) and last_j the segment of shard j's last token: with packed sequences a
+carried state survives a shard only if that shard is one segment. The [C, b, H, D, D] states are
+all-gathered (small next to activations) and every shard runs the same C-step scan; shard c adds
+    (Q_t * e^{-s (t+1)}) In_c   to the outputs of its tokens in segment prev_c,
+and In_C is the global final state. Exact (same algebra as the chunked reference).
+Limits: the sequence length must be a multiple of C (else the rules leave the sequence unsplit and
+every device runs the whole sequence); the scan is O(C) tiny matmuls per shard; decoding (one
+token) never splits the sequence.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+import pallas_kernels
+from m1jax.sharding.rules import active_mesh, logical_to_spec, mesh_axes
+
+QKV_AXES = ("batch", "seq", "heads", None)
+_HI = jax.lax.Precision.HIGHEST
+
+
+def lightning_attention(q, k, v, decay, *, initial_state=None, segment_ids=None, block_size: int, impl: str):
+    """q, k, v [b, n, H, D]; decay [H] -> (o [b, n, H, D] in q.dtype, final fp32 state [b, H, D, D])."""
+    kernel_kw = dict(return_state=True, block_size=block_size, impl=impl)
+    mesh = active_mesh()
+    if mesh is None or mesh.size == 1:
+        return pallas_kernels.lightning_attention(q, k, v, decay, initial_state=initial_state,
+                                                  segment_ids=segment_ids, **kernel_kw)
+    spec = logical_to_spec(QKV_AXES, q.shape, mesh)
+    batch, ctx, heads = spec[0], mesh_axes(spec[1]), spec[2]
+    state_spec, seg_spec = P(batch, heads, None, None), P(batch, spec[1])
+    C = 1
+    for a in ctx:
+        C *= mesh.shape[a]
+
+    def body(q, k, v, decay, state0, seg):
+        if not ctx:
+            return pallas_kernels.lightning_attention(q, k, v, decay, initial_state=state0, segment_ids=seg,
+                                                      **kernel_kw)
+        o, s_local = pallas_kernels.lightning_attention(q, k, v, decay, segment_ids=seg, **kernel_kw)
+        return _context_correction(q, o, s_local, decay, state0, seg, ctx, C)
+
+    args = (q, k, v, decay, initial_state, segment_ids)
+    specs = (spec, spec, spec, P(heads), state_spec, seg_spec)
+    present = [i for i, a in enumerate(args) if a is not None]
+
+    def call(*xs):  # shard_map over the arrays that exist (state / segment ids are optional)
+        full = [None] * len(args)
+        for i, x in zip(present, xs, strict=True):
+            full[i] = x
+        return body(*full)
+
+    # check_vma=False: the kernels build their own (unvarying) zero states inside scans and Pallas calls.
+    # The transpose then psums cotangents of inputs over the axes their spec leaves out and divides
+    # those of outputs likewise, which is exact here because the final state is replicated over
+    # ``context`` by construction (every shard runs the same scan on the gathered states).
+    return jax.shard_map(call, mesh=mesh, in_specs=tuple(specs[i] for i in present),
+                         out_specs=(spec, state_spec), check_vma=False)(*(args[i] for i in present))
+
+
+def _context_correction(q, o, s_local, decay, state0, seg, ctx, C):
+    """Add the contribution of the preceding shards' state to this shard's outputs (see module doc)."""
+    b, L, H, D = q.shape
+    s = decay.astype(jnp.float32)
+    a = jnp.exp(-s * L)[None, :, None, None]  # decay across one whole shard
+    states = jax.lax.all_gather(s_local, ctx)  # [C, b, H, D, D]
+    if seg is None:
+        survive = [1.0] * C
+    else:
+        first = jax.lax.all_gather(seg[:, 0], ctx)  # [C, b]
+        last = jax.lax.all_gather(seg[:, -1], ctx)
+        prev = [first[0]] + [last[j - 1] for j in range(1, C)]  # segment of the state entering shard j
+        survive = [(prev[j] == last[j]).astype(jnp.float32)[:, None, None, None] for j in range(C)]
+    incoming = [jnp.zeros_like(s_local) if state0 is None else state0.astype(jnp.float32)]
+    for j in range(C):
+        incoming.append(states[j] + a * survive[j] * incoming[j])
+    c = jax.lax.axis_index(ctx)
+    s_in = jnp.stack(incoming[:C])[c]
+    t = jnp.arange(L, dtype=jnp.float32)
+    q_decay = jnp.exp(-s[None, :] * (t + 1)[:, None])  # [L, H], exponents <= 0
+    if seg is None:
+        sees = jnp.ones((b, L), jnp.float32)
+    else:
+        prev_c = jnp.stack(prev)[c]  # [b]
+        sees = (seg == prev_c[:, None]).astype(jnp.float32)
+    corr = jnp.einsum("bthd,th,bt,bhde->bthe", q.astype(jnp.float32), q_decay, sees, s_in, precision=_HI)
+    return (o.astype(jnp.float32) + corr).astype(o.dtype), incoming[C]

@@ -1,0 +1,227 @@
+"""Sharded-vs-single-device checks, run by tests/test_sharding.py in a subprocess with 16 fake CPU
+devices (the pytest process already initialised jax with one device). Prints one JSON line per check
+and "ok" at the end; exits non-zero on the first mismatch.
+
+  model   for each mesh in MESHES: logits, loss and every gradient of a 2-layer tiny model (fp32,
+          packed batch, expert-parallel MoE) against the single-device result with the dense-MoE
+          oracle; then a checkpoint saved from one mesh restores onto another, values identical.
+  layers  context-parallel lightning attention (4 devices) with packed segments and an initial
+          state, outputs / final state / gradients; the fused qkv projection split over ``tensor``
+          needs no communication (whole heads per shard); the H*D RMSNorm gets its all-reduce.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from m1jax import MiniMaxM1, ModelConfig
+from m1jax import sharding as sh
+
+MESHES = {
+    "data": dict(data=8, fsdp=1),
+    "fsdp_tensor": dict(fsdp=2, tensor=4),
+    "expert_data": dict(expert=4, data=2, fsdp=1),
+    "all4": dict(data=2, fsdp=2, expert=2, tensor=2),
+    "context": dict(context=4, tensor=2, expert=2, fsdp=1),
+}
+TOL = 2e-5  # max |a - b| / max |b|, fp32
+
+
+def rel_err(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+def batch_of(config, b=8, n=16, seed=0):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, config.vocab_size, (b, n)).astype(np.int32)
+    cut = rng.integers(1, n, b)  # two packed documents per row (the second may run off the end)
+    segment_ids = np.where(np.arange(n)[None] < cut[:, None], 1, 2).astype(np.int32)
+    return jnp.asarray(tokens), jnp.asarray(segment_ids)
+
+
+def loss_fn(params, graphdef, tokens, segment_ids, aux_coef):
+    out = nnx.merge(graphdef, params).forward(tokens, segment_ids=segment_ids)
+    logp = jax.nn.log_softmax(out.logits[:, :-1].astype(jnp.float32))
+    nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], -1)[..., 0]
+    w = (segment_ids[:, 1:] == segment_ids[:, :-1]).astype(jnp.float32)
+    return jnp.sum(nll * w) / jnp.sum(w) + aux_coef * out.aux_loss, out.logits
+
+
+def make_step(graphdef, aux_coef, in_shardings=None, out_shardings=None):
+    def step(params, tokens, segment_ids):
+        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, graphdef, tokens, segment_ids,
+                                                                          aux_coef)
+        return logits, loss, grads
+
+    return jax.jit(step, in_shardings=in_shardings, out_shardings=out_shardings)
+
+
+def set_moe(model, impl):
+    for layer in model.layers:
+        layer.block_sparse_moe.impl = impl
+    return model
+
+
+def check_model(ckpt_dir: str):
+    config = ModelConfig.tiny(router_aux_loss_coef=0.01, num_hidden_layers=2, attn_type_list=(0, 1))
+    model = MiniMaxM1(config, rngs=nnx.Rngs(0))
+    tokens, segment_ids = batch_of(config)
+    graphdef, params = nnx.split(set_moe(model, "dense"), nnx.Param)
+    params = params.to_pure_dict()
+    ref_logits, ref_loss, ref_grads = jax.device_get(make_step(graphdef, config.router_aux_loss_coef)(
+        params, tokens, segment_ids))
+
+    graphdef_ep = nnx.split(set_moe(model, "ep"), nnx.Param)[0]
+    meshes = {}
+    for name, sizes in MESHES.items():
+        t0 = time.perf_counter()
+        n_dev = int(np.prod(list(sizes.values())))
+        mesh = meshes[name] = sh.make_mesh(sh.MeshConfig(**sizes), devices=jax.devices()[:n_dev])
+        p_shard = sh.param_shardings(model, mesh)
+        batch_shard = jax.sharding.NamedSharding(mesh, sh.logical_to_spec(("batch", "seq"), tokens.shape, mesh))
+        with sh.use_mesh(mesh):
+            step = make_step(graphdef_ep, config.router_aux_loss_coef,
+                             in_shardings=(p_shard, batch_shard, batch_shard), out_shardings=(None, None, p_shard))
+            sharded = jax.device_put(params, p_shard)
+            logits, loss, grads = jax.device_get(step(sharded, tokens, segment_ids))
+        errs = {"logits": rel_err(logits, ref_logits), "loss": rel_err(loss, ref_loss),
+                "grads": max(rel_err(g, r) for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads),
+                                                            strict=True))}
+        print(json.dumps({"mesh": name, "sizes": sizes, **errs, "seconds": round(time.perf_counter() - t0, 1)}),
+              flush=True)
+        if max(errs.values()) > TOL:
+            sys.exit(f"mesh {name}: sharded result differs from one device: {errs}")
+
+    # Save from the fsdp x tensor mesh, restore onto the expert x data mesh.
+    src, dst = meshes["fsdp_tensor"], meshes["expert_data"]
+    save, restore = _checkpoint_fns(config)
+    save(ckpt_dir, jax.device_put(params, sh.param_shardings(model, src)))
+    restored = restore(ckpt_dir, sh.abstract_params(model, dst))
+    want = jax.tree.leaves(sh.param_shardings(model, dst))
+    for got, ref, s in zip(jax.tree.leaves(restored), jax.tree.leaves(params), want, strict=True):
+        if not got.sharding.is_equivalent_to(s, got.ndim):
+            sys.exit(f"restored sharding {got.sharding} != {s}")
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))
+    print(json.dumps({"checkpoint": "fsdp_tensor -> expert_data", "ok": True}), flush=True)
+
+
+def _checkpoint_fns(config):
+    """(save(path, params), restore(path, abstract params with shardings)): m1jax.train's params
+    checkpoints when present, else plain orbax."""
+    try:
+        from m1jax.train.checkpoint import restore_params_dict, save_params
+    except ImportError:
+        import orbax.checkpoint as ocp
+
+        def save(path, params):
+            with ocp.StandardCheckpointer() as ckptr:
+                ckptr.save(path, params)
+
+        def restore(path, target):
+            with ocp.StandardCheckpointer() as ckptr:
+                return ckptr.restore(path, target)
+
+        return save, restore
+    return (lambda path, params: save_params(path, params, config)), restore_params_dict
+
+
+def _collectives(compiled) -> dict:
+    text = compiled.as_text()
+    return {op: text.count(f" {op}(") + text.count(f" {op}-start(")
+            for op in ("all-gather", "all-reduce", "all-to-all", "collective-permute", "reduce-scatter")}
+
+
+def check_layers():
+    import pallas_kernels
+    from m1jax.model import lightning_cp
+    from m1jax.model.layers import dense
+    from m1jax.model.lightning import LightningAttention
+
+    # Context parallelism on 4 devices: outputs, final state and gradients (q, k, v, initial state).
+    b, n, H, D = 2, 32, 4, 8
+    keys = jax.random.split(jax.random.key(0), 4)
+    q, k, v = (0.5 * jax.random.normal(kk, (b, n, H, D)) for kk in keys[:3])
+    s0 = jax.random.normal(keys[3], (b, H, D, D))
+    decay = jnp.array([0.5, 0.1, 0.02, 0.001])
+    seg = jnp.array([[1] * 5 + [2] * 20 + [3] * 7, [1] * 32], jnp.int32)  # boundaries inside and across shards
+
+    def loss(fn, q, k, v, s0, seg):
+        o, st = fn(q, k, v, decay, initial_state=s0, segment_ids=seg, block_size=4, impl="reference")
+        return jnp.sum(jnp.sin(o)) + jnp.sum(st ** 2), (o, st)
+
+    def plain(*a, **kw):
+        return pallas_kernels.lightning_attention(*a, return_state=True, **kw)
+
+    grad = jax.value_and_grad(loss, argnums=(1, 2, 3, 4), has_aux=True)
+    for use_seg, use_s0 in ((False, False), (True, True)):
+        args = (q, k, v, s0 if use_s0 else None, seg if use_seg else None)
+        ref = jax.jit(grad, static_argnums=0)(plain, *args)
+        for sizes in (dict(context=4, fsdp=1), dict(context=2, tensor=2, fsdp=1)):
+            mesh = sh.make_mesh(sh.MeshConfig(**sizes), devices=jax.devices()[:4])
+            with sh.use_mesh(mesh):
+                got = jax.jit(grad, static_argnums=0)(lightning_cp.lightning_attention, *args)
+            errs = [rel_err(a, r) for a, r in zip(jax.tree.leaves(got), jax.tree.leaves(ref), strict=True)]
+            print(json.dumps({"context_parallel": sizes, "segments": use_seg, "initial_state": use_s0,
+                              "max_rel_err": max(errs)}), flush=True)
+            if max(errs) > TOL:
+                sys.exit(f"context-parallel lightning attention differs: {sizes} {errs}")
+
+    # The fused qkv projection [hidden, 3*H*D] split over ``tensor`` (T | H) leaves whole heads per
+    # shard: projecting and splitting into heads needs no communication at all.
+    config = ModelConfig.tiny(num_attention_heads=8)
+    layer = LightningAttention(config, 0, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (2, 16, config.hidden_size))
+    ref_y, _ = nnx.jit(lambda m, x: m(x))(layer, x)
+    for tensor in (2, 4, 8):
+        mesh = sh.make_mesh(sh.MeshConfig(tensor=tensor, fsdp=1), devices=jax.devices()[:tensor])
+        sharded = sh.shard_model(nnx.clone(layer), mesh)
+        spec = sharded.qkv_proj[...].sharding.spec
+        H, D = config.num_attention_heads, config.head_dim
+
+        def heads(w, x, H=H, D=D):
+            qkv = jax.nn.silu(dense(x, w, jnp.float32)).reshape(*x.shape[:2], H, 3 * D)
+            return sh.constrain(qkv, ("batch", "seq", "heads", None))
+
+        with sh.use_mesh(mesh):
+            comm = _collectives(jax.jit(heads).lower(sharded.qkv_proj[...], x).compile())
+            y, _ = nnx.jit(lambda m, x: m(x))(sharded, x)
+        err = rel_err(y, ref_y)
+        print(json.dumps({"qkv_tensor": tensor, "qkv_spec": str(spec), "collectives": comm,
+                          "layer_rel_err": err}), flush=True)
+        if spec[1] != "tensor" or any(comm.values()) or err > TOL:
+            sys.exit(f"qkv split over tensor={tensor}: spec {spec}, collectives {comm}, layer error {err}")
+
+    # The lightning output norm is an RMSNorm over all H*D features: with heads split over ``tensor``
+    # XLA's partitioner adds the cross-shard sum of squares (an all-reduce); the layer output above
+    # matched the unsharded one, so that reduction is right.
+    mesh = sh.make_mesh(sh.MeshConfig(tensor=4, fsdp=1), devices=jax.devices()[:4])
+    norm = sh.shard_model(nnx.clone(layer.norm), mesh)
+    h = jax.random.normal(jax.random.key(2), (2, 16, config.num_attention_heads * config.head_dim))
+    hs = jax.device_put(h, jax.sharding.NamedSharding(mesh, sh.logical_to_spec((None, None, "heads"), h.shape, mesh)))
+    with sh.use_mesh(mesh):
+        graphdef, state = nnx.split(norm)
+        apply = jax.jit(lambda state, h: nnx.merge(graphdef, state)(h))
+        out = apply(state, hs)
+        comm = _collectives(apply.lower(state, hs).compile())
+    err = rel_err(out, layer.norm(h))
+    print(json.dumps({"lightning_norm_tensor": 4, "collectives": comm, "rel_err": err}), flush=True)
+    if err > TOL or not comm["all-reduce"]:
+        sys.exit(f"H*D RMSNorm under tensor parallelism: error {err}, collectives {comm}")
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "model":
+        check_model(sys.argv[2])
+    elif sys.argv[1] == "layers":
+        check_layers()
+    else:
+        sys.exit(f"unknown check {sys.argv[1]!r}")
+    print("ok")
