@@ -5,10 +5,18 @@ On a GPU (JAX 0.11.x with CUDA):
 checks
   * gpu_mosaic.lightning_attention_fwd (Pallas Mosaic GPU, Hopper) and its variants,
   * gpu_triton.lightning_attention (Pallas Triton) forward, if the module is present,
+  * the public op ``pallas_kernels.lightning_attention(impl="mosaic_gpu")``: forward, and fwd+bwd
+    (Mosaic forward + Triton backward; grads of q, k, v, initial_state for cotangents on o and the
+    final state) against ``jax.vjp`` of reference.chunked in fp32; its fp32-input fallback (Triton);
+  * ``impl="triton"`` fwd+bwd with segment_ids (packed sequences), and ``impl="mosaic_gpu"`` with
+    segment_ids (falls back to Triton);
+  * that ``impl="auto"`` resolves to "mosaic_gpu" on Hopper (compute capability 9.x) and gives the
+    same output as impl="mosaic_gpu";
   * decode.lightning_attention_decode(impl="triton") (one step, chained steps, in-place state),
 against reference.chunked / reference.step / reference.recurrent computed in fp32 (HIGHEST precision)
 on the same (bf16-rounded) inputs, printing relative Frobenius and max abs errors. Quick timings
-(median of a few repeats) are printed too unless --no-timing.
+(median of a few repeats; forward kernels, fwd+bwd through the op, decode) are printed too unless
+--no-timing.
 
 On a CPU (for development) ``--interpret`` runs small shapes in interpret mode (Mosaic GPU needs
 JAX >= 0.11 for its GPU interpret mode).
@@ -17,6 +25,7 @@ JAX >= 0.11 for its GPU interpret mode).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import sys
@@ -30,7 +39,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from pallas_kernels.lightning_attention import decode, reference  # noqa: E402
+import pallas_kernels  # noqa: E402
+from pallas_kernels.lightning_attention import decode, ops, reference  # noqa: E402
 
 try:
     from pallas_kernels.lightning_attention import gpu_mosaic
@@ -166,12 +176,172 @@ def check_forward(args):
             if name != "mosaic_gpu" and i not in (0, 1, 2):  # variants on the first cases only
                 continue
 
-            def run(name=name, fn=fn):
+            def run(name=name, fn=fn, q=q, k=k, v=v, decay=decay, s0=s0, shape=shape, ro=ro, rs=rs):
                 o, s = jax.jit(fn)(q, k, v, decay, s0)
                 record(name, shape, "o", o, ro, 1e-2)
                 record(name, shape, "state", s, rs, 1e-2)
 
             guarded(f"{name} {shape}", run)
+
+
+# ------------------------------------------------------------------------------- the public op
+
+
+def op_vjp(impl, q, k, v, decay, s0, seg, do, dst, interpret):
+    """(o, state) and the grads (dq, dk, dv[, ds0]) of pallas_kernels.lightning_attention(impl=...)."""
+
+    def f(q, k, v, *s0_):
+        return pallas_kernels.lightning_attention(
+            q, k, v, decay, initial_state=s0_[0] if s0_ else None, segment_ids=seg, return_state=True,
+            impl=impl, block_size=64, interpret=interpret,
+        )
+
+    primals = (q, k, v) if s0 is None else (q, k, v, s0)
+    out, pullback = jax.vjp(f, *primals)
+    return out, pullback((do.astype(out[0].dtype), dst))
+
+
+def ref_vjp(q, k, v, decay, s0, seg, do, dst):
+    """The same through jax.vjp of reference.chunked, all in fp32 (HIGHEST precision)."""
+
+    def f(q, k, v, *s0_):
+        return reference.chunked(
+            q, k, v, decay, initial_state=s0_[0] if s0_ else None, segment_ids=seg, block_size=64
+        )
+
+    q, k, v, do = (x.astype(F32) for x in (q, k, v, do))
+    primals = (q, k, v) if s0 is None else (q, k, v, s0)
+    out, pullback = jax.vjp(f, *primals)
+    return out, pullback((do, dst))
+
+
+def make_segments(key, b, t, n_seg):
+    """[b, t] int32 ids with n_seg - 1 random boundaries per row (contiguous runs)."""
+    rows = []
+    for i in range(b):
+        cuts = np.sort(np.asarray(jax.random.choice(jax.random.fold_in(key, i), t - 1, (n_seg - 1,),
+                                                    replace=False)) + 1)
+        row = np.zeros(t, np.int32)
+        for c in cuts:
+            row[c:] += 1
+        rows.append(row)
+    return jnp.asarray(np.stack(rows))
+
+
+def check_grads(check, shape, impl, q, k, v, decay, s0, seg, interpret, key, lim_o, lim_g):
+    b, t, h, dk = q.shape
+    dv = v.shape[-1]
+    kd, ks = jax.random.split(key)
+    do = jax.random.normal(kd, (b, t, h, dv), F32).astype(q.dtype)
+    dst = jax.random.normal(ks, (b, h, dk, dv), F32)
+    (o, st), grads = jax.jit(functools.partial(op_vjp, impl, interpret=interpret))(
+        q, k, v, decay, s0, seg, do, dst)
+    (ro, rs), rgrads = jax.jit(ref_vjp)(q, k, v, decay, s0, seg, do, dst)
+    record(check, shape, "o", o, ro, lim_o)
+    record(check, shape, "state", st, rs, lim_o)
+    for name, g, r in zip(("dq", "dk", "dv", "ds0"), grads, rgrads, strict=False):
+        record(check, shape, name, g, r, lim_g)
+
+
+def op_cases(interpret, quick):
+    # (b, t, h, dk, dv, decay kind, initial state)
+    if interpret:
+        return [(1, 128 + 21, 2, 64, 64, "random", True)]
+    cases = [
+        (1, 4096, 64, 128, 128, "minimax", True),
+        (2, 1000, 4, 128, 128, "random", True),  # tail of 40 tokens
+        (1, 2048, 8, 128, 128, "extreme", False),
+        (1, 16384, 16, 128, 128, "minimax", True),
+    ]
+    return cases[:2] if quick else cases
+
+
+def check_op(args):
+    print("\n== pallas_kernels.lightning_attention(impl='mosaic_gpu'): fwd, fwd+bwd vs jax.vjp(reference) ==")
+    if gpu_mosaic is None:  # on a GPU the import failure is already a FAIL (check_forward)
+        print(f"  skipped: gpu_mosaic not available ({_MOSAIC_ERR})")
+        return
+    key = jax.random.PRNGKey(3)
+    for i, (b, t, h, dk, dv, kind, init) in enumerate(op_cases(args.interpret, args.quick)):
+        q, k, v, decay, s0 = make_inputs(jax.random.fold_in(key, i), b, t, h, dk, dv, jnp.bfloat16, kind, init)
+        shape = f"B{b} T{t} H{h} D{dk}/{dv} {kind[:4]}{' s0' if init else ''}"
+        reason = gpu_mosaic.unsupported_reason(q, k, v, decay, s0)
+        if reason is not None:
+            print(f"  FAIL mosaic_gpu does not take {shape}: {reason}")
+            FAILED.append(f"op mosaic_gpu {shape}: falls back ({reason})")
+
+        def run_fwd(q=q, k=k, v=v, decay=decay, s0=s0, shape=shape):
+            f = jax.jit(lambda q, k, v, d, s: pallas_kernels.lightning_attention(
+                q, k, v, d, initial_state=s, return_state=True, impl="mosaic_gpu", interpret=args.interpret))
+            o, st = f(q, k, v, decay, s0)
+            ro, rs = ref_fwd(q, k, v, decay, s0)
+            record("op mosaic_gpu fwd", shape, "o", o, ro, 1e-2)
+            record("op mosaic_gpu fwd", shape, "state", st, rs, 1e-2)
+
+        guarded(f"op mosaic_gpu fwd {shape}", run_fwd)
+        guarded(f"op mosaic_gpu fwd+bwd {shape}", functools.partial(
+            check_grads, "op mosaic_gpu fwd+bwd", shape, "mosaic_gpu", q, k, v, decay, s0, None,
+            args.interpret, jax.random.fold_in(key, 100 + i), 1e-2, 2e-2))
+
+    # fp32 inputs: impl="mosaic_gpu" runs the Triton forward and backward (IEEE fp32 dots)
+    b, t, h, d = (1, 80, 2, 64) if args.interpret else (2, 1000, 4, 128)
+    q, k, v, decay, s0 = make_inputs(jax.random.fold_in(key, 50), b, t, h, d, d, F32, "random", True)
+    guarded("op mosaic_gpu fp32 fallback", functools.partial(
+        check_grads, "op mosaic_gpu fp32 (->triton)", f"B{b} T{t} H{h} D{d} rand s0 fp32", "mosaic_gpu",
+        q, k, v, decay, s0, None, args.interpret, jax.random.fold_in(key, 51), 1e-4, 1e-4))
+
+
+def check_segments(args):
+    print("\n== segment_ids: impl='triton' (and 'mosaic_gpu' -> triton) fwd+bwd vs jax.vjp(reference) ==")
+    key = jax.random.PRNGKey(4)
+    if args.interpret:
+        cases = [(2, 100, 2, 64, 64, 4)]
+    else:
+        cases = [(2, 3000, 8, 128, 128, 6), (1, 4096, 64, 128, 128, 9)]
+    for i, (b, t, h, dk, dv, n_seg) in enumerate(cases):
+        q, k, v, decay, s0 = make_inputs(jax.random.fold_in(key, i), b, t, h, dk, dv, jnp.bfloat16,
+                                         "random", True)
+        seg = make_segments(jax.random.fold_in(key, 10 + i), b, t, n_seg)
+        shape = f"B{b} T{t} H{h} D{dk}/{dv} {n_seg} segs s0"
+        for impl in ("triton", "mosaic_gpu") if i == 0 and gpu_mosaic is not None else ("triton",):
+            guarded(f"{impl} segments {shape}", functools.partial(
+                check_grads, f"op {impl} fwd+bwd segments", shape, impl, q, k, v, decay, s0, seg,
+                args.interpret, jax.random.fold_in(key, 20 + i), 1e-2, 2e-2))
+
+
+def check_auto(args):
+    print("\n== impl='auto' resolution ==")
+    dev = jax.devices()[0]
+    cc = str(getattr(dev, "compute_capability", "") or "")
+    auto = ops._auto_impl()
+    hopper = jax.default_backend() == "gpu" and cc.split(".")[0] == "9"
+    want = "mosaic_gpu" if hopper else ("triton" if jax.default_backend() == "gpu" else "reference")
+    ok = auto == want
+    print(f"  {'ok  ' if ok else 'FAIL'} backend {jax.default_backend()}, compute capability {cc or '-'}: "
+          f"auto -> {auto!r} (expected {want!r})")
+    ROWS.append(("impl auto", f"cc {cc or '-'}", f"-> {auto}", 0.0 if ok else float("inf"), 0.0, 0, ok))
+    if not ok:
+        FAILED.append(f"impl auto resolved to {auto!r}, expected {want!r}")
+    if not hopper:
+        return
+
+    def run_same():
+        q, k, v, decay, s0 = make_inputs(jax.random.PRNGKey(5), 1, 4096, 64, 128, 128, jnp.bfloat16)
+        outs, hlo = {}, {}
+        for impl in ("auto", "mosaic_gpu"):
+            f = jax.jit(lambda q, k, v, d, impl=impl: pallas_kernels.lightning_attention(q, k, v, d, impl=impl))
+            outs[impl] = np.asarray(f(q, k, v, decay).astype(F32))
+            hlo[impl] = f.lower(q, k, v, decay).as_text()
+        same = bool(np.array_equal(outs["auto"], outs["mosaic_gpu"]))
+        mosaic_call = "custom_call @mosaic_gpu" in hlo["auto"]  # the Mosaic GPU kernel's custom call
+        ok = same and mosaic_call
+        print(f"  {'ok  ' if ok else 'FAIL'} impl='auto' output == impl='mosaic_gpu' output: {same}; "
+              f"auto's HLO calls the Mosaic GPU kernel: {mosaic_call}")
+        ROWS.append(("impl auto == mosaic_gpu", "B1 T4096 H64 D128", "o", 0.0 if ok else float("inf"), 0.0, 0, ok))
+        if not ok:
+            FAILED.append("impl auto does not run the mosaic_gpu kernel")
+
+    guarded("impl auto output", run_same)
 
 
 def check_decode(args):
@@ -190,7 +360,7 @@ def check_decode(args):
             ro, rs = reference.step(q, kk, v, decay, s)
             shape = f"B{b} H{h} D{d} {jnp.dtype(dtype).name}"
 
-            def run(q=q, kk=kk, v=v, s=s, ro=ro, rs=rs, shape=shape, dtype=dtype):
+            def run(q=q, kk=kk, v=v, s=s, ro=ro, rs=rs, shape=shape, dtype=dtype, decay=decay):
                 o, ns = decode.lightning_attention_decode(
                     q, kk, v, decay, s, impl="triton", interpret=args.interpret
                 )
@@ -254,6 +424,16 @@ def timings(args):
                 print(f"  fwd {label:<24} B{b} T{t} H{h}: {ms:8.3f} ms  {nbytes / ms / 1e6:7.0f} GB/s")
             except Exception as e:  # noqa: BLE001
                 print(f"  fwd {label:<24} B{b} T{t} H{h}: failed {type(e).__name__}: {str(e)[:200]}")
+        for impl in ("mosaic_gpu", "triton"):  # fwd+bwd through the public op (grads of q, k, v)
+            loss = lambda q, k, v, d, impl=impl: jnp.sum(  # noqa: E731
+                pallas_kernels.lightning_attention(q, k, v, d, impl=impl).astype(F32))
+            fn = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+            label = f"op {impl} fwd+bwd"
+            try:
+                ms = bench(fn, q, k, v, decay)
+                print(f"  {label:<28} B{b} T{t} H{h}: {ms:8.3f} ms")
+            except Exception as e:  # noqa: BLE001
+                print(f"  {label:<28} B{b} T{t} H{h}: failed {type(e).__name__}: {str(e)[:200]}")
     # decode: 20 steps inside one jit (fori_loop, state carried in place), so dispatch is excluded
     h, d, n = 64, 128, 20
     decay = minimax_decay(h)
@@ -265,7 +445,7 @@ def timings(args):
             ("decode triton", lambda x, st: decode.lightning_attention_decode(x, x, x, decay, st, impl="triton")[1]),
             ("decode reference", lambda x, st: reference.step(x, x, x, decay, st)[1]),
         ):
-            loop = jax.jit(lambda st, one=one: jax.lax.fori_loop(0, n, lambda i, st: one(q[i], st), st))
+            loop = jax.jit(lambda st, one=one, q=q: jax.lax.fori_loop(0, n, lambda i, st: one(q[i], st), st))
             try:
                 us = bench(loop, s) * 1e3 / n
                 print(f"  {label:<18} B{b} H{h} D{d}: {us:8.1f} us/step  {nbytes / us / 1e3:7.0f} GB/s (state)")
@@ -299,6 +479,9 @@ def main():
           f"python {platform.python_version()}")
     t0 = time.time()
     check_forward(args)
+    check_op(args)
+    check_segments(args)
+    check_auto(args)
     check_decode(args)
     timings(args)
     print(f"\nchecks took {time.time() - t0:.1f} s")

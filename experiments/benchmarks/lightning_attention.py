@@ -1,32 +1,54 @@
-"""Benchmark lightning attention implementations against fla, cuDNN softmax attention and a device copy.
+"""Benchmark lightning attention: our kernels vs fla, cuDNN softmax attention and a device copy.
 
-Run on one GPU (one process; JAX and, if importable, torch + fla):
-    PYTHONUNBUFFERED=1 python3 experiments/benchmarks/lightning_attention.py [--skip-bwd] \
-        [--shapes B1T4K,B4T16K] [--impls reference,triton,mosaic_gpu]
-Smoke test on a CPU (tiny shapes, Pallas kernels in interpret mode, no fla/cuDNN):
-    JAX_PLATFORMS=cpu python3 experiments/benchmarks/lightning_attention.py --smoke
+Device runs (the issue's full matrix in TWO calls of the device tool's `run`, each well under its
+10-minute limit: the script stops starting new measurements after --budget-s seconds and rewrites its
+results after every shape, so a late stop still leaves a table). Each call carries `.whl` (fla-core
+0.6.0, ml-collections; see below) and names it in `carry`; run with timeout_s=600:
 
-What is timed (median over repeats after warm-up; JAX with jax.block_until_ready and a host clock,
-torch with CUDA events), at H=64, D=128, bf16 (MiniMax-M1's lightning layer), MiniMax slopes:
-  * ours: pallas_kernels.lightning_attention(impl=...) for "reference", "triton", "mosaic_gpu" where
-    registered in ops.IMPLS (if "mosaic_gpu" is not registered, gpu_mosaic.lightning_attention is
-    called directly and labelled so); fwd, and fwd+bwd = jax.grad of the sum of the outputs;
-  * fla 0.6.x: fla.ops.simple_gla.chunk_simple_gla(q, k, v, g_gamma=-s, scale=1.0) via torch;
-  * cuDNN causal softmax attention: jax.nn.dot_product_attention(implementation="cudnn", is_causal=True);
-  * a device copy (JAX x + 1 over 2 GiB; torch copy_ too when torch sees the GPU), bytes read+written;
+    Call 1 (copy; B1T4K, B1T16K, B4T16K: fwd and fwd+bwd):
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit; set -o pipefail; nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem --format=csv; PYTHONUNBUFFERED=1 timeout 570 python3 experiments/benchmarks/lightning_attention.py --part 1 --budget-s 480 2>&1 | tee $OUT/bench_part1.log
+
+    Call 2 (copy; B1T64K, B1T128K: fwd and fwd+bwd; decode B 1/64/256):
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit; set -o pipefail; PYTHONUNBUFFERED=1 timeout 570 python3 experiments/benchmarks/lightning_attention.py --part 2 --budget-s 480 2>&1 | tee $OUT/bench_part2.log
+
+Each writes $OUT/bench_part{1,2}.md and .json (copy them into experiments/results/ here: files written
+under experiments/results/ on the device machine do not come back). The wheels, once, in the repo
+root here (the GPU image has torch 2.11, triton 3.6, einops, transformers; it lacks fla-core and
+ml-collections; fla-core needs only einops besides torch / triton):
+    mkdir -p .git/info && echo /.whl/ >> .git/info/exclude
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \\
+        -d .whl fla-core==0.6.0 ml-collections==1.1.0
+
+Other uses:
+    python3 experiments/benchmarks/lightning_attention.py --shapes B1T4K,B4T16K [--impls triton] [--skip-bwd]
+    JAX_PLATFORMS=cpu python3 experiments/benchmarks/lightning_attention.py --smoke   # CPU, interpret mode
+
+What is timed, at H=64, D=128, bf16 (MiniMax-M1's lightning layer), MiniMax layer-0 slopes:
+  * ours: pallas_kernels.lightning_attention(impl=...) for "mosaic_gpu" (Mosaic GPU Hopper forward; its
+    fwd+bwd is that forward + the Triton backward), "triton" (C=64) and "reference" (jnp, C=256);
+    fwd, and fwd+bwd = jax.grad of sum(o) w.r.t. q, k, v (the reference's fwd+bwd is skipped above
+    --ref-bwd-max-tokens tokens: its scan residuals at T128K take tens of GB and minutes);
+  * fla 0.6: fla.ops.simple_gla.chunk_simple_gla(q, k, v, g_gamma=-s, scale=1.0), via torch;
+  * cuDNN causal softmax attention forward: jax.nn.dot_product_attention(implementation="cudnn");
+  * a device copy: torch copy_ of 2 GiB (when torch sees the GPU) and JAX x + 1 over 2 GiB;
   * decode (one token, fp32 state [B, H, D, D]) at B = 1, 64, 256: ours via
-    pallas_kernels.lightning_attention_decode(impl=...) timed per step inside a jitted 20-step loop
-    and per host call (dispatch included); fla fused_recurrent_simple_gla per call.
-Effective GB/s counts q, k, v read + o written once (4 B T H D x 2 bytes), also for fwd+bwd (a
-yardstick, not the traffic); decode GB/s counts the fp32 state read + written. "x fla" = fla's time /
-this time (> 1: faster than fla). Missing impls are skipped with a note. The markdown table is printed
-and written to experiments/results/.
-"""
+    pallas_kernels.lightning_attention_decode(impl="triton" / "reference") per step inside a jitted
+    20-step loop and per host call (state donated); fla fused_recurrent_simple_gla with an fp32
+    state, per call and per step of 20 chained back-to-back calls.
+Timing: each sample runs n back-to-back calls (n chosen so a sample lasts >= ~2 ms) and is divided by
+n; the median over samples is reported (JAX: host clock around jax.block_until_ready; torch: CUDA
+events). GB/s counts q, k, v read + o written once (4 B T H D x 2 bytes; also for fwd+bwd, a
+yardstick, not the traffic); decode counts the fp32 state read + written. "% copy" = GB/s / the best
+measured copy GB/s; "x fla" = fla's time / this time (> 1: faster than fla).
+"""  # noqa: E501
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
+import math
 import os
 import platform
 import re
@@ -48,19 +70,36 @@ import pallas_kernels  # noqa: E402
 from pallas_kernels.lightning_attention import ops  # noqa: E402
 
 H, D = 64, 128
-SHAPES = {"B1T4K": (1, 4096), "B1T16K": (1, 16384), "B1T64K": (1, 65536), "B4T16K": (4, 16384),
-          "B1T128K": (1, 131072)}
+SHAPES = {
+    "B1T4K": (1, 4096),
+    "B1T16K": (1, 16384),
+    "B4T16K": (4, 16384),
+    "B1T64K": (1, 65536),
+    "B1T128K": (1, 131072),
+}
+PARTS = {  # --part N: the shapes and whether decode runs; together the whole matrix
+    1: (("B1T4K", "B1T16K", "B4T16K"), False),
+    2: (("B1T64K", "B1T128K"), True),
+}
 SMOKE_SHAPES = {"B1T256": (1, 256)}
 DECODE_BATCHES = (1, 64, 256)
+DECODE_STEPS = 20
+OUR_IMPLS = ("mosaic_gpu", "triton", "reference")
 BLOCK = {"reference": 256, "triton": 64, "mosaic_gpu": 64}
+COPY_BYTES = 2 << 30
 
 ROWS: list[dict] = []
 NOTES: list[str] = []
+STATE = {"t0": time.time(), "budget_s": math.inf, "writer": None}
 
 
 def note(msg):
-    print(f"  note: {msg}")
+    print(f"  note: {msg}", flush=True)
     NOTES.append(msg)
+
+
+def out_of_time() -> bool:
+    return time.time() - STATE["t0"] > STATE["budget_s"]
 
 
 def minimax_decay(h, layer=0, num_layers=80):
@@ -68,59 +107,90 @@ def minimax_decay(h, layer=0, num_layers=80):
     return (slope * (1 - layer / (num_layers - 1) + 1e-5)).astype(np.float32)
 
 
-def add(section, shape, impl, ms, nbytes=None, err=None):
+def short_err(e):
+    s = f"{type(e).__name__}: {e}"
+    return re.sub(r"\s+", " ", s)[:200]
+
+
+def add(section, shape, impl, ms=None, nbytes=None, err=None):
     row = {"section": section, "shape": shape, "impl": impl, "ms": ms, "bytes": nbytes, "err": err}
     ROWS.append(row)
     if err is not None:
-        print(f"  {section:<10} {shape:<9} {impl:<34} failed: {err}")
+        print(f"  {section:<8} {shape:<8} {impl:<36} {err}", flush=True)
     else:
         gbs = f"{nbytes / ms / 1e6:8.0f} GB/s" if nbytes else ""
-        print(f"  {section:<10} {shape:<9} {impl:<34} {ms:10.3f} ms {gbs}")
+        print(f"  {section:<8} {shape:<8} {impl:<36} {ms:10.4f} ms {gbs}", flush=True)
 
 
-def short_err(e):
-    s = f"{type(e).__name__}: {e}"
-    s = re.sub(r"\s+", " ", s)
-    return s[:160]
+def measure(section, shape, impl, nbytes, timer, *targs, skip=None, per=1):
+    """Records timer(*targs) / per (ms); records a skip or the failure instead where needed."""
+    if skip:
+        add(section, shape, impl, err=f"skipped: {skip}")
+        return None
+    if out_of_time():
+        add(section, shape, impl, err=f"skipped: time budget ({STATE['budget_s']:.0f} s) spent")
+        return None
+    try:
+        ms = timer(*targs) / per
+    except Exception as e:  # noqa: BLE001
+        add(section, shape, impl, err=f"failed: {short_err(e)}")
+        return None
+    add(section, shape, impl, ms, nbytes)
+    return ms
 
 
 # ------------------------------------------------------------------------------------------- timing
 
 
-def time_jax(fn, *args, warmup=2, budget_s=1.5, min_rep=3, max_rep=20):
+def _sample_plan(first_s, budget_s, min_samples=3, max_samples=15, min_sample_s=2e-3):
+    inner = max(1, math.ceil(min_sample_s / max(first_s, 1e-7)))
+    inner = min(inner, 200)
+    samples = int(min(max_samples, max(min_samples, budget_s / max(first_s * inner, 1e-7))))
+    return inner, samples
+
+
+def time_jax(fn, *args, budget_s=1.0):
+    """Median ms per call; each sample times `inner` back-to-back calls (dispatch pipelined)."""
     jax.block_until_ready(fn(*args))  # compile + first run
     t0 = time.perf_counter()
     jax.block_until_ready(fn(*args))
     first = time.perf_counter() - t0
-    for _ in range(max(0, warmup - 1)):
-        jax.block_until_ready(fn(*args))
-    reps = int(min(max_rep, max(min_rep, budget_s / max(first, 1e-6))))
+    inner, samples = _sample_plan(first, budget_s)
+    out = None
+    for _ in range(inner):  # warm-up at the sampled rate
+        out = fn(*args)
+    jax.block_until_ready(out)
     ts = []
-    for _ in range(reps):
+    for _ in range(samples):
         t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        ts.append(time.perf_counter() - t0)
+        out = None
+        for _ in range(inner):
+            out = fn(*args)
+        jax.block_until_ready(out)
+        ts.append((time.perf_counter() - t0) / inner)
     return float(np.median(ts)) * 1e3
 
 
-def time_torch(torch, fn, warmup=2, budget_s=1.5, min_rep=3, max_rep=20):
+def time_torch(torch, fn, budget_s=1.0):
+    """Median ms per call by CUDA events around `inner` back-to-back calls."""
     fn()
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     fn()
     torch.cuda.synchronize()
     first = time.perf_counter() - t0
-    for _ in range(max(0, warmup - 1)):
+    inner, samples = _sample_plan(first, budget_s)
+    for _ in range(inner):
         fn()
-    reps = int(min(max_rep, max(min_rep, budget_s / max(first, 1e-6))))
     ts = []
-    for _ in range(reps):
+    for _ in range(samples):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn()
+        for _ in range(inner):
+            fn()
         end.record()
         end.synchronize()
-        ts.append(start.elapsed_time(end))
+        ts.append(start.elapsed_time(end) / inner)
     return float(np.median(ts))
 
 
@@ -137,183 +207,184 @@ def import_torch_fla():
         note("torch sees no CUDA device: fla and the torch copy skipped")
         return torch, None
     try:
-        import fla  # noqa: F401
         from fla.ops.simple_gla import chunk_simple_gla, fused_recurrent_simple_gla
 
         return torch, (chunk_simple_gla, fused_recurrent_simple_gla)
     except Exception as e:  # noqa: BLE001
-        note(f"fla not importable ({short_err(e)}): fla rows skipped")
+        note(f"fla not importable ({short_err(e)}): fla rows skipped (carry the .whl wheels?)")
         return torch, None
 
 
-def bench_torch(torch, fla_ops, shapes, args):
-    print("\n== torch / fla ==")
+def bench_torch(torch, fla_ops, shapes, args, decode):
+    print("\n== torch / fla ==", flush=True)
     dev = torch.device("cuda")
-    try:
-        n = (2 << 30) // 4
-        src = torch.empty(n, dtype=torch.float32, device=dev).uniform_()
-        dst = torch.empty_like(src)
-        ms = time_torch(torch, lambda: dst.copy_(src))
-        add("copy", "2GiB", "torch copy_", ms, 2 * n * 4)
-        del src, dst
-    except Exception as e:  # noqa: BLE001
-        add("copy", "2GiB", "torch copy_", None, err=short_err(e))
+    n = COPY_BYTES // 4
+    src = torch.empty(n, dtype=torch.float32, device=dev).uniform_()
+    dst = torch.empty_like(src)
+    measure("copy", "2GiB", "torch copy_", 2 * n * 4, time_torch, torch, lambda dst=dst, src=src: dst.copy_(src))
+    del src, dst
+    torch.cuda.empty_cache()
     if fla_ops is None:
         return
     chunk_simple_gla, fused_recurrent_simple_gla = fla_ops
     g_gamma = -torch.tensor(minimax_decay(H), device=dev, dtype=torch.float32)
     for name, (b, t) in shapes.items():
         nbytes = 4 * b * t * H * D * 2
-        try:
-            gen = torch.Generator(device=dev).manual_seed(0)
-            q, k, v = (torch.randn(b, t, H, D, device=dev, dtype=torch.bfloat16, generator=gen) / D**0.25
-                       for _ in range(3))
+        gen = torch.Generator(device=dev).manual_seed(0)
+        q, k, v = (torch.randn(b, t, H, D, device=dev, dtype=torch.bfloat16, generator=gen) / D**0.25
+                   for _ in range(3))
 
-            def fwd(q=q, k=k, v=v):
+        def fwd(q=q, k=k, v=v):
+            with torch.no_grad():
                 return chunk_simple_gla(q, k, v, g_gamma=g_gamma, scale=1.0, output_final_state=True)
 
-            with torch.no_grad():
-                add("fwd", name, "fla chunk_simple_gla", time_torch(torch, fwd), nbytes)
-        except Exception as e:  # noqa: BLE001
-            add("fwd", name, "fla chunk_simple_gla", None, err=short_err(e))
+        measure("fwd", name, "fla chunk_simple_gla", nbytes, time_torch, torch, fwd)
         if not args.skip_bwd:
-            try:
-                qg, kg, vg = (x.detach().requires_grad_(True) for x in (q, k, v))
+            qg, kg, vg = (x.detach().requires_grad_(True) for x in (q, k, v))
 
-                def fwd_bwd():
-                    o, _ = chunk_simple_gla(qg, kg, vg, g_gamma=g_gamma, scale=1.0)
-                    o.float().sum().backward()
-                    qg.grad = kg.grad = vg.grad = None
+            def fwd_bwd(qg=qg, kg=kg, vg=vg):
+                o, _ = chunk_simple_gla(qg, kg, vg, g_gamma=g_gamma, scale=1.0)
+                o.float().sum().backward()
+                qg.grad = kg.grad = vg.grad = None
 
-                add("fwd+bwd", name, "fla chunk_simple_gla", time_torch(torch, fwd_bwd), nbytes)
-                del qg, kg, vg
-            except Exception as e:  # noqa: BLE001
-                add("fwd+bwd", name, "fla chunk_simple_gla", None, err=short_err(e))
-        q = k = v = None
+            measure("fwd+bwd", name, "fla chunk_simple_gla", nbytes, time_torch, torch, fwd_bwd)
+            del qg, kg, vg
+        del q, k, v
         torch.cuda.empty_cache()
+        STATE["writer"]()
+    if not decode:
+        return
     for b in DECODE_BATCHES:
         nbytes = 2 * b * H * D * D * 4
-        try:
-            q, k, v = (torch.randn(b, 1, H, D, device=dev, dtype=torch.bfloat16) * 0.1 for _ in range(3))
-            s = torch.randn(b, H, D, D, device=dev, dtype=torch.float32)
+        q, k, v = (torch.randn(b, 1, H, D, device=dev, dtype=torch.bfloat16) * 0.1 for _ in range(3))
+        s = torch.randn(b, H, D, D, device=dev, dtype=torch.float32)
+        carry = {"s": s}
 
-            def step():
+        def step(q=q, k=k, v=v, s=s):
+            with torch.no_grad():
                 return fused_recurrent_simple_gla(q, k, v, g_gamma=g_gamma, scale=1.0, initial_state=s,
                                                   output_final_state=True)
 
+        def chained(q=q, k=k, v=v, carry=carry):
             with torch.no_grad():
-                add("decode", f"B{b}", "fla fused_recurrent (per call)", time_torch(torch, step), nbytes)
-        except Exception as e:  # noqa: BLE001
-            add("decode", f"B{b}", "fla fused_recurrent (per call)", None, err=short_err(e))
+                for _ in range(DECODE_STEPS):
+                    _, carry["s"] = fused_recurrent_simple_gla(
+                        q, k, v, g_gamma=g_gamma, scale=1.0, initial_state=carry["s"], output_final_state=True
+                    )
+
+        measure("decode", f"B{b}", "fla fused_recurrent (per call)", nbytes, time_torch, torch, step)
+        measure("decode", f"B{b}", "fla fused_recurrent (per step, chained)", nbytes, time_torch, torch, chained,
+                per=DECODE_STEPS)
+        del q, k, v, s, carry
     torch.cuda.empty_cache()
+    STATE["writer"]()
 
 
 # ---------------------------------------------------------------------------------------------- JAX
 
 
+def mosaic_interpret_available() -> bool:
+    try:
+        from jax.experimental.pallas import mosaic_gpu as plgpu
+    except ImportError:
+        return False
+    return hasattr(plgpu, "InterpretGPUParams")
+
+
 def our_impls(args):
-    """(label, callable(q, k, v, decay) -> o) for our forward implementations."""
+    """(label, callable(q, k, v, decay) -> o) for our implementations, plus cuDNN on a GPU."""
     impls = []
-    interp = bool(args.smoke)
-    for name in ("reference", "triton", "mosaic_gpu"):
+    on_gpu = jax.default_backend() == "gpu"
+    for name in OUR_IMPLS:
         if args.impls and name not in args.impls:
             continue
-        bs = args.block_size or BLOCK[name]
-        if name in ops.IMPLS:
-            def fn(q, k, v, d, name=name, bs=bs):
-                return pallas_kernels.lightning_attention(
-                    q, k, v, d, impl=name, block_size=bs, interpret=interp
-                )
-
-            impls.append((f"{name} (C={bs})", fn))
-        elif name == "mosaic_gpu":
-            try:
-                from pallas_kernels.lightning_attention import gpu_mosaic
-
-                def fn(q, k, v, d):
-                    return gpu_mosaic.lightning_attention(q, k, v, d, interpret=interp)[0]
-
-                impls.append(("mosaic_gpu (module; not in ops.IMPLS)", fn))
-                note("mosaic_gpu is not registered in ops.IMPLS: calling gpu_mosaic.lightning_attention "
-                     "directly (its backward is the jnp reference VJP)")
-            except Exception as e:  # noqa: BLE001
-                note(f"mosaic_gpu unavailable: {short_err(e)}")
-        else:
+        if name not in ops.IMPLS:
             note(f"impl {name!r} not registered in ops.IMPLS {ops.IMPLS}: skipped")
+            continue
+        if name == "mosaic_gpu" and not on_gpu and not mosaic_interpret_available():
+            note(f"mosaic_gpu skipped: no GPU and JAX {jax.__version__} has no Mosaic GPU interpret mode")
+            continue
+        bs = args.block_size or BLOCK[name]
+
+        def fn(q, k, v, d, name=name, bs=bs):
+            return pallas_kernels.lightning_attention(q, k, v, d, impl=name, block_size=bs, interpret=not on_gpu)
+
+        label = "mosaic_gpu (fwd: Mosaic GPU; bwd: Triton)" if name == "mosaic_gpu" else f"{name} (C={bs})"
+        impls.append((name, label, fn))
     return impls
 
 
-def bench_jax(shapes, args):
-    print("\n== JAX ==")
+def cudnn_attention(q, k, v, d):
+    del d
+    return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
+
+
+def bench_jax(shapes, args, decode):
+    print("\n== JAX ==", flush=True)
     on_gpu = jax.default_backend() == "gpu"
-    try:
-        n = (64 << 20) // 4 if args.smoke else (2 << 30) // 4
-        x = jnp.ones((n,), jnp.float32)
-        f = jax.jit(lambda x: x + 1.0)
-        add("copy", "2GiB" if not args.smoke else "64MiB", "jax x + 1", time_jax(f, x), 2 * n * 4)
-        del x
-    except Exception as e:  # noqa: BLE001
-        add("copy", "2GiB", "jax x + 1", None, err=short_err(e))
+    n = (64 << 20) // 4 if args.smoke else COPY_BYTES // 4
+    x = jnp.ones((n,), jnp.float32)
+    measure("copy", "2GiB" if not args.smoke else "64MiB", "jax x + 1", 2 * n * 4, time_jax,
+            jax.jit(lambda x: x + 1.0), x)
+    del x
+    STATE["writer"]()
 
     decay = jnp.asarray(minimax_decay(H))
     impls = our_impls(args)
-    if on_gpu and not args.skip_cudnn:
-        def cudnn(q, k, v, d):
-            del d
-            return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
-
-        impls.append(("cuDNN causal softmax", cudnn))
-    elif not on_gpu:
+    use_cudnn = on_gpu and not args.skip_cudnn
+    if not on_gpu:
         note("not on a GPU: cuDNN attention skipped")
-
     for name, (b, t) in shapes.items():
         nbytes = 4 * b * t * H * D * 2
-        ks = jax.random.split(jax.random.PRNGKey(0), 3)
-        q, k, v = (jax.random.normal(kk, (b, t, H, D), jnp.float32).astype(jnp.bfloat16) / D**0.25
-                   for kk in ks)
-        for label, fn in impls:
-            try:
-                f = jax.jit(lambda q, k, v, fn=fn: fn(q, k, v, decay))
-                add("fwd", name, label, time_jax(f, q, k, v), nbytes)
-            except Exception as e:  # noqa: BLE001
-                add("fwd", name, label, None, err=short_err(e))
+        q = k = v = None  # past the time budget every row below is marked skipped
+        if not out_of_time():
+            ks = jax.random.split(jax.random.PRNGKey(0), 3)
+            q, k, v = (jax.random.normal(kk, (b, t, H, D), jnp.float32).astype(jnp.bfloat16) / D**0.25
+                       for kk in ks)
+        for impl, label, fn in impls:
+            f = jax.jit(lambda q, k, v, fn=fn: fn(q, k, v, decay))
+            measure("fwd", name, label, nbytes, time_jax, f, q, k, v)
             if args.skip_bwd:
                 continue
-            try:
-                loss = lambda q, k, v, fn=fn: jnp.sum(fn(q, k, v, decay).astype(jnp.float32))  # noqa: E731
-                g = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
-                add("fwd+bwd", name, label, time_jax(g, q, k, v), nbytes)
-            except Exception as e:  # noqa: BLE001
-                add("fwd+bwd", name, label, None, err=short_err(e))
+            skip = None
+            if impl == "reference" and b * t > args.ref_bwd_max_tokens:
+                skip = (f"reference fwd+bwd above {args.ref_bwd_max_tokens} tokens (memory/time guard; "
+                        "--ref-bwd-max-tokens)")
+            loss = lambda q, k, v, fn=fn: jnp.sum(fn(q, k, v, decay).astype(jnp.float32))  # noqa: E731
+            g = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+            measure("fwd+bwd", name, label, nbytes, time_jax, g, q, k, v, skip=skip)
+        if use_cudnn:
+            f = jax.jit(lambda q, k, v: cudnn_attention(q, k, v, decay))
+            measure("fwd", name, "cuDNN causal softmax", nbytes, time_jax, f, q, k, v)
         del q, k, v
+        STATE["writer"]()
 
-    # decode
-    dec_impls = [i for i in ("reference", "triton") if not args.impls or i in args.impls]
-    steps = 20
-    for b in DECODE_BATCHES if not args.smoke else (2,):
+    if not decode:
+        return
+    dec_impls = [i for i in ("triton", "reference") if not args.impls or i in args.impls]
+    steps = DECODE_STEPS
+    for b in DECODE_BATCHES:
         nbytes = 2 * b * H * D * D * 4
-        qs = jax.random.normal(jax.random.PRNGKey(1), (steps, b, H, D), jnp.float32)
-        qs = (qs * 0.1).astype(jnp.bfloat16)
+        qs = (jax.random.normal(jax.random.PRNGKey(1), (steps, b, H, D), jnp.float32) * 0.1).astype(jnp.bfloat16)
         s0 = jax.random.normal(jax.random.PRNGKey(2), (b, H, D, D), jnp.float32)
         for impl in dec_impls:
             def one(x, st, impl=impl):
-                return pallas_kernels.lightning_attention_decode(x, x, x, decay, st, impl=impl,
-                                                                 interpret=bool(args.smoke))
+                return pallas_kernels.lightning_attention_decode(x, x, x, decay, st, impl=impl, interpret=not on_gpu)
 
-            try:
-                body = lambda i, st, one=one: one(qs[i], st)[1]  # noqa: E731
-                loop = jax.jit(lambda st, body=body: jax.lax.fori_loop(0, steps, body, st))
-                add("decode", f"B{b}", f"{impl} (per step, jitted loop)", time_jax(loop, s0) / steps, nbytes)
-                single = jax.jit(one, donate_argnums=1)
-                state = {"s": s0 + 0.0}
+            def body(i, st, one=one, qs=qs):
+                return one(qs[i], st)[1]
 
-                def call():
-                    o, state["s"] = single(qs[0], state["s"])
-                    return o
+            loop = jax.jit(lambda st, body=body: jax.lax.fori_loop(0, steps, body, st))
+            measure("decode", f"B{b}", f"{impl} (per step, jitted loop)", nbytes, time_jax, loop, s0, per=steps)
+            single = jax.jit(one, donate_argnums=1)
+            carry = {"s": s0 + 0.0}
 
-                add("decode", f"B{b}", f"{impl} (per call, donated)", time_jax(call), nbytes)
-            except Exception as e:  # noqa: BLE001
-                add("decode", f"B{b}", impl, None, err=short_err(e))
+            def call(single=single, carry=carry, qs=qs):
+                o, carry["s"] = single(qs[0], carry["s"])
+                return o
+
+            measure("decode", f"B{b}", f"{impl} (per call, donated)", nbytes, time_jax, call)
+        STATE["writer"]()
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -329,6 +400,7 @@ def versions(torch):
         pass
     if torch is not None:
         v["torch"] = torch.__version__
+        v["torch cuda"] = str(torch.version.cuda)
     for mod in ("triton", "fla"):
         try:
             m = __import__(mod)
@@ -338,83 +410,132 @@ def versions(torch):
     return v
 
 
-def table(device, vers, shapes):
-    fla = {(r["section"], r["shape"]): r["ms"] for r in ROWS
-           if r["impl"].startswith("fla") and r["ms"] is not None}
+def best_copy_gbs():
+    gbs = [r["bytes"] / r["ms"] / 1e6 for r in ROWS if r["section"] == "copy" and r["ms"]]
+    return max(gbs) if gbs else None
+
+
+def table(title, device, vers):
+    copy = best_copy_gbs()
+    fla = {}
+    for r in ROWS:
+        if r["impl"].startswith("fla") and r["ms"] is not None:
+            key = (r["section"], r["shape"], "chained" in r["impl"])
+            fla[key] = r["ms"]
     lines = [
-        f"# Lightning attention benchmark ({device})",
+        f"# {title}",
         "",
-        f"{datetime.datetime.now().isoformat(timespec='seconds')}; "
-        + ", ".join(f"{k} {val}" for k, val in vers.items()),
-        f"H={H}, D={D}, bf16 q/k/v, MiniMax slopes; median ms; GB/s = (q,k,v read + o written) / time "
-        "(decode: fp32 state read + written); x fla = fla time / this time.",
+        f"Device: {device}. {datetime.datetime.now().isoformat(timespec='seconds')}; "
+        + ", ".join(f"{k} {val}" for k, val in vers.items()) + ".",
+        f"H={H}, D={D}, bf16 q/k/v, MiniMax slopes; median ms per call; GB/s = (q, k, v read + o written) / "
+        "time (decode: fp32 state read + written); % copy = GB/s / best copy GB/s"
+        + (f" ({copy:.0f} GB/s)" if copy else "") + "; x fla = fla time / this time (decode per-step rows "
+        "vs fla chained per step, per-call rows vs fla per call).",
         "",
-        "| section | shape | impl | median ms | GB/s | x fla |",
-        "|---|---|---|---|---|---|",
+        "| section | shape | impl | median ms | GB/s | % copy | x fla |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in ROWS:
         if r["err"] is not None:
-            lines.append(f"| {r['section']} | {r['shape']} | {r['impl']} | failed | | {r['err']} |")
+            lines.append(f"| {r['section']} | {r['shape']} | {r['impl']} | {r['err']} | | | |")
             continue
-        gbs = f"{r['bytes'] / r['ms'] / 1e6:.0f}" if r["bytes"] else ""
-        ref = fla.get((r["section"], r["shape"]))
+        gbs = r["bytes"] / r["ms"] / 1e6 if r["bytes"] else None
+        pct = f"{100 * gbs / copy:.0f}%" if gbs and copy else ""
+        per_step = "per step" in r["impl"]
+        ref = fla.get((r["section"], r["shape"], per_step))
         ratio = f"{ref / r['ms']:.2f}" if ref and not r["impl"].startswith("fla") else ""
-        lines.append(f"| {r['section']} | {r['shape']} | {r['impl']} | {r['ms']:.3f} | {gbs} | {ratio} |")
+        gbs_s = f"{gbs:.0f}" if gbs else ""
+        lines.append(f"| {r['section']} | {r['shape']} | {r['impl']} | {r['ms']:.4f} | {gbs_s} | {pct} | {ratio} |")
     if NOTES:
         lines += ["", "Notes:"] + [f"- {n}" for n in dict.fromkeys(NOTES)]
     return "\n".join(lines) + "\n"
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--shapes", default=None, help=f"comma list of {','.join(SHAPES)}")
-    ap.add_argument("--impls", default=None, help="comma list of reference,triton,mosaic_gpu (default all)")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--part", type=int, choices=sorted(PARTS), default=None,
+                    help="; ".join(f"{p}: {', '.join(s)}{' + decode' if d else ''}" for p, (s, d) in PARTS.items()))
+    ap.add_argument("--shapes", default=None, help=f"comma list of {','.join(SHAPES)} (default: all)")
+    ap.add_argument("--decode", action=argparse.BooleanOptionalAction, default=None,
+                    help="run the decode section (default: with --part 2 or when neither --part nor --shapes)")
+    ap.add_argument("--impls", default=None, help=f"comma list of {','.join(OUR_IMPLS)} (default all)")
     ap.add_argument("--block-size", type=int, default=None, help=f"override the per-impl chunk sizes {BLOCK}")
+    ap.add_argument("--ref-bwd-max-tokens", type=int, default=65536,
+                    help="skip the jnp reference's fwd+bwd above B*T tokens (default 65536: skips T128K)")
+    ap.add_argument("--budget-s", type=float, default=math.inf,
+                    help="start no new measurement after this many seconds (the rest is marked skipped)")
     ap.add_argument("--skip-bwd", action="store_true")
     ap.add_argument("--skip-fla", action="store_true")
     ap.add_argument("--skip-cudnn", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="CPU smoke test: tiny shapes, interpret mode")
-    ap.add_argument("--out", default=None, help="markdown output (default experiments/results/...)")
+    ap.add_argument("--out", default=None, help="markdown output (default experiments/results/...; also $OUT)")
     args = ap.parse_args()
     args.impls = set(args.impls.split(",")) if args.impls else None
+    STATE["budget_s"] = args.budget_s
+
+    global DECODE_BATCHES, H
+    tag = "all"
     if args.smoke:
-        shapes = SMOKE_SHAPES
-        global DECODE_BATCHES, H
+        shapes, decode, tag = SMOKE_SHAPES, True, "smoke"
         DECODE_BATCHES, H = (2,), 4
+    elif args.part:
+        names, decode = PARTS[args.part]
+        shapes, tag = {s: SHAPES[s] for s in names}, f"part{args.part}"
     elif args.shapes:
-        shapes = {s: SHAPES[s] for s in args.shapes.split(",")}
+        shapes, decode, tag = {s: SHAPES[s] for s in args.shapes.split(",")}, False, "shapes"
     else:
-        shapes = SHAPES
+        shapes, decode = SHAPES, True
+    if args.decode is not None:
+        decode = args.decode
 
     dev = jax.devices()[0]
-    device = f"{dev.device_kind} ({dev.platform})"
+    cc = getattr(dev, "compute_capability", None)
+    device = f"{dev.device_kind} ({dev.platform}{f', compute capability {cc}' if cc else ''})"
     torch, fla_ops = (None, None) if args.smoke or args.skip_fla else import_torch_fla()
     vers = versions(torch)
+    title = f"Lightning attention benchmark, {tag}"
     print(f"device: {device}; " + ", ".join(f"{k} {v}" for k, v in vers.items()))
+    print(f"impl auto -> {ops._auto_impl()}; shapes {list(shapes)}; decode {decode}; budget {args.budget_s} s",
+          flush=True)
+
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", dev.device_kind).strip("_").lower()
+    stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M")
+    paths = [args.out or os.path.join(ROOT, "experiments", "results",
+                                      f"lightning_attention_bench_{tag}_{slug}_{stamp}.md")]
+    if os.environ.get("OUT"):
+        paths.append(os.path.join(os.environ["OUT"], f"bench_{tag}.md"))
+
+    def write():
+        md = table(title, device, vers)
+        data = {"title": title, "device": device, "versions": vers, "rows": ROWS, "notes": NOTES,
+                "best_copy_gbs": best_copy_gbs(), "elapsed_s": time.time() - STATE["t0"]}
+        for p in paths:
+            os.makedirs(os.path.dirname(os.path.abspath(p)), exist_ok=True)
+            with open(p, "w") as f:
+                f.write(md)
+            with open(os.path.splitext(p)[0] + ".json", "w") as f:
+                json.dump(data, f, indent=1)
+        return md
+
+    STATE["writer"] = write
     if torch is not None and torch.cuda.is_available():
         print(f"torch device: {torch.cuda.get_device_name(0)}")
         try:
-            bench_torch(torch, fla_ops, shapes, args)  # first, then release its cache for JAX
+            bench_torch(torch, fla_ops, shapes, args, decode)  # first, then release its cache for JAX
         except Exception:  # noqa: BLE001
             traceback.print_exc()
             note("torch section crashed (see log)")
     try:
-        bench_jax(shapes, args)
+        bench_jax(shapes, args, decode)
     except Exception:  # noqa: BLE001
         traceback.print_exc()
         note("JAX section crashed (see log)")
-
-    md = table(device, vers, shapes)
+    copy = best_copy_gbs()
+    print(f"\ncopy bandwidth (best measured): {copy:.0f} GB/s" if copy else "\ncopy bandwidth: not measured")
+    print(f"elapsed {time.time() - STATE['t0']:.0f} s")
+    md = write()
     print("\n" + md)
-    out = args.out
-    if out is None:
-        slug = re.sub(r"[^A-Za-z0-9]+", "_", dev.device_kind).strip("_").lower()
-        stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M")
-        out = os.path.join(ROOT, "experiments", "results", f"lightning_attention_bench_{slug}_{stamp}.md")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        f.write(md)
-    print(f"written to {out}")
+    print("written to " + ", ".join(paths))
 
 
 if __name__ == "__main__":

@@ -35,9 +35,10 @@ Limits (checked, ValueError otherwise):
   * block_size C = 64 (the wgmma M tile; 128 would need more registers);
   * T may be anything: the whole blocks run in the kernel, a tail of T % C tokens runs in the jnp
     reference from the kernel's final state (exact, a small XLA computation);
-  * no segment_ids (``lightning_attention`` falls back to the reference for them);
-  * forward only: ``lightning_attention`` (the ops adapter) has a custom VJP whose backward is the
-    jnp reference's VJP.
+  * no segment_ids;
+  * forward only. ``lightning_attention`` (the ops adapter, impl "mosaic_gpu") pairs it with the
+    Triton backward kernels of gpu_triton.py (``gpu_triton.with_triton_backward``), and runs the
+    Triton forward and backward instead for segment_ids, fp32 or mixed dtypes, other head dims.
 The inter-block product uses the state rounded to bf16 (as fla does); the state itself, all
 accumulators and the decay math are fp32. Needs sm_90 (wgmma, TMA): Hopper only.
 
@@ -57,7 +58,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from pallas_kernels.lightning_attention import reference
+from pallas_kernels.lightning_attention import gpu_triton, reference
 
 try:  # Mosaic GPU Pallas; the API below is the one of JAX 0.11.x.
     from jax.experimental import pallas as pl
@@ -350,52 +351,46 @@ def lightning_attention_fwd(
 
 
 # ------------------------------------------------------------------------------------------------
-# ops adapter: callable(q, k, v, decay, *, initial_state, segment_ids, block_size, interpret)
-# -> (o, final state), differentiable (backward = the jnp reference's VJP).
+# ops adapter (ops impl "mosaic_gpu"): callable(q, k, v, decay, *, initial_state, segment_ids,
+# block_size, interpret) -> (o, final state), differentiable: forward = the kernel above, backward =
+# the Triton backward kernels of gpu_triton.py (through its shared custom_vjp).
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def _fwd_with_ref_vjp(q, k, v, decay, initial_state, block_size, interpret):
-    del block_size  # the kernel always uses C = 64; kept for the VJP's reference block size
+def unsupported_reason(q, k, v, decay, initial_state=None, segment_ids=None):
+    """Why the Mosaic GPU forward cannot take this call (a string), or None if it can."""
+    if segment_ids is not None:
+        return "segment_ids"
+    try:
+        check_supported(q, k, v, decay, initial_state, 64)
+    except (ValueError, ImportError) as e:
+        return str(e)
+    return None
+
+
+def _forward(q, k, v, decay, initial_state, segment_ids, *, interpret):
+    del segment_ids  # always None here (unsupported_reason)
     return lightning_attention_fwd(q, k, v, decay, initial_state=initial_state, interpret=interpret)
 
 
-def _vjp_fwd(q, k, v, decay, initial_state, block_size, interpret):
-    out = _fwd_with_ref_vjp(q, k, v, decay, initial_state, block_size, interpret)
-    return out, (q, k, v, decay, initial_state)
-
-
-def _vjp_bwd(block_size, interpret, res, cts):
-    del interpret
-    q, k, v, decay, initial_state = res
-
-    def f(q, k, v, decay, s0):
-        return reference.chunked(q, k, v, decay, initial_state=s0, block_size=block_size)
-
-    _, pullback = jax.vjp(f, q, k, v, decay, initial_state)
-    return pullback(cts)
-
-
-_fwd_with_ref_vjp.defvjp(_vjp_fwd, _vjp_bwd)
-
-
+@functools.partial(jax.jit, static_argnames=("block_size", "interpret"))
 def lightning_attention(
     q, k, v, decay, *, initial_state=None, segment_ids=None, block_size=64, interpret=False
 ):
-    """ops-style entry: Mosaic GPU forward where supported, the jnp reference otherwise.
+    """ops-style entry: Mosaic GPU forward + Triton backward where supported, all-Triton otherwise.
 
-    Falls back to ``reference.chunked`` for segment_ids, non-16-bit inputs or unsupported shapes.
-    ``block_size`` is used by the fallback; the kernel always uses C = 64.
+    Falls back to ``gpu_triton.lightning_attention`` (forward and backward) for segment_ids, inputs
+    that are not bf16/f16 of one dtype (fp32 included), or head dims the kernel does not take (see
+    ``check_supported``). ``block_size`` is passed to the Triton kernels (which clamp it to <= 64);
+    the Mosaic forward always uses C = 64. Returns (o in q.dtype, final fp32 state).
     """
-    try:
-        if segment_ids is not None:
-            raise ValueError("segment_ids")
-        check_supported(q, k, v, decay, initial_state, 64)
-    except ValueError:
-        return reference.chunked(
-            q, k, v, decay, initial_state=initial_state, segment_ids=segment_ids, block_size=block_size
+    params = gpu_triton.TritonParams.make(block_size=block_size, interpret=interpret)
+    if unsupported_reason(q, k, v, decay, initial_state, segment_ids) is not None:
+        return gpu_triton.lightning_attention(
+            q, k, v, decay, initial_state=initial_state, segment_ids=segment_ids, block_size=block_size,
+            interpret=interpret,
         )
-    return _fwd_with_ref_vjp(q, k, v, decay, initial_state, int(block_size), bool(interpret))
+    fwd = functools.partial(_forward, interpret=bool(interpret))
+    return gpu_triton.with_triton_backward(fwd, params)(q, k, v, decay, initial_state, None)
 
 
-__all__ = ["lightning_attention_fwd", "lightning_attention", "check_supported"]
+__all__ = ["lightning_attention_fwd", "lightning_attention", "check_supported", "unsupported_reason"]

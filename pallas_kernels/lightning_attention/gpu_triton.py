@@ -28,6 +28,10 @@ Backward (LA2 Alg. 2), with A = (Q K^T) * M, dA = (dO V^T) * M, Kd = K * kdec, Q
 
 The three backward kernels each recompute what they need from q, k, v, dO (the forward saves only
 its inputs), so there are no cross-program reductions and no per-block states in memory.
+Because of that the backward pairs with any forward of the same semantics: ``with_triton_backward(
+fwd_fn, params)`` wraps a forward function in the one custom_vjp used here (``lightning_attention``
+is the Triton forward wrapped this way; gpu_mosaic.py wraps its Hopper forward), and ``backward``
+runs the three kernels for given inputs and cotangents (padding and casts inside).
 
 Segment ids (packed sequences), exactly as ``reference.chunked``: intra-block pairs from different
 segments are masked; tokens not in the segment of the incoming state get no inter term; only tokens
@@ -338,31 +342,8 @@ def _backward(cfg: _Cfg, q, k, v, decay, s0, seg, do, dst):
     return dq, dk_, dv_, ds0
 
 
-# custom_vjp over padded, compute-dtype arrays; padding, casts and slicing stay outside, where
-# JAX differentiates them itself.
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _lightning(cfg, q, k, v, decay, s0, seg):
-    return _forward(cfg, q, k, v, decay, s0, seg)
-
-
-def _lightning_fwd(cfg, q, k, v, decay, s0, seg):
-    o, st = _forward(cfg, q, k, v, decay, s0, seg)
-    return (o, st), (q, k, v, decay, s0, seg)
-
-
-def _lightning_bwd(cfg, res, cts):
-    q, k, v, decay, s0, seg = res
-    do, dst = cts
-    dq, dk, dv, ds0 = _backward(cfg, q, k, v, decay, s0, seg, do.astype(q.dtype), dst.astype(_F32))
-    # decay is a fixed (non-trainable) buffer: its gradient is defined as zero.
-    return dq, dk, dv, jnp.zeros_like(decay), ds0, None
-
-
-_lightning.defvjp(_lightning_fwd, _lightning_bwd)
-
-
 # ----------------------------------------------------------------------------------------------
-# Public entry point
+# Padding, the differentiable wrapper and the public entry points
 # ----------------------------------------------------------------------------------------------
 
 
@@ -382,6 +363,137 @@ def _pad_axis(x, axis: int, new: int):
     widths = [(0, 0)] * x.ndim
     widths[axis] = (0, new - x.shape[axis])
     return jnp.pad(x, widths)
+
+
+@dataclasses.dataclass(frozen=True)
+class TritonParams:
+    """Static knobs of the Triton kernels (performance only; see ``lightning_attention``)."""
+
+    block_size: int = 64
+    interpret: bool = False
+    fwd_block_v: int | None = None
+    bwd_block: int = DEFAULT_BWD_BLOCK
+    num_warps: int = DEFAULT_NUM_WARPS
+    num_stages: tuple[int, int] = DEFAULT_NUM_STAGES
+
+    @staticmethod
+    def make(block_size=64, interpret=False, fwd_block_v=None, bwd_block=DEFAULT_BWD_BLOCK,
+             num_warps=DEFAULT_NUM_WARPS, num_stages=DEFAULT_NUM_STAGES) -> TritonParams:
+        stages = (num_stages, num_stages) if isinstance(num_stages, int) else tuple(num_stages)
+        return TritonParams(
+            block_size=int(block_size), interpret=bool(interpret),
+            fwd_block_v=None if fwd_block_v is None else int(fwd_block_v), bwd_block=int(bwd_block),
+            num_warps=int(num_warps), num_stages=(int(stages[0]), int(stages[1])),
+        )
+
+
+def _prepare(p: TritonParams, q, k, v, decay, initial_state, segment_ids):
+    """Kernel config and padded, compute-dtype operands (q, k, v, decay, s0, seg) of one call."""
+    b, t, h, dk = q.shape
+    dv = v.shape[-1]
+    dkp = _padded_head_dim(dk, "q/k")
+    dvp = _padded_head_dim(dv, "v")
+    fwd_block_v = p.fwd_block_v
+    if fwd_block_v is None:
+        fwd_block_v = 64 if b * h * max(1, dvp // 64) >= _FWD_MIN_PROGRAMS else 32
+    fbv = min(dvp, max(MIN_TILE, _pow2_floor(fwd_block_v)))
+    bk = min(dkp, max(MIN_TILE, _pow2_floor(p.bwd_block)))
+    bv = min(dvp, max(MIN_TILE, _pow2_floor(p.bwd_block)))
+
+    c = max(MIN_TILE, _pow2_floor(min(int(p.block_size), MAX_BLOCK_SIZE)))
+    c = max(MIN_TILE, min(c, _pow2_ceil(t)))
+    nblk = -(-t // c)
+    tp = nblk * c
+    cfg = _Cfg(
+        t=t, c=c, nblk=nblk, fwd_block_v=fbv, block_k=bk, block_v=bv, has_seg=segment_ids is not None,
+        num_warps=p.num_warps, num_stages=p.num_stages, interpret=p.interpret,
+    )
+    dt = jnp.result_type(q.dtype, k.dtype, v.dtype)
+    q_, k_, v_ = (x.astype(dt) for x in (q, k, v))
+    q_, k_ = (_pad_axis(_pad_axis(x, 3, dkp), 1, tp) for x in (q_, k_))
+    v_ = _pad_axis(_pad_axis(v_, 3, dvp), 1, tp)
+    if initial_state is None:
+        s0 = jnp.zeros((b, h, dkp, dvp), _F32)
+    else:
+        s0 = _pad_axis(_pad_axis(initial_state.astype(_F32), 2, dkp), 3, dvp)
+    seg = None
+    if segment_ids is not None:
+        seg = segment_ids.astype(jnp.int32)
+        if tp != t:  # padding gets its own id (never equal to a real one), like reference.chunked
+            seg = jnp.pad(seg, ((0, 0), (0, tp - t)), constant_values=jnp.min(seg) - 1)
+    return cfg, q_, k_, v_, decay.astype(_F32), s0, seg
+
+
+def forward(q, k, v, decay, initial_state=None, segment_ids=None, *, params: TritonParams = TritonParams()):
+    """Forward kernel only (not differentiable): (o [B, T, H, Dv] in q.dtype, final fp32 state)."""
+    b, t, h, dk = q.shape
+    dv = v.shape[-1]
+    cfg, q_, k_, v_, decay_, s0, seg = _prepare(params, q, k, v, decay, initial_state, segment_ids)
+    o, state = _forward(cfg, q_, k_, v_, decay_, s0, seg)
+    return o[:, :t, :, :dv].astype(q.dtype), state[:, :, :dk, :dv]
+
+
+def backward(q, k, v, decay, initial_state, segment_ids, do, dstate, *, params: TritonParams = TritonParams()):
+    """The Triton backward kernels for one call: the vjp of (o, final state) w.r.t. the inputs.
+
+    q, k, v, decay, initial_state (or None), segment_ids (or None) are the forward's inputs, unpadded;
+    do [B, T, H, Dv] and dstate [B, H, Dk, Dv] the cotangents of o and of the final state. The
+    kernels recompute everything from these (no forward residuals), so any forward with the same
+    semantics can be paired with this backward. Returns (dq, dk, dv, d_initial_state or None) in the
+    dtypes of q, k, v, initial_state.
+    """
+    b, t, h, dk = q.shape
+    dv = v.shape[-1]
+    cfg, q_, k_, v_, decay_, s0, seg = _prepare(params, q, k, v, decay, initial_state, segment_ids)
+    do_ = _pad_axis(_pad_axis(do.astype(q_.dtype), 3, v_.shape[3]), 1, cfg.tp)
+    dst_ = _pad_axis(_pad_axis(dstate.astype(_F32), 2, q_.shape[3]), 3, v_.shape[3])
+    dq, dk_, dv_, ds0 = _backward(cfg, q_, k_, v_, decay_, s0, seg, do_, dst_)
+    dq = dq[:, :t, :, :dk].astype(q.dtype)
+    dk_ = dk_[:, :t, :, :dk].astype(k.dtype)
+    dv_ = dv_[:, :t, :, :dv].astype(v.dtype)
+    ds0 = None if initial_state is None else ds0[:, :, :dk, :dv].astype(initial_state.dtype)
+    return dq, dk_, dv_, ds0
+
+
+# One custom_vjp shared by every forward: ``fwd_fn(q, k, v, decay, initial_state, segment_ids)`` ->
+# (o, final state) is any implementation with reference.chunked's semantics (the Triton forward
+# here, the Mosaic GPU forward in gpu_mosaic.py); the backward is always the Triton kernels above.
+# Residuals are the call's inputs only.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _with_bwd(fwd_fn, params, q, k, v, decay, initial_state, segment_ids):
+    return fwd_fn(q, k, v, decay, initial_state, segment_ids)
+
+
+def _with_bwd_fwd(fwd_fn, params, q, k, v, decay, initial_state, segment_ids):
+    out = fwd_fn(q, k, v, decay, initial_state, segment_ids)
+    return out, (q, k, v, decay, initial_state, segment_ids)
+
+
+def _with_bwd_bwd(fwd_fn, params, res, cts):
+    del fwd_fn
+    q, k, v, decay, initial_state, segment_ids = res
+    do, dst = cts
+    dq, dk, dv, ds0 = backward(q, k, v, decay, initial_state, segment_ids, do, dst, params=params)
+    # decay is a fixed (non-trainable) buffer: its gradient is defined as zero; segment ids are ints.
+    return dq, dk, dv, jnp.zeros_like(decay), ds0, None
+
+
+_with_bwd.defvjp(_with_bwd_fwd, _with_bwd_bwd)
+
+
+def with_triton_backward(fwd_fn, params: TritonParams = TritonParams()):
+    """Differentiable version of ``fwd_fn`` whose VJP runs the Triton backward kernels.
+
+    ``fwd_fn(q, k, v, decay, initial_state, segment_ids) -> (o, final fp32 state)`` must compute
+    ``reference.chunked``'s function (it need not be differentiable). Returns
+    ``f(q, k, v, decay, initial_state=None, segment_ids=None) -> (o, state)``, differentiable in q,
+    k, v and initial_state (decay gets a zero gradient). ``params`` configures the backward kernels.
+    """
+
+    def f(q, k, v, decay, initial_state=None, segment_ids=None):
+        return _with_bwd(fwd_fn, params, q, k, v, decay, initial_state, segment_ids)
+
+    return f
 
 
 @functools.partial(
@@ -413,42 +525,20 @@ def lightning_attention(
     ``num_warps`` / ``num_stages`` (an int or a (forward, backward) pair) the Triton launch
     parameters; all are performance knobs that do not change the result beyond rounding.
     """
-    out_dtype = q.dtype
-    b, t, h, dk = q.shape
-    dv = v.shape[-1]
-    dkp = _padded_head_dim(dk, "q/k")
-    dvp = _padded_head_dim(dv, "v")
-    if fwd_block_v is None:
-        fwd_block_v = 64 if b * h * max(1, dvp // 64) >= _FWD_MIN_PROGRAMS else 32
-    fbv = min(dvp, max(MIN_TILE, _pow2_floor(fwd_block_v)))
-    bk = min(dkp, max(MIN_TILE, _pow2_floor(bwd_block)))
-    bv = min(dvp, max(MIN_TILE, _pow2_floor(bwd_block)))
-
-    c = max(MIN_TILE, _pow2_floor(min(int(block_size), MAX_BLOCK_SIZE)))
-    c = max(MIN_TILE, min(c, _pow2_ceil(t)))
-    nblk = -(-t // c)
-    tp = nblk * c
-    stages = (num_stages, num_stages) if isinstance(num_stages, int) else tuple(num_stages)
-    cfg = _Cfg(
-        t=t, c=c, nblk=nblk, fwd_block_v=fbv, block_k=bk, block_v=bv, has_seg=segment_ids is not None,
-        num_warps=int(num_warps), num_stages=(int(stages[0]), int(stages[1])), interpret=bool(interpret),
-    )
-
-    dt = jnp.result_type(q.dtype, k.dtype, v.dtype)
-    q_, k_, v_ = (x.astype(dt) for x in (q, k, v))
-    q_, k_ = (_pad_axis(_pad_axis(x, 3, dkp), 1, tp) for x in (q_, k_))
-    v_ = _pad_axis(_pad_axis(v_, 3, dvp), 1, tp)
-    if initial_state is None:
-        s0 = jnp.zeros((b, h, dkp, dvp), _F32)
-    else:
-        s0 = _pad_axis(_pad_axis(initial_state.astype(_F32), 2, dkp), 3, dvp)
-    seg = None
-    if segment_ids is not None:
-        seg = segment_ids.astype(jnp.int32)
-        if tp != t:  # padding gets its own id (never equal to a real one), like reference.chunked
-            seg = jnp.pad(seg, ((0, 0), (0, tp - t)), constant_values=jnp.min(seg) - 1)
-    o, state = _lightning(cfg, q_, k_, v_, decay.astype(_F32), s0, seg)
-    return o[:, :t, :, :dv].astype(out_dtype), state[:, :, :dk, :dv]
+    params = TritonParams.make(block_size, interpret, fwd_block_v, bwd_block, num_warps, num_stages)
+    # Check the head dims eagerly (a clear ValueError before any tracing of the kernels).
+    _padded_head_dim(q.shape[-1], "q/k")
+    _padded_head_dim(v.shape[-1], "v")
+    fwd_fn = functools.partial(forward, params=params)
+    return with_triton_backward(fwd_fn, params)(q, k, v, decay, initial_state, segment_ids)
 
 
-__all__ = ["lightning_attention", "MAX_BLOCK_SIZE", "MAX_HEAD_DIM"]
+__all__ = [
+    "lightning_attention",
+    "forward",
+    "backward",
+    "with_triton_backward",
+    "TritonParams",
+    "MAX_BLOCK_SIZE",
+    "MAX_HEAD_DIM",
+]

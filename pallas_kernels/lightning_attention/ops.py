@@ -33,6 +33,14 @@ def _triton_impl():
     return gpu_triton.lightning_attention
 
 
+def _mosaic_gpu_impl():
+    # lazy: Pallas Mosaic GPU (Hopper) forward + Triton backward; written against JAX 0.11 (the Mosaic
+    # GPU API differs on 0.10). Falls back to the Triton impl per call where the kernel does not apply.
+    from pallas_kernels.lightning_attention import gpu_mosaic
+
+    return gpu_mosaic.lightning_attention
+
+
 # impl name -> callable(q, k, v, decay, *, initial_state, segment_ids, block_size, interpret)
 # returning (o, final fp32 state), differentiable in q, k, v and initial_state.
 # Kernel modules are imported lazily so that a missing backend never breaks the reference.
@@ -41,6 +49,7 @@ _IMPLS = {
     "reference_recurrent": lambda: _reference_recurrent,
     "tpu": lambda: _tpu_impl(),
     "triton": lambda: _triton_impl(),
+    "mosaic_gpu": lambda: _mosaic_gpu_impl(),
 }
 IMPLS = ("auto", *_IMPLS)
 
@@ -74,13 +83,30 @@ def _check_inputs(q, k, v, decay, initial_state, segment_ids, block_size):
         raise ValueError(f"block_size must be positive, got {block_size}")
 
 
+# Oldest JAX whose Mosaic GPU API gpu_mosaic.py is written for (auto never picks it on older ones).
+_MOSAIC_GPU_MIN_JAX = (0, 11)
+
+
+def _is_hopper(device) -> bool:
+    """Compute capability 9.x (H100 / H200 / GH200): wgmma and TMA, which the Mosaic kernel needs."""
+    cc = str(getattr(device, "compute_capability", "") or "")
+    return cc.split(".")[0] == "9"
+
+
 def _auto_impl() -> str:
-    """The fastest implementation registered for the default backend."""
+    """The fastest implementation registered for the default backend.
+
+    TPU: "tpu". GPU: "mosaic_gpu" on Hopper (compute capability 9.x) with JAX >= 0.11, else
+    "triton". Otherwise "reference".
+    """
     import jax
 
-    if jax.default_backend() == "tpu":
+    backend = jax.default_backend()
+    if backend == "tpu":
         return "tpu"
-    if jax.default_backend() == "gpu":
+    if backend == "gpu":
+        if _is_hopper(jax.devices()[0]) and tuple(jax.__version_info__[:2]) >= _MOSAIC_GPU_MIN_JAX:
+            return "mosaic_gpu"
         return "triton"
     return "reference"
 
@@ -113,7 +139,10 @@ def lightning_attention(
       return_state: also return the final fp32 state.
       segment_ids: optional [batch, seq] ints; the state resets where the id changes.
       block_size: chunk length C of the blocked algorithm.
-      impl: "auto" picks the fastest available path for the backend; "reference" is pure jnp.
+      impl: "auto" picks the fastest available path for the backend (``_auto_impl``: "mosaic_gpu" on
+        Hopper GPUs, "triton" on other GPUs, "tpu", else "reference"); "reference" is pure jnp;
+        "mosaic_gpu" (Hopper forward + Triton backward) runs "triton" for whatever it does not
+        support (segment_ids, fp32 or mixed dtypes, other head dims).
       interpret: run Pallas kernels in interpret mode (CPU testing).
 
     Returns:

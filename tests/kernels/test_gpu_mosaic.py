@@ -1,0 +1,178 @@
+"""ops impl "mosaic_gpu" (Mosaic GPU Hopper forward + Triton backward) on a CPU, and impl selection.
+
+The kernel tests run the Mosaic GPU forward in JAX's GPU interpret mode (``plgpu.InterpretGPUParams``,
+JAX >= 0.11) and the Triton backward in interpret mode, against the fp32 jnp reference on the same
+bf16-rounded inputs. On JAX 0.10.x (CI's pin) they are skipped: that JAX has no GPU interpret mode and
+a different Mosaic GPU API, and gpu_mosaic.py is never imported there. The impl-selection tests run
+everywhere.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pallas_kernels.lightning_attention import ops, reference
+
+
+def _has_gpu_interpret() -> bool:
+    try:
+        from jax.experimental.pallas import mosaic_gpu as plgpu
+    except ImportError:
+        return False
+    return hasattr(plgpu, "InterpretGPUParams")
+
+
+needs_gpu_interpret = pytest.mark.skipif(
+    not _has_gpu_interpret(),
+    reason=f"JAX {jax.__version__} has no Mosaic GPU interpret mode (plgpu.InterpretGPUParams, JAX >= 0.11); "
+    "the Mosaic GPU kernel is checked on a GPU by experiments/check_gpu_kernels.py",
+)
+
+H = 2
+DECAY = jnp.array([0.05, 0.7], jnp.float32)
+
+
+def _rel_err(x, ref):
+    x, ref = np.asarray(x, np.float32), np.asarray(ref, np.float32)
+    return float(np.max(np.abs(x - ref)) / max(np.max(np.abs(ref)), 1e-6))
+
+
+def _inputs(rng, b, t, dk, dv, dtype=jnp.bfloat16):
+    q = jnp.asarray(rng.standard_normal((b, t, H, dk)) / dk**0.5, jnp.float32).astype(dtype)
+    k = jnp.asarray(rng.standard_normal((b, t, H, dk)) / dk**0.5, jnp.float32).astype(dtype)
+    v = jnp.asarray(rng.standard_normal((b, t, H, dv)), jnp.float32).astype(dtype)
+    s0 = jnp.asarray(rng.standard_normal((b, H, dk, dv)), jnp.float32)
+    return q, k, v, s0
+
+
+def _f32(*xs):
+    return tuple(None if x is None else x.astype(jnp.float32) for x in xs)
+
+
+def _value_and_grads(fn, q, k, v, s0, do, dst):
+    def f(q, k, v, s0):
+        return fn(q, k, v, DECAY, initial_state=s0, return_state=True)
+
+    out, vjp = jax.vjp(f, q, k, v, s0)
+    return out, vjp((do, dst))
+
+
+# ------------------------------------------------------------------------------------- selection
+
+
+class _FakeDevice:
+    def __init__(self, cc):
+        self.compute_capability = cc
+
+
+@pytest.mark.parametrize(
+    "cc,version,want",
+    [
+        ("9.0", (0, 11, 2), "mosaic_gpu"),  # H100 / H200
+        ("9.0", (0, 10, 2), "triton"),  # Mosaic GPU API of 0.10 differs from the kernel's
+        ("8.0", (0, 11, 2), "triton"),  # A100: no wgmma
+        ("10.0", (0, 11, 2), "triton"),  # Blackwell: no wgmma either
+        ("", (0, 11, 2), "triton"),
+    ],
+)
+def test_auto_impl_on_gpu(monkeypatch, cc, version, want):
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(jax, "devices", lambda *a, **k: [_FakeDevice(cc)])
+    monkeypatch.setattr(jax, "__version_info__", version)
+    assert ops._auto_impl() == want
+
+
+def test_mosaic_gpu_registered_and_not_imported_by_default():
+    """``import pallas_kernels`` and CPU dispatch never import gpu_mosaic (or gpu_triton)."""
+    code = (
+        "import sys, jax, jax.numpy as jnp, pallas_kernels\n"
+        "from pallas_kernels.lightning_attention import ops\n"
+        "assert 'mosaic_gpu' in ops.IMPLS, ops.IMPLS\n"
+        "x = jnp.ones((1, 8, 1, 4))\n"
+        "pallas_kernels.lightning_attention(x, x, x, jnp.ones((1,)))\n"
+        "bad = [m for m in sys.modules if m.startswith('pallas_kernels') and 'gpu_' in m]\n"
+        "assert not bad, bad\n"
+    )
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    res = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------------------- kernels
+
+
+@needs_gpu_interpret
+def test_forward_interpret(rng):
+    """Mosaic GPU forward (whole blocks in the kernel + a 37-token tail), initial state, dv = 2 tiles."""
+    from pallas_kernels.lightning_attention import gpu_mosaic
+
+    q, k, v, s0 = _inputs(rng, 1, 2 * 64 + 37, 64, 128)
+    assert gpu_mosaic.unsupported_reason(q, k, v, DECAY, s0) is None  # the kernel path, no fallback
+    fn = functools.partial(ops.lightning_attention, impl="mosaic_gpu", interpret=True, return_state=True)
+    o, st = jax.jit(fn)(q, k, v, DECAY, initial_state=s0)
+    o_ref, st_ref = jax.jit(reference.quadratic)(*_f32(q, k, v), DECAY, initial_state=s0)
+    assert o.dtype == jnp.bfloat16 and st.dtype == jnp.float32
+    assert o.shape == o_ref.shape and st.shape == st_ref.shape
+    # bf16 operands (P, K * decay, the bf16 copy of the state) and a bf16 o: a few 1e-3 (2.4e-3 /
+    # 9e-4 measured in the same interpret mode); a wrong mask or decay gives O(1).
+    assert _rel_err(o, o_ref) < 2e-2
+    assert _rel_err(st, st_ref) < 2e-2
+
+
+@needs_gpu_interpret
+def test_forward_backward_interpret(rng):
+    """fwd + bwd of impl="mosaic_gpu" (Mosaic forward, Triton backward) vs the reference's VJP in fp32."""
+    t, dk, dv = 128, 64, 64
+    q, k, v, s0 = _inputs(rng, 1, t, dk, dv)
+    do = jnp.asarray(rng.standard_normal((1, t, H, dv)), jnp.float32).astype(jnp.bfloat16)
+    dst = jnp.asarray(rng.standard_normal((1, H, dk, dv)), jnp.float32)
+    kern = functools.partial(ops.lightning_attention, impl="mosaic_gpu", interpret=True)
+    (o, st), got = jax.jit(functools.partial(_value_and_grads, kern))(q, k, v, s0, do, dst)
+    ref = functools.partial(reference.chunked, block_size=64)
+
+    def ref_fn(q, k, v, decay, *, initial_state, return_state):
+        del return_state
+        return ref(q, k, v, decay, initial_state=initial_state)
+
+    (o_ref, st_ref), want = jax.jit(functools.partial(_value_and_grads, ref_fn))(*_f32(q, k, v), s0, *_f32(do), dst)
+    for name, g, w, dt in zip(
+        ("o", "state", "dq", "dk", "dv", "ds0"),
+        (o, st, *got),
+        (o_ref, st_ref, *want),
+        (jnp.bfloat16, jnp.float32, jnp.bfloat16, jnp.bfloat16, jnp.bfloat16, jnp.float32),
+        strict=True,
+    ):
+        assert g.shape == w.shape and g.dtype == dt, name
+        assert _rel_err(g, w) < 3e-2, (name, _rel_err(g, w))
+
+
+@needs_gpu_interpret
+@pytest.mark.parametrize("case", ["fp32", "segments"])
+def test_fallback_to_triton(rng, case):
+    """Where the Mosaic forward does not apply, impl="mosaic_gpu" is exactly impl="triton"."""
+    from pallas_kernels.lightning_attention import gpu_mosaic
+
+    t = 40
+    dtype = jnp.float32 if case == "fp32" else jnp.bfloat16
+    q, k, v, s0 = _inputs(rng, 1, t, 64, 64, dtype)
+    seg = jnp.asarray((np.arange(t) >= 23)[None].astype(np.int32)) if case == "segments" else None
+    assert gpu_mosaic.unsupported_reason(q, k, v, DECAY, s0, seg) is not None
+
+    def run(impl):
+        f = functools.partial(ops.lightning_attention, impl=impl, interpret=True, block_size=16)
+        loss = lambda q, s0: jnp.sum(f(q, k, v, DECAY, initial_state=s0, segment_ids=seg).astype(jnp.float32))  # noqa: E731
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(q, s0)
+
+    (val, (dq, ds0)), (val_t, (dq_t, ds0_t)) = run("mosaic_gpu"), run("triton")
+    np.testing.assert_array_equal(val, val_t)
+    np.testing.assert_array_equal(np.asarray(dq, np.float32), np.asarray(dq_t, np.float32))
+    np.testing.assert_array_equal(ds0, ds0_t)
