@@ -42,14 +42,14 @@ def get_config(arg: str = "tiny"):
         cfg = default_config(model)
         cfg.steps = 20000
         cfg.data.update(batch_size=32, seq_len=2048)
-        cfg.optim.update(lr=6e-4, warmup_steps=1000)
+        cfg.optim.update(lr=6e-4, warmup_steps=1000, grad_accum_steps=4)  # 8 x 2048 per micro-batch
         cfg.checkpoint.every = 1000
     elif arg == "1b":
         model = _shape(16, 2048, 16, 4, 128, 8, 2816, vocab_size=32768, dtype="bfloat16", block_size=256)
         cfg = default_config(model)
         cfg.steps = 50000
         cfg.data.update(batch_size=64, seq_len=4096)
-        cfg.optim.update(lr=3e-4, warmup_steps=2000, grad_accum_steps=8)
+        cfg.optim.update(lr=3e-4, warmup_steps=2000, grad_accum_steps=32)  # 2 x 4096 per micro-batch
         cfg.checkpoint.every = 1000
     elif arg == "m1_456b":
         cfg = default_config(ModelConfig.minimax_m1_456b(dtype="bfloat16", param_dtype="bfloat16"))

@@ -24,10 +24,14 @@ ARGS = ["train", "--config=experiments/pretrain.py:tiny", f"--config.steps={STEP
         "--config.checkpoint.every=10", "--config.checkpoint.keep=2", "--config.log.every=20"]
 
 
+def python_path():
+    return os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     cache = tmp_path_factory.mktemp("jax_cache")
-    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO, JAX_COMPILATION_CACHE_DIR=str(cache),
+    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=python_path(), JAX_COMPILATION_CACHE_DIR=str(cache),
                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 
@@ -132,7 +136,7 @@ def test_divergence_stops_with_a_clear_message(env, reference, tmp_path):
     (["--config=experiments/pretrain.py:huge"], "unknown preset 'huge'"),
 ])
 def test_bad_config_fails_before_any_work(extra, message, tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=python_path())
     workdir = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "m1jax.cli.main", *ARGS, f"--workdir={workdir}", *extra], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=120)

@@ -69,10 +69,12 @@ def setup():
     return graphdef, params, batch
 
 
-def test_grad_accumulation_equals_one_big_batch(setup):
+def test_grad_accumulation_and_remat_give_the_one_big_batch_gradient(setup):
     graphdef, params, batch = setup
     config = NANO.replace(router_aux_loss_coef=0.0)  # aux statistics are per micro-batch by design
-    out = [jax.jit(make_loss_and_grads(graphdef, config, grad_accum_steps=a))(params, batch) for a in (1, 2)]
+    remat_graphdef = model_graphdef(NANO, {"moe": "dense", "lightning": "reference"}, remat=True)[0]
+    out = [jax.jit(make_loss_and_grads(g, config, grad_accum_steps=a))(params, batch)
+           for g, a in ((graphdef, 1), (remat_graphdef, 2))]
     (l1, s1, g1, n1), (l2, s2, g2, n2) = out
     assert float(n1) == float(n2) and np.isclose(float(l1), float(l2), rtol=1e-5)
     assert np.isclose(float(s1["nll"]), float(s2["nll"]), rtol=1e-5)

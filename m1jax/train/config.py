@@ -31,6 +31,7 @@ def default_config(model: ModelConfig) -> ml_collections.ConfigDict:
     cfg.init_from = ""  # a params checkpoint (m1jax.train.checkpoint.save_params) to start from
     cfg.dry_run = False  # print sizes, FLOPs and memory estimates, then exit without allocating
     cfg.kernels = ml_collections.ConfigDict(dict(moe="grouped", lightning="auto"))
+    cfg.remat = False  # recompute each decoder layer in the backward pass (less activation memory)
     cfg.data = ml_collections.ConfigDict(dict(
         source="tasks",  # "tasks" (procedural) or "text" (text files / JSONL)
         tasks="copy,reverse,sort,add", task_size=6, loss_on="all",  # tasks: which, how big, "all"|"answer"
@@ -80,6 +81,7 @@ def validate(cfg) -> ModelConfig:
     finite = math.isfinite
     _check(cfg, "seed", _is_int, "must be an int")
     _check(cfg, "steps", lambda v: _is_int(v) and v > 0, "must be a positive int")
+    _check(cfg, "remat", lambda v: isinstance(v, bool), "must be True or False")
     for key in ("data.batch_size", "data.seq_len", "optim.grad_accum_steps", "checkpoint.every",
                 "checkpoint.keep", "log.every", "data.task_size"):
         _check(cfg, key, lambda v: _is_int(v) and v > 0, "must be a positive int")

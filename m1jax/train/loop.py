@@ -89,6 +89,13 @@ def _check_and_write_config(cfg, workdir: str, resuming: bool):
     os.replace(path + ".tmp", path)
 
 
+def _peak_memory_gib() -> float | None:
+    """Peak memory allocated on the first device so far (None where the backend does not say, e.g. CPU)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else peak / 2**30
+
+
 def describe(cfg, model_config) -> dict:
     """Sizes, FLOPs and a memory estimate, computed without allocating the model."""
     counts = param_counts(model_config)
@@ -123,7 +130,7 @@ def train(cfg, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
 
     tx, schedule = make_optimizer(cfg.optim, cfg.steps)
-    graphdef, abstract_params = model_graphdef(model_config, cfg.kernels.to_dict())
+    graphdef, abstract_params = model_graphdef(model_config, cfg.kernels.to_dict(), remat=cfg.remat)
     checkpointer = ckpt_lib.TrainCheckpointer(os.path.join(workdir, "checkpoints"), keep=cfg.checkpoint.keep,
                                               async_save=cfg.checkpoint.async_save)
     latest = checkpointer.latest_step()
@@ -171,6 +178,7 @@ def train(cfg, workdir: str) -> dict:
                 m["step_time"] = dt
                 m["tokens_per_s"] = info["tokens_per_step"] / dt
                 m["mfu"] = mfu(m["tokens_per_s"] * info["train_flops_per_token"], peak)
+                m["peak_memory_gib"] = _peak_memory_gib()
                 writer.write(step, m)
                 progress.update(step, m)
                 summary.update(step=step, loss=m["loss"])

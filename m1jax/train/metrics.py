@@ -96,4 +96,6 @@ class Progress:
         line = (f"step {step}/{self.total} | loss {m['loss']:.4f} | acc {m['accuracy']:.3f} | "
                 f"gnorm {m['grad_norm']:.3g} | lr {m['lr']:.2e} | {_fmt_count(m['tokens_per_s'])} tok/s | "
                 f"MFU {mfu} | load {m['router/max_load']:.2f} | ETA {_fmt_time(eta) if done else '?'}")
+        if m.get("peak_memory_gib") is not None:
+            line += f" | peak mem {m['peak_memory_gib']:.1f} GiB"
         print(line, file=self.stream, flush=True)
