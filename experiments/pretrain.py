@@ -33,7 +33,8 @@ def get_config(arg: str = "tiny"):
                                  max_position_embeddings=4096)
         cfg = default_config(model)
         cfg.steps = 400
-        cfg.data.update(batch_size=16, seq_len=128, tasks="copy,reverse,sort,add", task_size=6)
+        cfg.data.update(batch_size=16, seq_len=128, tasks="copy,reverse,sort,add", task_size=6,
+                        split_documents=False)  # whole examples per row
         cfg.optim.update(lr=3e-3, warmup_steps=20, weight_decay=0.01)
         cfg.checkpoint.update(every=100, keep=2)
         cfg.log.every = 20

@@ -77,6 +77,9 @@ def test_tensorboard_records_are_valid_tfrecords(tmp_path):
     records = read_records(w.path)
     assert records[0] == encode_event(0, _wall_time(records[0]), file_version="brain.Event:2")
     assert b"loss" in records[1] and b"router/max_load" in records[1] and np.float32(1.5).tobytes() in records[1]
+    resumed = SummaryWriter(str(tmp_path), purge_from_step=5)  # a resumed run: TensorBoard drops steps >= 5
+    resumed.close()
+    assert read_records(resumed.path)[1].endswith(b"\x32\x02\x08\x01")  # session_log {status: START}
 
 
 def _wall_time(record: bytes) -> float:

@@ -35,7 +35,8 @@ class MetricWriter:
         elif os.path.exists(self.path):
             os.remove(self.path)
         self._f = open(self.path, "a")  # noqa: SIM115 - open for the run
-        self._tb = SummaryWriter(os.path.join(workdir, "tb")) if tensorboard else None
+        purge = None if resume_step is None else resume_step + 1
+        self._tb = SummaryWriter(os.path.join(workdir, "tb"), purge_from_step=purge) if tensorboard else None
 
     def _truncate(self, step: int):
         """Drop records after ``step`` (they are about to be recomputed by the resumed run)."""

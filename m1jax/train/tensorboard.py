@@ -2,12 +2,15 @@
 so neither TensorFlow nor tensorboard is needed to produce logs that TensorBoard reads.
 
 Encoded messages (tensorflow/core/util/event.proto, summary.proto):
-  Event   {double wall_time = 1; int64 step = 2; string file_version = 3; Summary summary = 5;}
+  Event   {double wall_time = 1; int64 step = 2; string file_version = 3; Summary summary = 5;
+           SessionLog session_log = 6;}
   Summary {repeated Value value = 1;}   Value {string tag = 1; float simple_value = 2;}
+  SessionLog {SessionStatus status = 1;}  (START = 1: TensorBoard drops older events at steps >= this one)
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import struct
@@ -25,6 +28,7 @@ def _crc32c_table() -> list[int]:
 
 
 _TABLE = _crc32c_table()
+_FILE_COUNT = itertools.count()  # unique file names within a process
 
 
 def crc32c(data: bytes) -> int:
@@ -58,11 +62,14 @@ def _field_bytes(number: int, payload: bytes) -> bytes:
 
 
 def encode_event(step: int, wall_time: float, scalars: dict[str, float] | None = None,
-                 file_version: str | None = None) -> bytes:
-    """One serialized Event with a simple_value per scalar (or the file_version header event)."""
+                 file_version: str | None = None, session_start: bool = False) -> bytes:
+    """One serialized Event with a simple_value per scalar (or the file_version header event, or a
+    session START marker)."""
     msg = _varint(1 << 3 | 1) + struct.pack("<d", wall_time) + _varint(2 << 3 | 0) + _varint(int(step))
     if file_version is not None:
         msg += _field_bytes(3, file_version.encode())
+    if session_start:
+        msg += _field_bytes(6, _varint(1 << 3 | 0) + _varint(1))
     if scalars:
         values = b"".join(
             _field_bytes(1, _field_bytes(1, tag.encode()) + _varint(2 << 3 | 5) + struct.pack("<f", float(v)))
@@ -94,14 +101,20 @@ def read_records(path: str) -> list[bytes]:
 
 
 class SummaryWriter:
-    """Appends scalar events to ``logdir/events.out.tfevents.<time>.<host>``; flushes every write."""
+    """Appends scalar events to ``logdir/events.out.tfevents.<time>.<host>.<pid>.<n>``; flushes every write.
 
-    def __init__(self, logdir: str):
+    ``purge_from_step`` (a resumed run's first step) writes a session START there, so TensorBoard drops
+    the earlier run's events from that step on instead of showing both.
+    """
+
+    def __init__(self, logdir: str, *, purge_from_step: int | None = None):
         os.makedirs(logdir, exist_ok=True)
-        name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
+        name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}.{next(_FILE_COUNT)}"
         self.path = os.path.join(logdir, name)
         self._f = open(self.path, "ab")  # noqa: SIM115 - open for the run
         self._write(encode_event(0, time.time(), file_version="brain.Event:2"))
+        if purge_from_step is not None:
+            self._write(encode_event(purge_from_step, time.time(), session_start=True))
 
     def _write(self, event: bytes):
         self._f.write(frame_record(event))
