@@ -217,3 +217,48 @@ def test_streaming_conversion_memory_is_bounded(tmp_path):
     assert r["peak"] - r["runtime"] < 2 * r["largest"] + 500e6, r
     reader = SafetensorsReader(sorted((tmp_path / "dst").glob("*.safetensors"))[0])
     assert str(reader.dtype(next(iter(reader.keys())))) == "bfloat16"
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+def _cli(*args):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run([sys.executable, "-m", "m1jax.cli.main", "convert", *args], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_hf_to_orbax_to_hf(tmp_path, ckpt, rng):
+    proc = _cli("hf-to-orbax", str(ckpt), str(tmp_path / "orbax"), "--dtype=bfloat16")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _cli("orbax-to-hf", str(tmp_path / "orbax"), str(tmp_path / "hf"), "--shard_size=40KB")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "hf" / "model.safetensors.index.json").exists()
+    original, back = load_hf(ckpt, dtype="bfloat16"), load_hf(tmp_path / "hf")
+    assert back.config.param_dtype == "bfloat16"
+    for a, b in zip(jax.tree.leaves(nnx.state(original, nnx.Param)), jax.tree.leaves(nnx.state(back, nnx.Param)),
+                    strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    from m1jax.train.checkpoint import restore_params
+
+    restored = restore_params(str(tmp_path / "orbax"))  # what `train --config.init_from=...` reads
+    tokens = jnp.asarray(rng.integers(0, 128, (1, 12)))
+    np.testing.assert_array_equal(jit_logits(restored, tokens), jit_logits(back, tokens))
+    proc = _cli("orbax-to-hf", str(tmp_path / "orbax"), str(tmp_path / "hf"))
+    assert proc.returncode != 0 and "--overwrite" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["sideways", "a", "b"], "unknown direction 'sideways'"),
+        (["hf-to-hf", "/nonexistent/src", "DST"], "source /nonexistent/src does not exist"),
+        (["hf-to-hf", "SRC", "DST", "--dtype=int8"], "--dtype='int8'"),
+        (["hf-to-hf", "SRC", "DST", "--shard_size=lots"], "cannot parse size 'lots'"),
+        (["hf-to-hf", "SRC"], "expected DIRECTION SRC DST"),
+    ],
+)
+def test_cli_bad_arguments(tmp_path, ckpt, args, message):
+    args = [a.replace("SRC", str(ckpt)).replace("DST", str(tmp_path / "out")) for a in args]
+    proc = _cli(*args)
+    assert proc.returncode != 0 and message in proc.stderr + proc.stdout, proc.stderr[-2000:]
+    assert not (tmp_path / "out").exists()

@@ -10,7 +10,7 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for outputs (config, logs, checkpoints).")
 
-COMMANDS = {"generate": "m1jax.cli.generate", "train": "m1jax.cli.train"}
+COMMANDS = {"generate": "m1jax.cli.generate", "train": "m1jax.cli.train", "convert": "m1jax.cli.convert"}
 
 
 def _usage() -> str:
@@ -26,6 +26,8 @@ def run():
     module = __import__(COMMANDS[command], fromlist=["main"])
 
     def main(argv):
+        if getattr(module, "POSITIONAL", False):
+            return module.main_argv(argv[1:])
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments {argv[1:]}\n{_usage()}")
         if _CONFIG.value is None:
