@@ -2,11 +2,16 @@
 
     m1jax train --config=experiments/pretrain.py:tiny --workdir=/tmp/tiny [--config.optim.lr=3e-3 ...]
 
-  tiny      CPU, minutes: a 4-layer model learns copy / reverse / sort / add from bytes.
+  tiny      CPU, minutes: a 4-layer model learns copy / reverse / sort / add from bytes (400 steps in
+            ~3.5 min on 2 busy cores; loss 5.6 -> ~1.4).
   100m      GPU: ~100M active params (12 layers, 8 experts top-2), bf16 activations.
   1b        GPU: ~1B active params (16 layers, 8 experts top-2); ~2.7B total, ~40 GiB of fp32 train state.
   m1_456b   the full MiniMax-M1 shape (456B total, 45.9B active): --config.dry_run=True prints sizes and
-            FLOPs; training it needs the sharding layer (not yet written).
+            FLOPs; training it needs many devices (--config.mesh.*) and is untested.
+Measured 2026-11-22 on one H200 (jax 0.11.2, flax 0.12.10; lightning impl "auto", MoE "grouped"):
+  100m  ~60k tokens/s, MFU ~4.4% (vs bf16 dense peak), peak memory 33.4 GiB.
+  1b    peak memory 93.2 GiB (micro-batch 2 x 4096; too big for an 80 GB H100 on one device: shard it
+        with --config.mesh.fsdp=N over N GPUs); 8 x 4096 micro-batches ran out of memory even with remat.
 GPU presets default to the procedural tasks with the byte tokenizer so they run anywhere; for text use
 --config.data.source=text --config.data.paths=/data/*.jsonl --config.data.tokenizer=/path/tokenizer.json.
 """

@@ -79,7 +79,23 @@ def test_tensorboard_records_are_valid_tfrecords(tmp_path):
     assert b"loss" in records[1] and b"router/max_load" in records[1] and np.float32(1.5).tobytes() in records[1]
     resumed = SummaryWriter(str(tmp_path), purge_from_step=5)  # a resumed run: TensorBoard drops steps >= 5
     resumed.close()
-    assert read_records(resumed.path)[1].endswith(b"\x32\x02\x08\x01")  # session_log {status: START}
+    assert read_records(resumed.path)[1].endswith(b"\x3a\x02\x08\x01")  # session_log {status: START}
+
+
+def test_tensorboard_reads_our_events_and_drops_a_killed_runs_later_steps(tmp_path):
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    first = SummaryWriter(str(tmp_path))
+    for step in range(1, 16):
+        first.scalars(step, {"loss": 1.0})
+    first.close()
+    resumed = SummaryWriter(str(tmp_path), purge_from_step=11)  # resumed from the step-10 checkpoint
+    for step in range(11, 21):
+        resumed.scalars(step, {"loss": 2.0})
+    resumed.close()
+    ea = accumulator.EventAccumulator(str(tmp_path))
+    ea.Reload()
+    assert [(e.step, e.value) for e in ea.Scalars("loss")] == [(s, 1.0) for s in range(1, 11)] + [
+        (s, 2.0) for s in range(11, 21)]
 
 
 def _wall_time(record: bytes) -> float:

@@ -142,3 +142,18 @@ def test_bad_config_fails_before_any_work(extra, message, tmp_path):
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and message in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     assert not workdir.exists()
+
+
+def test_fsdp_mesh_on_two_devices_matches_one_device(env, reference, tmp_path):
+    env = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    proc = cli(env, tmp_path, "--config.mesh.fsdp=2")  # params split along embed, the batch along rows
+    wait_for_step(proc, tmp_path, 8)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and "'fsdp': 2" in out, out
+    loss = losses(tmp_path)[0]
+    np.testing.assert_allclose(loss, losses(reference[0])[0][: len(loss)], rtol=2e-5)  # reduction order differs
+    from m1jax.train.checkpoint import restore_params
+
+    model = restore_params(str(tmp_path))  # the sharded checkpoint, read back onto one device
+    assert model.lm_head[...].shape == (32, 258)

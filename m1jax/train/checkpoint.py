@@ -128,7 +128,8 @@ class TrainCheckpointer:
         self.manager.save(int(step), args=args, force=True)
 
     def restore(self, step: int, abstract_state: dict, *, sharding=None) -> tuple[dict, dict]:
-        """(state, data position) of ``step``, restored onto ``abstract_state``'s shapes and dtypes."""
+        """(state, data position) of ``step``, restored onto ``abstract_state``'s shapes, dtypes and
+        shardings (leaves without one go to ``sharding``, default the first device)."""
         target = with_sharding({k: abstract_state[k] for k in ("params", "opt_state")}, sharding)
         out = self.manager.restore(int(step), args=ocp.args.Composite(
             params=ocp.args.StandardRestore(target["params"]),
@@ -138,8 +139,9 @@ class TrainCheckpointer:
         meta = out["meta"]
         if int(meta["step"]) != int(step):
             raise ValueError(f"checkpoint {step} records step {meta['step']}")
+        step_sharding = getattr(abstract_state["step"], "sharding", None) or sharding
         step_arr = jax.device_put(jax.numpy.asarray(int(step), jax.numpy.int32),
-                                  sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+                                  step_sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0]))
         return {"params": out["params"], "opt_state": out["opt_state"], "step": step_arr}, meta["data"]
 
     def wait(self) -> None:

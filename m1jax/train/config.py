@@ -46,6 +46,7 @@ def default_config(model: ModelConfig) -> ml_collections.ConfigDict:
         clip_norm=1.0,  # global-norm clipping (0 = off)
         grad_accum_steps=1,  # micro-batches per step; data.batch_size is the global batch
     ))
+    cfg.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, expert=1, context=1, tensor=1))  # -1: the rest
     cfg.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3, async_save=True))
     cfg.log = ml_collections.ConfigDict(dict(every=10, tensorboard=True, peak_tflops=0.0))  # 0: device table
     return cfg
@@ -113,12 +114,24 @@ def validate(cfg) -> ModelConfig:
             expand_paths(cfg.data.paths)
         except (FileNotFoundError, ValueError) as e:
             _fail("data.paths", cfg.data.paths, str(e))
+    _check_mesh(cfg)
     model = model_config(cfg)
     tokenizer = load_data_tokenizer(cfg.data)
     if tokenizer.vocab_size > model.vocab_size:
         _fail("model.vocab_size", model.vocab_size, f"smaller than the tokenizer's vocabulary "
               f"({tokenizer.vocab_size}, data.tokenizer={cfg.data.tokenizer!r})")
     return model
+
+
+def _check_mesh(cfg):
+    import jax
+
+    from m1jax.sharding import MeshConfig
+
+    try:
+        MeshConfig(**cfg.mesh).resolve(jax.device_count())
+    except (TypeError, ValueError) as e:
+        _fail("mesh", cfg.mesh.to_dict(), str(e))
 
 
 def load_data_tokenizer(data_cfg):

@@ -20,7 +20,11 @@ from m1jax.train.config import validate
 from m1jax.train.flops import device_peak_flops, flops_per_token, mfu, param_counts
 from m1jax.train.metrics import MetricWriter, Progress
 from m1jax.train.optimizer import make_optimizer
-from m1jax.train.step import abstract_train_state, init_params, init_train_state, make_train_step, model_graphdef
+from m1jax.sharding import use_mesh
+from m1jax.train.placement import batch_sharding, train_mesh, train_state_shardings, with_shardings
+from m1jax.train.step import (
+    abstract_model, abstract_train_state, init_params, init_train_state, make_train_step, model_graphdef,
+)
 
 # Sections of the config that define what is being trained: a resumed run must not change them.
 _FIXED = ("model", "data", "seed")
@@ -130,41 +134,46 @@ def train(cfg, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
 
     tx, schedule = make_optimizer(cfg.optim, cfg.steps)
-    graphdef, abstract_params = model_graphdef(model_config, cfg.kernels.to_dict(), remat=cfg.remat)
+    mesh = train_mesh(cfg.mesh)
+    model = abstract_model(model_config, cfg.kernels.to_dict(), remat=cfg.remat)
+    graphdef, abstract_params = model_graphdef(model)
+    abstract_state = abstract_train_state(abstract_params, tx)
+    shardings = train_state_shardings(model, abstract_state, mesh)
+    batch_shard = batch_sharding(mesh, cfg.data.batch_size, cfg.data.seq_len)
     checkpointer = ckpt_lib.TrainCheckpointer(os.path.join(workdir, "checkpoints"), keep=cfg.checkpoint.keep,
                                               async_save=cfg.checkpoint.async_save)
     latest = checkpointer.latest_step()
     _check_and_write_config(cfg, workdir, resuming=latest is not None)
+    # Fresh or resumed, the state is committed to the same shardings, so the step compiles once to the
+    # same executable either way (what makes a resumed run bit-identical).
     if latest is not None:
-        state, data_state = checkpointer.restore(latest, abstract_train_state(abstract_params, tx))
+        state, data_state = checkpointer.restore(latest, with_shardings(abstract_state, shardings))
         _say(f"resuming from step {latest} ({checkpointer.directory})")
     else:
         if cfg.init_from:
-            params = ckpt_lib.restore_params_dict(cfg.init_from, abstract_params)
+            params = ckpt_lib.restore_params_dict(cfg.init_from, with_shardings(abstract_params, shardings["params"]))
             _say(f"params from {cfg.init_from}")
         else:
-            params = init_params(model_config, cfg.seed)
-        state, data_state = init_train_state(params, tx), None
-    # Commit everything to one device, as restored arrays are: the step then compiles once, to the same
-    # executable whether the run is fresh or resumed (single device until the sharding layer lands).
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    state = jax.device_put(state, device)
+            params = init_params(model_config, cfg.seed, shardings["params"])
+        state, data_state = init_train_state(params, tx, shardings), None
     start = latest or 0
     _say(f"{info['params_total'] / 1e6:.2f}M params ({info['params_active'] / 1e6:.2f}M active), "
-         f"{info['tokens_per_step']} tokens/step, steps {start + 1}..{cfg.steps}, backend {jax.default_backend()}")
+         f"{info['tokens_per_step']} tokens/step, steps {start + 1}..{cfg.steps}, backend {jax.default_backend()}, "
+         f"mesh {dict(mesh.shape)}")
 
     data = build_pipeline(cfg.data, cfg.seed, data_state)
-    step_fn = make_train_step(graphdef, tx, schedule, model_config, grad_accum_steps=cfg.optim.grad_accum_steps)
+    step_fn = make_train_step(graphdef, tx, schedule, model_config, grad_accum_steps=cfg.optim.grad_accum_steps,
+                              state_shardings=shardings, batch_sharding=batch_shard)
     writer = MetricWriter(workdir, tensorboard=cfg.log.tensorboard, resume_step=latest)
     progress = Progress(cfg.steps, cfg.log.every)
     peak = cfg.log.peak_tflops * 1e12 or device_peak_flops(dtype=model_config.dtype)
     summary = {"workdir": workdir, "start_step": start, "step": start, "interrupted": None}
     saved_step = latest
     try:
-        with stop_signals() as stop:
+        with stop_signals() as stop, use_mesh(mesh):
             last = time.perf_counter()
             for step in range(start + 1, cfg.steps + 1):
-                batch = jax.device_put(next(data), device)
+                batch = jax.device_put(next(data), batch_shard)
                 state, m = step_fn(state, batch)
                 m = {k: float(v) for k, v in jax.device_get(m).items()}
                 now = time.perf_counter()
@@ -177,7 +186,7 @@ def train(cfg, workdir: str) -> dict:
                         "newer was saved); lower config.optim.lr or check the data, then rerun to resume from it.")
                 m["step_time"] = dt
                 m["tokens_per_s"] = info["tokens_per_step"] / dt
-                m["mfu"] = mfu(m["tokens_per_s"] * info["train_flops_per_token"], peak)
+                m["mfu"] = mfu(m["tokens_per_s"] * info["train_flops_per_token"], peak, mesh.size)
                 m["peak_memory_gib"] = _peak_memory_gib()
                 writer.write(step, m)
                 progress.update(step, m)

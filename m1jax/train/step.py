@@ -25,8 +25,8 @@ def set_kernels(model: MiniMaxM1, *, moe: str = "grouped", lightning: str = "aut
     return model
 
 
-def model_graphdef(config: ModelConfig, kernels: dict | None = None, *, remat: bool = False):
-    """(graphdef, abstract params as a pure dict of ShapeDtypeStruct) without allocating anything.
+def abstract_model(config: ModelConfig, kernels: dict | None = None, *, remat: bool = False) -> MiniMaxM1:
+    """The model with ShapeDtypeStructs for params (nothing allocated), kernels and remat set.
 
     ``remat`` recomputes each decoder layer in the backward pass (activation memory of one layer).
     """
@@ -36,24 +36,37 @@ def model_graphdef(config: ModelConfig, kernels: dict | None = None, *, remat: b
         if not hasattr(model, "remat"):
             raise ValueError("config.remat=True: this MiniMaxM1 has no `remat` switch")
         model.remat = True
+    return model
+
+
+def model_graphdef(config_or_model, kernels: dict | None = None, *, remat: bool = False):
+    """(graphdef, abstract params as a pure dict of ShapeDtypeStruct) of a ModelConfig or abstract model."""
+    model = config_or_model
+    if isinstance(model, ModelConfig):
+        model = abstract_model(model, kernels, remat=remat)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     if jax.tree.leaves(rest):
         raise ValueError(f"the model holds state other than nnx.Param, which training does not handle: {rest}")
     return graphdef, nnx.to_pure_dict(params)
 
 
-def init_params(config: ModelConfig, seed: int):
-    """Freshly initialised params (pure dict), built under one jit.
+def init_params(config: ModelConfig, seed: int, shardings=None):
+    """Freshly initialised params (pure dict), built under one jit (placed per ``shardings`` if given).
 
     The key is an argument, not a constant: a jitted function without inputs lets XLA try to
     constant-fold the whole initialisation, which compiled for minutes at 1B parameters on a GPU.
     """
-    init = jax.jit(lambda key: nnx.to_pure_dict(nnx.state(MiniMaxM1(config, rngs=nnx.Rngs(key)), nnx.Param)))
+    init = jax.jit(lambda key: nnx.to_pure_dict(nnx.state(MiniMaxM1(config, rngs=nnx.Rngs(key)), nnx.Param)),
+                   out_shardings=shardings)
     return init(jax.random.key(seed))
 
 
-def init_train_state(params, tx: optax.GradientTransformation) -> dict:
-    return {"params": params, "opt_state": jax.jit(tx.init)(params), "step": jnp.zeros((), jnp.int32)}
+def init_train_state(params, tx: optax.GradientTransformation, shardings: dict | None = None) -> dict:
+    """{"params", "opt_state": tx.init(params), "step": 0}, placed per ``shardings`` (a state-shaped dict)."""
+    s = shardings or {}
+    state = {"params": params, "opt_state": jax.jit(tx.init, out_shardings=s.get("opt_state"))(params),
+             "step": jnp.zeros((), jnp.int32)}
+    return state if shardings is None else jax.device_put(state, shardings)
 
 
 def abstract_train_state(abstract_params, tx: optax.GradientTransformation) -> dict:
@@ -62,8 +75,9 @@ def abstract_train_state(abstract_params, tx: optax.GradientTransformation) -> d
 
 
 def _micro_batches(batch, n: int):
-    """[b, ...] arrays -> [n, b / n, ...] (rows i, i + n, ... would also do; contiguous is simpler)."""
-    return jax.tree.map(lambda x: x.reshape(n, x.shape[0] // n, *x.shape[1:]), batch)
+    """[b, ...] arrays -> [n, b / n, ...], micro-batch j = rows j, j + n, j + 2n, ... (strided, so a batch
+    split over devices in contiguous blocks gives every device its share of each micro-batch)."""
+    return jax.tree.map(lambda x: x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1), batch)
 
 
 _STATS = ("nll", "correct", "aux_loss", "router/max_load", "router/min_load")
@@ -116,9 +130,10 @@ def make_loss_and_grads(graphdef, config: ModelConfig, *, grad_accum_steps: int 
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.Schedule, config: ModelConfig,
-                    *, grad_accum_steps: int = 1):
+                    *, grad_accum_steps: int = 1, state_shardings: dict | None = None, batch_sharding=None):
     """jit(state, batch) -> (state, metrics), the state donated; the loss is make_loss_and_grads'.
 
+    With shardings the state keeps its placement (trace and call it under ``m1jax.sharding.use_mesh``).
     A step whose loss or gradient norm is not finite leaves the state unchanged (metrics["finite"] = 0).
     """
     loss_and_grads = make_loss_and_grads(graphdef, config, grad_accum_steps=grad_accum_steps)
@@ -139,4 +154,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.
         }
         return new, metrics
 
-    return jax.jit(step, donate_argnums=0)
+    if state_shardings is None:
+        return jax.jit(step, donate_argnums=0)
+    return jax.jit(step, donate_argnums=0, in_shardings=(state_shardings, batch_sharding),
+                   out_shardings=(state_shardings, None))

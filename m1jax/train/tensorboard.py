@@ -3,7 +3,7 @@ so neither TensorFlow nor tensorboard is needed to produce logs that TensorBoard
 
 Encoded messages (tensorflow/core/util/event.proto, summary.proto):
   Event   {double wall_time = 1; int64 step = 2; string file_version = 3; Summary summary = 5;
-           SessionLog session_log = 6;}
+           SessionLog session_log = 7;}
   Summary {repeated Value value = 1;}   Value {string tag = 1; float simple_value = 2;}
   SessionLog {SessionStatus status = 1;}  (START = 1: TensorBoard drops older events at steps >= this one)
 """
@@ -69,7 +69,7 @@ def encode_event(step: int, wall_time: float, scalars: dict[str, float] | None =
     if file_version is not None:
         msg += _field_bytes(3, file_version.encode())
     if session_start:
-        msg += _field_bytes(6, _varint(1 << 3 | 0) + _varint(1))
+        msg += _field_bytes(7, _varint(1 << 3 | 0) + _varint(1))
     if scalars:
         values = b"".join(
             _field_bytes(1, _field_bytes(1, tag.encode()) + _varint(2 << 3 | 5) + struct.pack("<f", float(v)))
