@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from m1jax.sharding import logical_to_spec, make_mesh, param_shardings, state_shardings
+from m1jax.sharding import logical_to_spec, make_mesh, param_shardings
 
 
 def train_mesh(mesh_cfg) -> Mesh:
@@ -22,8 +22,16 @@ def train_mesh(mesh_cfg) -> Mesh:
 def train_state_shardings(abstract_model, abstract_state: dict, mesh: Mesh) -> dict:
     """NamedShardings shaped like the train state {"params", "opt_state", "step"}."""
     params = param_shardings(abstract_model, mesh)
-    return {"params": params, "opt_state": state_shardings(abstract_state["opt_state"], params, mesh),
-            "step": NamedSharding(mesh, PartitionSpec())}
+    replicated = NamedSharding(mesh, PartitionSpec())
+    structure = jax.tree.structure(params)
+
+    def like_params(node):
+        return jax.tree.structure(node) == structure
+
+    # every params-shaped subtree of the optax state (Adam's mu, nu) is placed like the params
+    opt_state = jax.tree.map(lambda node: params if like_params(node) else replicated, abstract_state["opt_state"],
+                             is_leaf=like_params)
+    return {"params": params, "opt_state": opt_state, "step": replicated}
 
 
 def batch_sharding(mesh: Mesh, batch_size: int, seq_len: int) -> NamedSharding:
