@@ -230,7 +230,7 @@ def _cli(*args):
 def test_cli_hf_to_orbax_to_hf(tmp_path, ckpt, rng):
     proc = _cli("hf-to-orbax", str(ckpt), str(tmp_path / "orbax"), "--dtype=bfloat16")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    proc = _cli("orbax-to-hf", str(tmp_path / "orbax"), str(tmp_path / "hf"), "--shard_size=40KB")
+    proc = _cli("orbax-to-hf", str(tmp_path / "orbax"), str(tmp_path / "hf"), "--shard-size=40KB")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "hf" / "model.safetensors.index.json").exists()
     original, back = load_hf(ckpt, dtype="bfloat16"), load_hf(tmp_path / "hf")
@@ -253,7 +253,7 @@ def test_cli_hf_to_orbax_to_hf(tmp_path, ckpt, rng):
         (["sideways", "a", "b"], "unknown direction 'sideways'"),
         (["hf-to-hf", "/nonexistent/src", "DST"], "source /nonexistent/src does not exist"),
         (["hf-to-hf", "SRC", "DST", "--dtype=int8"], "--dtype='int8'"),
-        (["hf-to-hf", "SRC", "DST", "--shard_size=lots"], "cannot parse size 'lots'"),
+        (["hf-to-hf", "SRC", "DST", "--shard-size=lots"], "cannot parse size 'lots'"),
         (["hf-to-hf", "SRC"], "expected DIRECTION SRC DST"),
     ],
 )

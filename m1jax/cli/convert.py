@@ -1,4 +1,4 @@
-"""`m1jax convert DIRECTION SRC DST [--dtype=bfloat16] [--shard_size=5GB] [--overwrite]`.
+"""`m1jax convert DIRECTION SRC DST [--dtype=bfloat16] [--shard-size=5GB] [--overwrite]`.
 
 Directions:
   hf-to-orbax   Hugging Face checkpoint dir -> params-only orbax checkpoint (what `train` restores
@@ -18,10 +18,10 @@ from absl import flags
 
 POSITIONAL = True  # m1jax.cli.main: this command takes positional arguments, not --config
 DIRECTIONS = ("hf-to-orbax", "orbax-to-hf", "hf-to-hf", "hf-to-torch")
-USAGE = f"usage: m1jax convert {{{','.join(DIRECTIONS)}}} SRC DST [--dtype=DT] [--shard_size=5GB] [--overwrite]"
+USAGE = f"usage: m1jax convert {{{','.join(DIRECTIONS)}}} SRC DST [--dtype=DT] [--shard-size=5GB] [--overwrite]"
 
 flags.DEFINE_string("dtype", None, "Parameter dtype to write (float32, bfloat16, float16); default: keep.")
-flags.DEFINE_string("shard_size", "5GB", "Maximum safetensors shard size (bytes or e.g. 500MB, 5GB).")
+flags.DEFINE_string("shard-size", "5GB", "Maximum safetensors shard size (bytes or e.g. 500MB, 5GB).")
 flags.DEFINE_bool("overwrite", False, "Replace an existing destination (only after the new one is complete).")
 
 
@@ -57,5 +57,5 @@ def main_argv(args: list[str]) -> None:
     if len(args) != 3:
         raise SystemExit(f"m1jax convert: expected DIRECTION SRC DST, got {args}\n{USAGE}")
     F = flags.FLAGS
-    path = convert(*args, dtype=F.dtype, shard_size=F.shard_size, overwrite=F.overwrite)
+    path = convert(*args, dtype=F.dtype, shard_size=F["shard-size"].value, overwrite=F.overwrite)
     print(f"wrote {path}")
