@@ -4,7 +4,8 @@ and "ok" at the end; exits non-zero on the first mismatch.
 
   model   for each mesh in MESHES: logits, loss and every gradient of a 2-layer tiny model (fp32,
           packed batch, expert-parallel MoE) against the single-device result with the dense-MoE
-          oracle; then a checkpoint saved from one mesh restores onto another, values identical.
+          oracle; greedy generation (prefill + decode with caches) on a 4-axis mesh against one
+          device; a checkpoint saved from one mesh restores onto another, values identical.
   layers  context-parallel lightning attention (4 devices) with packed segments and an initial
           state, outputs / final state / gradients; the fused qkv projection split over ``tensor``
           needs no communication (whole heads per shard); the H*D RMSNorm gets its all-reduce.
@@ -99,6 +100,22 @@ def check_model(ckpt_dir: str):
               flush=True)
         if max(errs.values()) > TOL:
             sys.exit(f"mesh {name}: sharded result differs from one device: {errs}")
+
+    # Greedy generation (prefill + scan of decode steps, KV caches and lightning states) on a mesh.
+    from m1jax.sampling import generate
+
+    prompt, key = tokens[:, :8], jax.random.key(0)
+    set_moe(model, "grouped")
+    ref_tokens, ref_logp = jax.device_get(generate(model, prompt, key, max_new_tokens=4))
+    mesh = meshes["all4"]
+    sharded_model = sh.shard_model(set_moe(nnx.clone(model), "ep"), mesh)
+    with sh.use_mesh(mesh):
+        got_tokens, got_logp = jax.device_get(generate(sharded_model, prompt, key, max_new_tokens=4))
+    err = rel_err(got_logp, ref_logp)
+    print(json.dumps({"generate": "all4", "tokens_equal": bool((got_tokens == ref_tokens).all()), "logp": err}),
+          flush=True)
+    if not (got_tokens == ref_tokens).all() or err > TOL:
+        sys.exit(f"sharded generation differs: tokens {got_tokens} vs {ref_tokens}, log-prob error {err}")
 
     # Save from the fsdp x tensor mesh, restore onto the expert x data mesh.
     src, dst = meshes["fsdp_tensor"], meshes["expert_data"]

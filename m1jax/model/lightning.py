@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-import pallas_kernels
 from m1jax.config import ModelConfig
 from m1jax.model import lightning_cp
 from m1jax.model.layers import RMSNorm, dense, param
@@ -67,7 +66,7 @@ class LightningAttention(nnx.Module):
         q, k, v = qkv[..., :D], qkv[..., D : 2 * D], qkv[..., 2 * D :]
         decay = jnp.asarray(self.decay, jnp.float32)
         if state is not None and n == 1 and segment_ids is None:
-            o, state = pallas_kernels.lightning_attention_decode(q[:, 0], k[:, 0], v[:, 0], decay, state)
+            o, state = lightning_cp.lightning_decode(q[:, 0], k[:, 0], v[:, 0], decay, state)
             o = o[:, None]
         else:
             o, state = lightning_cp.lightning_attention(

@@ -71,6 +71,25 @@ def lightning_attention(q, k, v, decay, *, initial_state=None, segment_ids=None,
                          out_specs=(spec, state_spec), check_vma=False)(*(args[i] for i in present))
 
 
+def lightning_decode(q, k, v, decay, state, *, impl: str = "auto"):
+    """One decode step on the ambient mesh: q, k, v [b, H, D], state [b, H, D, D] fp32 -> (o, state).
+
+    Runs the decode kernel inside ``shard_map`` over batch and heads (a Pallas call cannot be split by
+    XLA's partitioner); without a mesh it is ``pallas_kernels.lightning_attention_decode``.
+    """
+    mesh = active_mesh()
+    if mesh is None or mesh.size == 1:
+        return pallas_kernels.lightning_attention_decode(q, k, v, decay, state, impl=impl)
+    spec = logical_to_spec(("batch", "heads", None), q.shape, mesh)
+    state_spec = P(*spec, None)
+
+    def body(q, k, v, decay, state):
+        return pallas_kernels.lightning_attention_decode(q, k, v, decay, state, impl=impl)
+
+    return jax.shard_map(body, mesh=mesh, in_specs=(spec, spec, spec, P(spec[1]), state_spec),
+                         out_specs=(spec, state_spec), check_vma=False)(q, k, v, decay, state)
+
+
 def _context_correction(q, o, s_local, decay, state0, seg, ctx, C):
     """Add the contribution of the preceding shards' state to this shard's outputs (see module doc)."""
     b, L, H, D = q.shape

@@ -59,6 +59,8 @@ def expert_parallel(ffn, x, weights, experts, w1, w3, w2):
         xt, wt, et = x.reshape(bl * nl, d), weights.reshape(-1, k), experts.reshape(-1, k)
         if gather:
             xt, wt, et = (jax.lax.all_gather(a, gather, axis=0, tiled=True) for a in (xt, wt, et))
+        if tp:  # mark the tokens as split-dependent here, so the backward's psum over ``tensor`` runs on
+            xt = _to_varying(xt, tp)  # the [t, d] token gradients rather than on the k-times larger pair rows
         e_local = w1.shape[0]
         first = jax.lax.axis_index(ex) * e_local if ex else 0
         mine = (et >= first) & (et < first + e_local)
@@ -75,3 +77,10 @@ def expert_parallel(ffn, x, weights, experts, w1, w3, w2):
     return jax.shard_map(
         body, mesh=mesh, in_specs=(x_spec, r_spec, r_spec, w13_spec, w13_spec, w2_spec), out_specs=x_spec,
     )(x, weights, experts, w1, w3, w2)
+
+
+def _to_varying(x, axes):
+    """x, invariant over the manual mesh ``axes``, typed as varying over them (a no-op on values)."""
+    if hasattr(jax.lax, "pcast"):
+        return jax.lax.pcast(x, axes, to="varying")
+    return jax.lax.pvary(x, axes)

@@ -38,6 +38,7 @@ class MiniMaxM1(nnx.Module):
         self.layers = nnx.List([DecoderLayer(c, i, rngs=rngs) for i in range(c.num_hidden_layers)])
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, param_dtype=pd)
         self.lm_head = param(rngs, (c.hidden_size, c.vocab_size), ("embed", "vocab"), pd)
+        self.remat = False  # static: recompute each decoder layer in the backward pass (keeps only layer inputs)
 
     def __call__(self, tokens, *, segment_ids=None, positions=None):
         """tokens [b, n] int -> logits [b, n, vocab] float32."""
@@ -70,11 +71,10 @@ class MiniMaxM1(nnx.Module):
         x = jnp.take(table, tokens, axis=0).astype(c.jnp_dtype)
         x = constrain(x, ("batch", "seq", "hidden"))
         entries, stats = [], []
+        call = nnx.remat(_call_layer) if self.remat and cache is None else _call_layer
         for i, layer in enumerate(self.layers):
-            x, entry, st = layer(
-                x, positions=positions, segment_ids=segment_ids,
-                cache_entry=None if cache is None else cache.layers[i], cache_index=index, token_mask=token_mask,
-            )
+            x, entry, st = call(layer, x, positions, segment_ids, None if cache is None else cache.layers[i], index,
+                                token_mask)
             x = constrain(x, ("batch", "seq", "hidden"))
             entries.append(entry)
             stats.append(st)
@@ -86,3 +86,8 @@ class MiniMaxM1(nnx.Module):
         new_cache = None if cache is None else Cache(index=cache.index + n, layers=tuple(entries))
         router = jax.tree.map(lambda *xs: jnp.stack(xs), *stats)
         return ModelOutput(logits=logits, cache=new_cache, router=router)
+
+
+def _call_layer(layer, x, positions, segment_ids, cache_entry, cache_index, token_mask):
+    return layer(x, positions=positions, segment_ids=segment_ids, cache_entry=cache_entry, cache_index=cache_index,
+                 token_mask=token_mask)

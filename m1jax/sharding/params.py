@@ -75,3 +75,30 @@ def abstract_params(model: nnx.Module, mesh: Mesh, rules: dict | None = None) ->
     state = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state,
                         param_shardings(model, mesh, rules))
+
+
+def state_shardings(tree, params_shardings: dict, mesh: Mesh):
+    """Shardings for a pytree holding params-shaped subtrees (an optax state: Adam's mu / nu, ...):
+    each subtree with the params' structure gets ``params_shardings``, every other leaf (step counts,
+    scalars) is replicated. ``tree`` may be abstract (``jax.eval_shape``)."""
+    structure = jax.tree.structure(params_shardings)
+    replicated = NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+    def like(node):
+        return jax.tree.structure(node) == structure
+
+    return jax.tree.map(lambda node: params_shardings if like(node) else replicated, tree, is_leaf=like)
+
+
+def cache_shardings(cache, mesh: Mesh, rules: dict | None = None):
+    """Shardings of a decoding ``m1jax.Cache`` (same structure): KV caches [b, S, Hkv, D] split by batch
+    and kv heads (the cached sequence stays whole), lightning states [b, H, D, D] by batch and heads."""
+    def spec(axes, x):
+        return NamedSharding(mesh, logical_to_spec(axes, x.shape, mesh, rules))
+
+    layers = tuple(
+        tuple(spec(("batch", None, "kv_heads", None), a) for a in entry) if isinstance(entry, tuple)
+        else spec(("batch", "heads", None, None), entry)
+        for entry in cache.layers
+    )
+    return cache.replace(index=NamedSharding(mesh, jax.sharding.PartitionSpec()), layers=layers)
