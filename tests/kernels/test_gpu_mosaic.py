@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from pallas_kernels.lightning_attention import ops, reference
+from tests.kernels.common import rel_err as _rel_err
 
 
 def _has_gpu_interpret() -> bool:
@@ -38,11 +39,6 @@ needs_gpu_interpret = pytest.mark.skipif(
 
 H = 2
 DECAY = jnp.array([0.05, 0.7], jnp.float32)
-
-
-def _rel_err(x, ref):
-    x, ref = np.asarray(x, np.float32), np.asarray(ref, np.float32)
-    return float(np.max(np.abs(x - ref)) / max(np.max(np.abs(ref)), 1e-6))
 
 
 def _inputs(rng, b, t, dk, dv, dtype=jnp.bfloat16):

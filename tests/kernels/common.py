@@ -1,0 +1,58 @@
+"""Shared inputs and checks for the kernel tests (each kernel against pallas_kernels' reference)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pallas_kernels.lightning_attention import reference
+
+DECAY = jnp.array([1e-4, 0.3, 5.0], jnp.float32)  # H = 3: almost no decay, moderate, e^-5 per step
+ref_quadratic = jax.jit(reference.quadratic)
+
+
+def rel_err(x, ref) -> float:
+    """max |x - ref| / max |ref| in fp32."""
+    x, ref = np.asarray(x, np.float32), np.asarray(ref, np.float32)
+    return float(np.max(np.abs(x - ref)) / max(np.max(np.abs(ref)), 1e-6))
+
+
+def inputs(rng: np.random.Generator, b, t, dk, dv, dtype, *, h=3):
+    """q, k [b, t, h, dk] and v [b, t, h, dv] in ``dtype``; s0 [b, h, dk, dv] fp32.
+
+    The 1/sqrt(dk) scale keeps |o| O(1) even for the tiny decay (which sums ~t terms).
+    """
+    q = jnp.asarray(rng.standard_normal((b, t, h, dk)) / dk**0.5, jnp.float32).astype(dtype)
+    k = jnp.asarray(rng.standard_normal((b, t, h, dk)) / dk**0.5, jnp.float32).astype(dtype)
+    v = jnp.asarray(rng.standard_normal((b, t, h, dv)), jnp.float32).astype(dtype)
+    s0 = jnp.asarray(rng.standard_normal((b, h, dk, dv)), jnp.float32)
+    return q, k, v, s0
+
+
+def segments(t):
+    """Two rows: boundaries inside a block and on a block edge (16), a 1-token segment, the last
+    token alone; the second row changes segment twice, the first change at position 3."""
+    row0 = np.zeros(t, np.int32)
+    row0[7:16] = 1
+    row0[16:17] = 2
+    row0[17 : t - 1] = 3
+    row0[t - 1] = 4
+    row1 = np.full(t, 9, np.int32)
+    row1[:3] = 5
+    row1[32:] = 11
+    return jnp.asarray(np.stack([row0, row1]))
+
+
+def value_and_grads(fn, q, k, v, s0, seg, do, dst, *, decay=DECAY):
+    """(o, final state) and the vjp w.r.t. (q, k, v[, s0]) for cotangents on both outputs.
+
+    ``fn(q, k, v, decay, initial_state=, segment_ids=)`` returns (o, final state).
+    """
+
+    def f(q, k, v, *s0):
+        return fn(q, k, v, decay, initial_state=s0[0] if s0 else None, segment_ids=seg)
+
+    args = (q, k, v) if s0 is None else (q, k, v, s0)
+    out, vjp = jax.vjp(f, *args)
+    return out, vjp((do, dst))
