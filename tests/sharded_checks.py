@@ -87,6 +87,7 @@ def check_model(ckpt_dir: str):
         n_dev = int(np.prod(list(sizes.values())))
         mesh = meshes[name] = sh.make_mesh(sh.MeshConfig(**sizes), devices=jax.devices()[:n_dev])
         p_shard = sh.param_shardings(model, mesh)
+        _check_loader_callback(model, mesh, p_shard)
         batch_shard = jax.sharding.NamedSharding(mesh, sh.logical_to_spec(("batch", "seq"), tokens.shape, mesh))
         with sh.use_mesh(mesh):
             step = make_step(graphdef_ep, config.router_aux_loss_coef,
@@ -128,6 +129,20 @@ def check_model(ckpt_dir: str):
             sys.exit(f"restored sharding {got.sharding} != {s}")
         np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))
     print(json.dumps({"checkpoint": "fsdp_tensor -> expert_data", "ok": True}), flush=True)
+
+
+def _check_loader_callback(model, mesh, p_shard):
+    """The convert.load_params callback places every parameter exactly as param_shardings does."""
+    from m1jax.convert.hf import get_param
+
+    loader = sh.param_sharding(mesh, model.config)
+    flat = jax.tree_util.tree_flatten_with_path(p_shard)[0]
+    for path, want in flat:
+        name = ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        var = get_param(model, name)
+        got = loader(name, var.get_metadata()["logical_axes"], var.get_value().shape)
+        if got.spec != want.spec:
+            sys.exit(f"loader sharding of {name}: {got.spec} != {want.spec}")
 
 
 def _checkpoint_fns(config):
