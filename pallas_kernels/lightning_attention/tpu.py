@@ -292,20 +292,23 @@ def _prefetch(decay, seg):
     return (decay,) if seg is None else (decay, seg[0], seg[1])
 
 
+def _with_optional(in_specs, inputs, seg, s0, *, c, dk, dv):
+    """Append the segment-end row and the initial state (when given) to a call's specs and inputs."""
+    if seg is not None:
+        in_specs, inputs = [*in_specs, _end_spec(c)], [*inputs, seg[2]]
+    if s0 is not None:
+        in_specs, inputs = [*in_specs, _state_spec(dk, dv)], [*inputs, s0]
+    return in_specs, inputs
+
+
 def _fwd_call(q, k, v, s0, decay, seg, *, c, seq_len, interpret):
     b, h, tp, dk = q.shape
     dv = v.shape[-1]
     nb = tp // c
     dt = q.dtype
     has_seg, has_s0 = seg is not None, s0 is not None
-    in_specs = [_tile_spec(c, dk), _tile_spec(c, dk), _tile_spec(c, dv)]
-    inputs = [q, k, v]
-    if has_seg:
-        in_specs.append(_end_spec(c))
-        inputs.append(seg[2])
-    if has_s0:
-        in_specs.append(_state_spec(dk, dv))
-        inputs.append(s0)
+    in_specs, inputs = _with_optional([_tile_spec(c, dk), _tile_spec(c, dk), _tile_spec(c, dv)], [q, k, v],
+                                      seg, s0, c=c, dk=dk, dv=dv)
     kernel = functools.partial(
         _fwd_kernel, c=c, nb=nb, seq_len=seq_len, has_seg=has_seg, has_s0=has_s0, dt=dt
     )
@@ -328,14 +331,8 @@ def _bwd_dq_call(k, v, do, s0, decay, seg, *, c, seq_len, interpret):
     nb = tp // c
     dt = k.dtype
     has_seg, has_s0 = seg is not None, s0 is not None
-    in_specs = [_tile_spec(c, dk), _tile_spec(c, dv), _tile_spec(c, dv)]
-    inputs = [k, v, do]
-    if has_seg:
-        in_specs.append(_end_spec(c))
-        inputs.append(seg[2])
-    if has_s0:
-        in_specs.append(_state_spec(dk, dv))
-        inputs.append(s0)
+    in_specs, inputs = _with_optional([_tile_spec(c, dk), _tile_spec(c, dv), _tile_spec(c, dv)], [k, v, do],
+                                      seg, s0, c=c, dk=dk, dv=dv)
     kernel = functools.partial(
         _bwd_dq_kernel, c=c, nb=nb, seq_len=seq_len, has_seg=has_seg, has_s0=has_s0, dt=dt
     )
