@@ -61,7 +61,7 @@ from jax.experimental.pallas import tpu as pltpu
 _F32 = jnp.float32
 
 # jax >= 0.5 calls it CompilerParams; older releases TPUCompilerParams.
-_CompilerParams = getattr(pltpu, "CompilerParams", None) or getattr(pltpu, "TPUCompilerParams")
+_CompilerParams = getattr(pltpu, "CompilerParams", None) or getattr(pltpu, "TPUCompilerParams")  # noqa: B009
 
 
 def _compiler_params():
