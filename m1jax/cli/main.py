@@ -9,6 +9,10 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for outputs (config, logs, checkpoints).")
+# Multi-host: one process per host; each flag falls back to M1JAX_COORDINATOR / _NUM_PROCESSES / _PROCESS_ID.
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for jax.distributed (multi-host).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (hosts) for jax.distributed.")
+flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
 
 COMMANDS = {"generate": "m1jax.cli.generate", "train": "m1jax.cli.train", "convert": "m1jax.cli.convert"}
 
@@ -32,7 +36,11 @@ def run():
             raise app.UsageError(f"unexpected arguments {argv[1:]}\n{_usage()}")
         if _CONFIG.value is None:
             raise app.UsageError(f"--config is required\n{_usage()}")
-        module.main(_CONFIG.value, flags.FLAGS.workdir)
+        from m1jax.sharding import initialize_distributed
+
+        F = flags.FLAGS
+        initialize_distributed(F.coordinator_address, F.num_processes, F.process_id)  # before any other jax call
+        module.main(_CONFIG.value, F.workdir)
 
     app.run(main)
 
