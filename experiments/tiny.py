@@ -16,7 +16,7 @@ def get_config(arg: str = "smoke") -> ml_collections.ConfigDict:
         raise ValueError(f"unknown preset {arg!r} for experiments/tiny.py; choose from {sorted(presets)}")
     model = dataclasses.asdict(ModelConfig.tiny(**presets[arg]))
     cfg = ml_collections.ConfigDict()
-    cfg.model = ml_collections.ConfigDict({k: list(v) if isinstance(v, tuple) else v for k, v in model.items()})
+    cfg.model = ml_collections.ConfigDict(model)  # tuples stay tuples: overridable from the command line
     cfg.checkpoint = ""  # a Hugging Face checkpoint directory to load instead of random init
     cfg.seed = 0
     cfg.batch_size = 4

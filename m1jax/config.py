@@ -126,6 +126,15 @@ class ModelConfig:
     def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
+    def to_dict(self) -> dict[str, Any]:
+        """All fields, JSON-ready (tuples as lists). ``from_dict`` inverts it."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """From ``to_dict`` output or an ml_collections ``config.model`` dict (lists or tuples)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
     # ------------------------------------------------------------------------------------ presets
     @classmethod
     def minimax_m1_456b(cls, **overrides) -> ModelConfig:

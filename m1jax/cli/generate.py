@@ -22,8 +22,7 @@ def model_from_config(cfg) -> MiniMaxM1:
         from m1jax.convert import load_hf
 
         return load_hf(cfg.checkpoint)
-    fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.model.to_dict().items()}
-    return MiniMaxM1(ModelConfig(**fields), rngs=nnx.Rngs(cfg.seed))
+    return MiniMaxM1(ModelConfig.from_dict(cfg.model.to_dict()), rngs=nnx.Rngs(cfg.seed))
 
 
 def main(cfg, workdir: str | None) -> dict:

@@ -9,7 +9,6 @@ A training step directory adds ``opt_state`` (the optax state) and ``meta`` (JSO
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import jax
@@ -18,14 +17,6 @@ from flax import nnx
 
 from m1jax.config import ModelConfig
 from m1jax.model import MiniMaxM1
-
-
-def config_to_json(config: ModelConfig) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
-
-
-def config_from_json(d: dict) -> ModelConfig:
-    return ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 def with_sharding(abstract, sharding=None):
@@ -69,7 +60,7 @@ def save_params(path: str, model: MiniMaxM1 | dict, config: ModelConfig | None =
     path = os.path.abspath(os.path.expanduser(path))
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
         ckptr.save(path, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
-                                                 config=ocp.args.JsonSave(config_to_json(config))), force=force)
+                                                 config=ocp.args.JsonSave(config.to_dict())), force=force)
     return path
 
 
@@ -77,7 +68,8 @@ def load_config(path: str) -> ModelConfig:
     """The ModelConfig stored in a params or training checkpoint (or a workdir's latest)."""
     path = resolve_checkpoint(path)
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-        return config_from_json(ckptr.restore(path, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
+        restored = ckptr.restore(path, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    return ModelConfig.from_dict(restored["config"])
 
 
 def restore_params_dict(path: str, abstract_params, *, sharding=None) -> dict:
@@ -123,7 +115,7 @@ class TrainCheckpointer:
             params=ocp.args.StandardSave(state["params"]),
             opt_state=ocp.args.StandardSave(state["opt_state"]),
             meta=ocp.args.JsonSave({"step": int(step), "data": dict(data_state)}),
-            config=ocp.args.JsonSave(config_to_json(config)),
+            config=ocp.args.JsonSave(config.to_dict()),
         )
         self.manager.save(int(step), args=args, force=True)
 

@@ -19,7 +19,7 @@ def model_fields(config: ModelConfig) -> dict:
 
 def model_config(cfg) -> ModelConfig:
     """``cfg.model`` -> ModelConfig (validated by ModelConfig itself)."""
-    return ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.model.to_dict().items()})
+    return ModelConfig.from_dict(cfg.model.to_dict())
 
 
 def default_config(model: ModelConfig) -> ml_collections.ConfigDict:
