@@ -56,3 +56,19 @@ def value_and_grads(fn, q, k, v, s0, seg, do, dst, *, decay=DECAY):
     args = (q, k, v) if s0 is None else (q, k, v, s0)
     out, vjp = jax.vjp(f, *args)
     return out, vjp((do, dst))
+
+
+def assert_outputs_and_grads_match(outs, grads, ref_outs, ref_grads, dtype):
+    """(o, state) and (dq, dk, dv[, ds0]) against the reference's: fp32 tightly, bf16 relative to the max.
+
+    bf16 tolerance: operands are rounded to bf16 before the dots and dq, dk, dv are stored in bf16
+    (2^-9 each), summed over a few dozen terms; 3e-2 of the largest entry still catches O(1) errors.
+    """
+    names = ("o", "state", "dq", "dk", "dv", "ds0")
+    assert len(grads) == len(ref_grads)
+    for name, g, w in zip(names, (*outs, *grads), (*ref_outs, *ref_grads), strict=False):
+        assert g.shape == w.shape and g.dtype == w.dtype, name
+        if dtype == jnp.float32:
+            np.testing.assert_allclose(g, w, atol=5e-5, rtol=5e-5, err_msg=name)
+        else:
+            assert rel_err(g, w) < 3e-2, (name, rel_err(g, w))

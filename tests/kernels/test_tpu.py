@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from pallas_kernels.lightning_attention import ops, reference, tpu
-from tests.kernels.common import DECAY, segments as _segments, value_and_grads as _value_and_grads
+from tests.kernels.common import DECAY, assert_outputs_and_grads_match
+from tests.kernels.common import segments as _segments, value_and_grads as _value_and_grads
 from tests.kernels.common import inputs, ref_quadratic as _ref_quadratic, rel_err as _rel_err
 
 _inputs = functools.partial(inputs, np.random.default_rng(1234))
@@ -87,20 +88,11 @@ def test_gradients(t, use_s0, use_seg, dtype):
     do = jax.random.normal(kdo, v.shape).astype(dtype)
     dst = jax.random.normal(kds, (2, 3, 16, 16), jnp.float32)
     kern = lambda *a, **kw: tpu.lightning_attention(*a, block_size=16, interpret=True, **kw)  # noqa: E731
-    (o, st), got = jax.jit(functools.partial(_value_and_grads, kern))(q, k, v, s0, seg, do, dst)
-    (o_ref, st_ref), want = jax.jit(functools.partial(_value_and_grads, reference.quadratic))(
+    outs, grads = jax.jit(functools.partial(_value_and_grads, kern))(q, k, v, s0, seg, do, dst)
+    ref_outs, ref_grads = jax.jit(functools.partial(_value_and_grads, reference.quadratic))(
         q, k, v, s0, seg, do, dst
     )
-    names = ("o", "state", "dq", "dk", "dv", "ds0")
-    assert len(got) == len(want)  # names is longer when there is no initial state
-    for name, g, w in zip(names, (o, st, *got), (o_ref, st_ref, *want), strict=False):
-        assert g.shape == w.shape and g.dtype == w.dtype, name
-        if dtype == jnp.float32:
-            np.testing.assert_allclose(g, w, atol=5e-5, rtol=5e-5, err_msg=name)
-        else:
-            # bf16: same rounding argument as the forward test (operands rounded to bf16 before the
-            # MXU, gradients of q, k, v stored in bf16); relative to the largest entry.
-            assert _rel_err(g, w) < 3e-2, (name, _rel_err(g, w))
+    assert_outputs_and_grads_match(outs, grads, ref_outs, ref_grads, dtype)
 
 
 def test_decay_gradient_is_zero_and_ops_dispatch():
