@@ -6,6 +6,10 @@ and "ok" at the end; exits non-zero on the first mismatch.
           packed batch, expert-parallel MoE) against the single-device result with the dense-MoE
           oracle; greedy generation (prefill + decode with caches) on a 4-axis mesh against one
           device; a checkpoint saved from one mesh restores onto another, values identical.
+  moe     the expert-parallel MoE (all-to-all dispatch) against the dense path on one device, forward and
+          gradients, with skewed routing (most pairs on one expert) and exact router ties, and with every
+          pair sent to one device (its receive buffer filled to the worst case); the CPU exchange against
+          ragged_all_to_all's documented semantics; the GPU/TPU exchange traces and lowers (fwd + bwd).
   layers  context-parallel lightning attention (4 devices) with packed segments and an initial
           state, outputs / final state / gradients; the fused qkv projection split over ``tensor``
           needs no communication (whole heads per shard); the H*D RMSNorm gets its all-reduce.
@@ -93,14 +97,21 @@ def check_model(ckpt_dir: str):
             step = make_step(graphdef_ep, config.router_aux_loss_coef,
                              in_shardings=(p_shard, batch_shard, batch_shard), out_shardings=(None, None, p_shard))
             sharded = jax.device_put(params, p_shard)
-            logits, loss, grads = jax.device_get(step(sharded, tokens, segment_ids))
+            compiled = step.lower(sharded, tokens, segment_ids).compile()
+            logits, loss, grads = jax.device_get(compiled(sharded, tokens, segment_ids))
+        # Tokens split over ``expert`` travel to their experts' devices by all-to-all (the rules split
+        # this batch over ``expert`` whenever the mesh has one).
+        exchange = _collectives(compiled)["all-to-all"]
         errs = {"logits": rel_err(logits, ref_logits), "loss": rel_err(loss, ref_loss),
                 "grads": max(rel_err(g, r) for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads),
                                                             strict=True))}
-        print(json.dumps({"mesh": name, "sizes": sizes, **errs, "seconds": round(time.perf_counter() - t0, 1)}),
-              flush=True)
+        print(json.dumps({"mesh": name, "sizes": sizes, **errs, "all_to_all": exchange,
+                          "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
         if max(errs.values()) > TOL:
             sys.exit(f"mesh {name}: sharded result differs from one device: {errs}")
+        if bool(exchange) != (sizes.get("expert", 1) > 1):
+            sys.exit(f"mesh {name}: {exchange} all-to-all ops; the expert-parallel dispatch needs them exactly "
+                     "when the mesh has an expert axis")
 
     # Greedy generation (prefill + scan of decode steps, KV caches and lightning states) on a mesh.
     from m1jax.sampling import generate
@@ -169,6 +180,130 @@ def _collectives(compiled) -> dict:
     text = compiled.as_text()
     return {op: text.count(f" {op}(") + text.count(f" {op}-start(")
             for op in ("all-gather", "all-reduce", "all-to-all", "collective-permute", "reduce-scatter")}
+
+
+def ragged_all_to_all_numpy(operand, output, in_offsets, send_sizes, out_offsets):
+    """jax.lax.ragged_all_to_all as its docstring defines it, over the leading (device) dim of numpy inputs."""
+    output = output.copy()
+    n, n_slices = in_offsets.shape
+    for src in range(n):
+        for i in range(n_slices):
+            dst, size = i // (n_slices // n), send_sizes[src, i]
+            output[dst, out_offsets[src, i]:out_offsets[src, i] + size] = \
+                operand[src, in_offsets[src, i]:in_offsets[src, i] + size]
+    return output
+
+
+def _random_ragged_exchange(rng, n, per_dev, m, out_len):
+    """Consistent random arguments of a ragged all-to-all over n devices: every device sends per_dev
+    slices to each device, taken from its operand rows in a shuffled order with gaps, written into each
+    receiver's rows in another shuffled order with gaps (the layouts the MoE's return trip uses)."""
+    counts = rng.integers(0, 4, (n, n, per_dev))  # [src, dst, slice]
+    while counts.sum((1, 2)).max() > m or counts.sum((0, 2)).max() > out_len:
+        counts = counts // 2
+
+    def layout(sizes, length):  # sizes [slices] -> offsets: shuffled order, leftover space as random gaps
+        offsets, cursor = np.zeros(len(sizes), np.int32), 0
+        gaps = rng.multinomial(length - sizes.sum(), np.ones(len(sizes) + 1) / (len(sizes) + 1))
+        for j in rng.permutation(len(sizes)):
+            cursor += gaps[j]
+            offsets[j], cursor = cursor, cursor + sizes[j]
+        return offsets
+
+    send = counts.reshape(n, -1).astype(np.int32)
+    in_off = np.stack([layout(send[s], m) for s in range(n)])
+    out_off = np.zeros_like(send)
+    for d in range(n):  # receiver d's layout of the slices (src, slice) it gets
+        off = layout(counts[:, d].reshape(-1), out_len).reshape(n, per_dev)
+        out_off[:, d * per_dev:(d + 1) * per_dev] = off
+    recv = counts.transpose(1, 0, 2).reshape(n, -1).astype(np.int32)  # [dst, (src, slice)]
+    return send, in_off, out_off, recv
+
+
+def check_moe():
+    from jax.sharding import PartitionSpec as P
+
+    from m1jax.model import moe_ep
+    from m1jax.model.moe import MoE
+
+    # The CPU exchange computes what ragged_all_to_all is documented to compute (values and slices that
+    # are not in order or contiguous; rows nobody writes stay as the output buffer had them: zero).
+    rng = np.random.default_rng(0)
+    n, per_dev, m, out_len, d = 4, 3, 20, 26, 5
+    mesh = sh.make_mesh(sh.MeshConfig(expert=n, fsdp=1), devices=jax.devices()[:n])
+    for _ in range(3):
+        send, in_off, out_off, recv = _random_ragged_exchange(rng, n, per_dev, m, out_len)
+        operand = rng.standard_normal((n, m, d)).astype(np.float32)
+        want = ragged_all_to_all_numpy(operand, np.zeros((n, out_len, d), np.float32), in_off, send, out_off)
+
+        def body(x, io, ss, oo, rs):
+            return moe_ep._dense_all_to_all(x[0], out_len, io[0], ss[0], oo[0], rs[0], ("expert",))[None]
+
+        spec = P("expert")
+        got = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(spec,) * 5, out_specs=spec))(
+            operand, in_off, send, out_off, recv)
+        np.testing.assert_array_equal(np.asarray(got), want)
+    print(json.dumps({"dense_exchange_vs_ragged_semantics": 3, "ok": True}), flush=True)
+
+    # The MoE layer, ep on a mesh vs dense on one device. 8 experts (top 2): expert 5's router column
+    # dominates (3/4 of all pairs land on it, 7/8 on its device at expert=4), experts 1 and 2 have
+    # identical columns (exact probability ties: the lower index must win on both paths).
+    config = ModelConfig.tiny(num_local_experts=8, num_experts_per_tok=2)
+    moe = MoE(config, rngs=nnx.Rngs(0))
+    for name in ("w1", "w3", "w2"):  # unit-scale activations
+        w = getattr(moe, name)
+        w[...] = w[...] / (0.02 * np.sqrt(w.shape[1]))
+    g = np.array(moe.gate[...])
+    g[:, 2] = g[:, 1]
+    g[:, 5] += 0.4
+    moe.gate[...] = jnp.asarray(g)
+    x = jnp.asarray(np.abs(rng.standard_normal((8, 12, config.hidden_size))).astype(np.float32))
+
+    def moe_loss(moe, x, impl):
+        y, stats = moe(x, impl=impl)
+        return jnp.sum(jnp.sin(y) * y), (y, stats.tokens_per_expert)
+
+    grad = nnx.jit(nnx.value_and_grad(moe_loss, argnums=(0, 1), has_aux=True), static_argnums=2)
+    (_, (ref_y, load)), ref_grads = grad(moe, x, "dense")
+    load = np.asarray(load)
+    if not (load[5] > 0.7 and load[1] > 0 and load[2] == 0):
+        sys.exit(f"routing is not skewed / tied as intended: tokens per expert {load}")
+    for sizes in (dict(expert=4, data=2, fsdp=1), dict(expert=8, fsdp=1), dict(fsdp=2, expert=2, tensor=2),
+                  dict(expert=2, tensor=4, fsdp=1), dict(expert=4, context=2, fsdp=1)):
+        mesh = sh.make_mesh(sh.MeshConfig(**sizes), devices=jax.devices()[:int(np.prod(list(sizes.values())))])
+        sharded = sh.shard_model(nnx.clone(moe), mesh)
+        with sh.use_mesh(mesh):
+            (_, (y, got_load)), grads = grad(sharded, x, "ep")
+            comm = _collectives(jax.jit(lambda x, m=sharded: m(x, impl="ep")[0]).lower(x).compile())
+        errs = {"y": rel_err(y, ref_y), "grads": max(rel_err(a, b) for a, b in zip(
+            jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True))}
+        print(json.dumps({"moe_ep": sizes, **errs, "all_to_all": comm["all-to-all"]}), flush=True)
+        if max(errs.values()) > TOL or not comm["all-to-all"] or not np.array_equal(got_load, load):
+            sys.exit(f"expert-parallel MoE on {sizes}: errors {errs}, collectives {comm}, load {got_load} vs {load}")
+
+    # Every pair on the experts of one device: its receive buffer (expert x own pairs rows) fills up.
+    w1, w3, w2 = moe._expert_params()
+    b, s, k = x.shape[0], x.shape[1], 2
+    experts = jnp.broadcast_to(jnp.array([1, 0], jnp.int32), (b, s, k))  # both on device 0 of 4 (2 experts each)
+    weights = jax.nn.softmax(jnp.asarray(rng.standard_normal((b, s, k)), jnp.float32), -1)
+
+    def fn_loss(exchange, x, weights, w1, w3, w2):
+        return jnp.sum(jnp.cos(moe_ep.expert_parallel(moe._expert_ffn, x, weights, experts, w1, w3, w2,
+                                                      exchange=exchange)))
+
+    fn_grad = jax.jit(jax.value_and_grad(fn_loss, argnums=(1, 2, 3, 4, 5)), static_argnums=0)
+    want = fn_grad("dense", x, weights, w1, w3, w2)  # no mesh: the local grouped FFN
+    mesh = sh.make_mesh(sh.MeshConfig(expert=4, data=2, fsdp=1), devices=jax.devices()[:8])
+    with sh.use_mesh(mesh):
+        got = fn_grad("dense", x, weights, w1, w3, w2)
+        # The GPU / TPU exchange (ragged_all_to_all, which XLA:CPU cannot compile) traces, differentiates
+        # and lowers for CUDA: forward dispatch + return, and their transposes in the backward pass.
+        text = fn_grad.trace("ragged", x, weights, w1, w3, w2).lower(lowering_platforms=("cuda",)).as_text()
+    err = max(rel_err(a, r) for a, r in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True))
+    ragged = text.count("ragged_all_to_all")
+    print(json.dumps({"all_pairs_to_one_device": err, "ragged_all_to_all_in_cuda_lowering": ragged}), flush=True)
+    if err > TOL or ragged != 4:
+        sys.exit(f"all pairs on one device: error {err}; ragged_all_to_all ops in the CUDA lowering: {ragged}")
 
 
 def check_layers():
@@ -252,6 +387,8 @@ def check_layers():
 if __name__ == "__main__":
     if sys.argv[1] == "model":
         check_model(sys.argv[2])
+    elif sys.argv[1] == "moe":
+        check_moe()
     elif sys.argv[1] == "layers":
         check_layers()
     else:

@@ -17,7 +17,7 @@ from flax import nnx
 
 from m1jax.config import ModelConfig
 from m1jax.model.layers import param
-from m1jax.model.moe_ep import expert_parallel
+from m1jax.model.moe_ep import expert_parallel, grouped
 
 MOE_IMPLS = ("grouped", "dense", "ep")
 
@@ -76,7 +76,7 @@ class MoE(nnx.Module):
         weights, experts, probs = route(logits, self.top_k)
         if impl == "ep":
             k = self.top_k
-            y = expert_parallel(self._grouped_ffn, xt.reshape(b, n, d), weights.reshape(b, n, k),
+            y = expert_parallel(self._expert_ffn, xt.reshape(b, n, d), weights.reshape(b, n, k),
                                 experts.reshape(b, n, k), *self._expert_params())
         else:
             y = (self._dense if impl == "dense" else self._grouped)(xt, weights, experts)
@@ -96,22 +96,16 @@ class MoE(nnx.Module):
         return jnp.einsum("ted,te->td", y, combine)
 
     def _grouped(self, xt, weights, experts):
-        return self._grouped_ffn(xt, weights, experts, *self._expert_params())
+        w1, w3, w2 = self._expert_params()
+        return grouped(lambda rows, sizes: self._expert_ffn(rows, sizes, w1, w3, w2), xt, weights, experts,
+                       w1.shape[0])
 
-    def _grouped_ffn(self, xt, weights, experts, w1, w3, w2):
-        """xt [t, d]; weights, experts [t, k] (expert id == E means skip); w1, w3 [E, d, F]; w2 [E, F, d]."""
+    def _expert_ffn(self, rows, sizes, w1, w3, w2):
+        """SwiGLU experts on rows [m, d] grouped by expert (sizes [E] int32); w1, w3 [E, d, F]; w2 [E, F, d]."""
         f32 = jnp.float32
-        t, k = experts.shape
-        flat = experts.reshape(-1)
-        order = jnp.argsort(flat, stable=True)
-        token = order // k
-        sizes = jnp.bincount(flat, length=w1.shape[0]).astype(jnp.int32)
-        xs = xt[token]
-        h = jax.nn.silu(jax.lax.ragged_dot(xs, w1, sizes, preferred_element_type=f32))
-        h = (h * jax.lax.ragged_dot(xs, w3, sizes, preferred_element_type=f32)).astype(self.dtype)
-        ys = jax.lax.ragged_dot(h, w2, sizes, preferred_element_type=f32)
-        ys = ys * weights.reshape(-1)[order][:, None]
-        return jnp.zeros((t, xt.shape[1]), f32).at[token].add(ys)
+        h = jax.nn.silu(jax.lax.ragged_dot(rows, w1, sizes, preferred_element_type=f32))
+        h = (h * jax.lax.ragged_dot(rows, w3, sizes, preferred_element_type=f32)).astype(self.dtype)
+        return jax.lax.ragged_dot(h, w2, sizes, preferred_element_type=f32)
 
     @staticmethod
     def _stats(probs, experts, token_mask):
