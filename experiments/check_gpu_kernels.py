@@ -453,12 +453,49 @@ def timings(args):
                 print(f"  {label:<18} B{b}: failed {type(e).__name__}: {str(e)[:200]}")
 
 
+def check_grouped_matmul(args):
+    print("\n== pallas_kernels.grouped_matmul(impl='mosaic_gpu'): fwd, dx, dw vs fp32 lax.ragged_dot ==")
+    if args.interpret:
+        print("  skipped: JAX's Hopper ragged-dot kernels have no interpret mode (tests use stand-ins)")
+        return
+    from pallas_kernels.grouped_matmul import grouped_matmul
+
+    def one(m, k, n, sizes):
+        key = jax.random.key(m + k + n)
+        kx, kw, kd = jax.random.split(key, 3)
+        gs = jnp.asarray(sizes, jnp.int32)
+        x = (jax.random.normal(kx, (m, k), F32) / np.sqrt(k)).astype(jnp.bfloat16)
+        w = jax.random.normal(kw, (len(sizes), k, n), F32).astype(jnp.bfloat16)
+        dy = jax.random.normal(kd, (m, n), F32).astype(jnp.bfloat16)
+        f32 = lambda a: a.astype(F32)  # noqa: E731
+        y, vjp = jax.vjp(lambda x, w: grouped_matmul(x, w, gs, impl="mosaic_gpu"), x, w)
+        y_ref, vjp_ref = jax.vjp(lambda x, w: grouped_matmul(x, w, gs, impl="xla"), f32(x), f32(w))
+        shape = f"m{m} k{k} n{n} G{len(sizes)}"
+        record("grouped_matmul", shape, "y", y, y_ref, 1e-2)
+        for name, a, b in zip(("dx", "dw"), jax.jit(vjp)(dy), vjp_ref(f32(dy)), strict=True):
+            record("grouped_matmul", shape, name, a, b, 1e-2)
+        past = int(sum(sizes))
+        record("grouped_matmul", shape, "rows>", np.asarray(f32(y))[past:] + 1.0, np.ones((m - past, n)), 0.0)
+
+    # MoE shapes of the 1b preset (d 2048, F 2816, 8 experts): uneven, one empty group, 37 rows past the groups;
+    # a decode-sized problem (5 rows); the 100m preset (768 / 1024).
+    rng = np.random.default_rng(0)
+    sizes = rng.multinomial(16384, rng.dirichlet(np.ones(8)))
+    sizes[3] = 0
+    sizes = np.append(sizes[:-1], sizes[-1] + sizes[3])
+    guarded("grouped_matmul", lambda: one(16384 + 37, 2048, 2816, sizes))
+    guarded("grouped_matmul", lambda: one(5, 2048, 2816, [2, 0, 0, 3, 0, 0, 0, 0]))
+    guarded("grouped_matmul", lambda: one(4096, 768, 1024, rng.multinomial(4096, np.ones(8) / 8)))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--interpret", action="store_true", help="CPU: small shapes in interpret mode")
     ap.add_argument("--no-timing", action="store_true")
     ap.add_argument("--quick", action="store_true", help="fewer correctness shapes")
     ap.add_argument("--out", default=None, help="write the markdown summary here")
+    ap.add_argument("--only", default="", help="comma-separated subset of: forward,op,segments,auto,decode,"
+                    "grouped_matmul,timings")
     args = ap.parse_args()
     if args.interpret:
         from jax.experimental.pallas import mosaic_gpu as plgpu
@@ -478,12 +515,13 @@ def main():
     print(f"device: {dev.device_kind} ({dev.platform}), {len(jax.devices())} device(s); {versions}; "
           f"python {platform.python_version()}")
     t0 = time.time()
-    check_forward(args)
-    check_op(args)
-    check_segments(args)
-    check_auto(args)
-    check_decode(args)
-    timings(args)
+    parts = {"forward": check_forward, "op": check_op, "segments": check_segments, "auto": check_auto,
+             "decode": check_decode, "grouped_matmul": check_grouped_matmul, "timings": timings}
+    only = [p for p in args.only.split(",") if p] or list(parts)
+    for name in only:
+        if name not in parts:
+            ap.error(f"--only: unknown part {name!r}; choose from {sorted(parts)}")
+        parts[name](args)
     print(f"\nchecks took {time.time() - t0:.1f} s")
     lines = [f"device: {dev.device_kind}; {versions}", "",
              "| check | shape | out | rel err | max abs | limit | ok |", "|---|---|---|---|---|---|---|"]

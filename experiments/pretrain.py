@@ -44,14 +44,16 @@ def get_config(arg: str = "tiny"):
         cfg.checkpoint.update(every=100, keep=2)
         cfg.log.every = 20
     elif arg == "100m":
-        model = _shape(12, 768, 12, 4, 64, 8, 1024, vocab_size=32768, dtype="bfloat16", block_size=256)
+        model = _shape(12, 768, 12, 4, 64, 8, 1024, vocab_size=32768, dtype="bfloat16", lm_head_dtype="bfloat16",
+                       block_size=256)
         cfg = default_config(model)
         cfg.steps = 20000
         cfg.data.update(batch_size=32, seq_len=2048)
         cfg.optim.update(lr=6e-4, warmup_steps=1000, grad_accum_steps=4)  # 8 x 2048 per micro-batch
         cfg.checkpoint.every = 1000
     elif arg == "1b":
-        model = _shape(16, 2048, 16, 4, 128, 8, 2816, vocab_size=32768, dtype="bfloat16", block_size=256)
+        model = _shape(16, 2048, 16, 4, 128, 8, 2816, vocab_size=32768, dtype="bfloat16", lm_head_dtype="bfloat16",
+                       block_size=256)
         cfg = default_config(model)
         cfg.steps = 50000
         cfg.data.update(batch_size=64, seq_len=4096)

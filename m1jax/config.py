@@ -64,6 +64,10 @@ class ModelConfig:
     # Numerics of this implementation (not part of the checkpoint).
     dtype: str = "float32"  # activations / matmul inputs
     param_dtype: str = "float32"
+    # LM-head matmul (the final norm is always fp32): "float32" is M1's fp32 head at full precision
+    # (train and inference probabilities stay aligned, which RL needs); "bfloat16" multiplies in bf16
+    # with fp32 accumulation (pretraining throughput: full-precision fp32 runs at ~1/6 of bf16 on a GPU).
+    lm_head_dtype: str = "float32"
 
     def __post_init__(self):
         object.__setattr__(self, "attn_type_list", tuple(int(t) for t in self.attn_type_list))
@@ -105,6 +109,7 @@ class ModelConfig:
         need(self.decay_rule in DECAY_RULES, "decay_rule", f"must be one of {DECAY_RULES}")
         need(self.dtype in DTYPES, "dtype", f"must be one of {DTYPES}")
         need(self.param_dtype in DTYPES, "param_dtype", f"must be one of {DTYPES}")
+        need(self.lm_head_dtype in DTYPES, "lm_head_dtype", f"must be one of {DTYPES}")
         need(not self.tie_word_embeddings, "tie_word_embeddings", "MiniMax-M1 unties the LM head")
 
     # ------------------------------------------------------------------------------------ derived

@@ -193,3 +193,35 @@ def test_partial_rope_softmax_layer_matches_numpy(rng, rotary_dim):
     positions = jnp.broadcast_to(jnp.arange(13), (2, 13))
     y, _ = layer(jnp.asarray(x), positions=positions)
     assert rel_err(y, _numpy_softmax_attention(layer, x, rotary_dim, 1e4)) < 1e-5
+
+
+def test_softmax_sdpa_path_matches_einsum_path(rng):
+    """impl="sdpa" (jax.nn.dot_product_attention; its XLA form on CPU, cuDNN's on GPU) == the explicit
+    einsum path, with GQA (4 q heads per kv head), packed segments and a length of no special size."""
+    config = ModelConfig.tiny(num_attention_heads=8, num_key_value_heads=2)
+    layer = SoftmaxAttention(config, 1, rngs=nnx.Rngs(int(rng.integers(1 << 30))))
+    x = jnp.asarray(rng.standard_normal((2, 19, config.hidden_size)).astype(np.float32))
+    positions = jnp.asarray(rng.integers(0, 50, (2, 19)))
+    segments = jnp.asarray(np.sort(rng.integers(1, 4, (2, 19)), axis=1))
+    outs = {}
+    for impl in ("einsum", "sdpa"):
+        layer.impl = impl
+        outs[impl] = [layer(x, positions=positions, segment_ids=s)[0] for s in (None, segments)]
+    for a, b in zip(outs["sdpa"], outs["einsum"], strict=True):
+        assert rel_err(a, b) < 1e-5
+    assert rel_err(outs["einsum"][0], outs["einsum"][1]) > 1e-2  # the segments do change the result
+    layer.impl = "flash"
+    with pytest.raises(ValueError, match="flash"):
+        layer(x, positions=positions)
+
+
+def test_bf16_lm_head_is_close_to_fp32_head(rng):
+    config = ModelConfig.tiny()
+    model = randomize(MiniMaxM1(config, rngs=nnx.Rngs(0)), int(rng.integers(1 << 30)))
+    tokens = jnp.asarray(rng.integers(0, config.vocab_size, (2, 9)))
+    full = jit_logits(model, tokens)
+    model.config = config.replace(lm_head_dtype="bfloat16")
+    half = jit_logits(model, tokens)
+    assert half.dtype == jnp.float32
+    # bf16 inputs (8 mantissa bits) to a 64-term dot product with fp32 accumulation: ~2^-8 relative.
+    assert 1e-6 < rel_err(half, full) < 2e-2

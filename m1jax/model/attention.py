@@ -12,6 +12,13 @@ from m1jax.config import ModelConfig
 from m1jax.model.layers import dense, param
 from m1jax.model.rope import apply_partial_rope, rope_cos_sin
 from m1jax.sharding import constrain
+from m1jax.sharding.rules import active_mesh, logical_to_spec, mesh_axes
+
+# "einsum": explicit scores in XLA (any dtype, any device; the KV-cache path always uses it).
+# "sdpa": jax.nn.dot_product_attention, cuDNN's fused flash attention on GPU (bf16 / fp16 only),
+#         its XLA implementation elsewhere; segment ids become a [b, 1, n, n] mask.
+# "auto": "sdpa" on GPU for bf16 / fp16 activations, "einsum" otherwise.
+SOFTMAX_IMPLS = ("auto", "einsum", "sdpa")
 
 
 class SoftmaxAttention(nnx.Module):
@@ -26,6 +33,7 @@ class SoftmaxAttention(nnx.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = H, K, D
         self.rotary_dim, self.rope_theta = c.rotary_dim, c.rope_theta
         self.dtype = c.jnp_dtype
+        self.impl = "auto"
 
     def __call__(self, x, *, positions, segment_ids=None, kv_cache=None, cache_index=None):
         """x [b, n, hidden], positions [b, n] -> (y [b, n, hidden], updated (k, v) cache or None).
@@ -45,6 +53,9 @@ class SoftmaxAttention(nnx.Module):
         # (XLA derives each shard's causal offset from the global iota positions of the mask).
         q = constrain(q, ("batch", "seq", "heads", None))
         k, v = (constrain(a, ("batch", None, "kv_heads", None)) for a in (k, v))
+
+        if kv_cache is None and self._use_sdpa():
+            return dense(self._sdpa(q, k, v, segment_ids).reshape(b, n, H * D), self.o_proj[...], self.dtype), None
 
         q_pos = jnp.arange(n) if cache_index is None else cache_index + jnp.arange(n)
         if kv_cache is None:
@@ -70,3 +81,23 @@ class SoftmaxAttention(nnx.Module):
                        preferred_element_type=jnp.float32)
         o = o.reshape(b, n, H * D).astype(self.dtype)
         return dense(o, self.o_proj[...], self.dtype), new_cache
+
+    def _use_sdpa(self) -> bool:
+        if self.impl not in SOFTMAX_IMPLS:
+            raise ValueError(f"softmax attention impl must be one of {SOFTMAX_IMPLS}, got {self.impl!r}")
+        if self.impl == "auto":  # not under context parallelism: the einsum path is the one that splits the sequence
+            mesh = active_mesh()
+            split_seq = mesh is not None and mesh_axes(logical_to_spec(("seq",), mesh=mesh)[0])
+            return jax.default_backend() == "gpu" and self.dtype in (jnp.bfloat16, jnp.float16) and not split_seq
+        return self.impl == "sdpa"
+
+    def _sdpa(self, q, k, v, segment_ids):
+        """Causal (within segments) attention through jax.nn.dot_product_attention: [b, n, H, D]."""
+        mask = None
+        if segment_ids is not None:
+            mask = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
+        cudnn = jax.default_backend() == "gpu" and self.dtype in (jnp.bfloat16, jnp.float16)
+        return jax.nn.dot_product_attention(
+            q.astype(self.dtype), k.astype(self.dtype), v.astype(self.dtype), mask=mask,
+            scale=1.0 / math.sqrt(self.head_dim), is_causal=True, implementation="cudnn" if cudnn else "xla",
+        )

@@ -80,8 +80,10 @@ class MiniMaxM1(nnx.Module):
             stats.append(st)
         # M1's LM head runs in fp32 (final norm and matmul) to keep train/inference probabilities aligned.
         h = self.norm(x.astype(jnp.float32))
-        logits = jnp.einsum("bnd,dv->bnv", h, self.lm_head[...].astype(jnp.float32),
-                            precision=jax.lax.Precision.HIGHEST)
+        head = jnp.dtype(c.lm_head_dtype)
+        full = jax.lax.Precision.HIGHEST if head == jnp.float32 else None
+        logits = jnp.einsum("bnd,dv->bnv", h.astype(head), self.lm_head[...].astype(head), precision=full,
+                            preferred_element_type=jnp.float32)
         logits = constrain(logits, ("batch", "seq", "vocab"))
         new_cache = None if cache is None else Cache(index=cache.index + n, layers=tuple(entries))
         router = jax.tree.map(lambda *xs: jnp.stack(xs), *stats)

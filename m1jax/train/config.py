@@ -30,7 +30,7 @@ def default_config(model: ModelConfig) -> ml_collections.ConfigDict:
     cfg.steps = 1000
     cfg.init_from = ""  # a params checkpoint (m1jax.train.checkpoint.save_params) to start from
     cfg.dry_run = False  # print sizes, FLOPs and memory estimates, then exit without allocating
-    cfg.kernels = ml_collections.ConfigDict(dict(moe="grouped", lightning="auto"))
+    cfg.kernels = ml_collections.ConfigDict(dict(moe="grouped", expert_matmul="auto", lightning="auto", softmax="auto"))
     cfg.remat = False  # recompute each decoder layer in the backward pass (less activation memory)
     cfg.data = ml_collections.ConfigDict(dict(
         source="tasks",  # "tasks" (procedural) or "text" (text files / JSONL)
@@ -76,7 +76,9 @@ def validate(cfg) -> ModelConfig:
     """Check every training value; returns the ModelConfig. Raises ValueError naming the first bad key."""
     from m1jax.data.pipeline import SOURCES
     from m1jax.data.tasks import parse_tasks
+    from m1jax.model.attention import SOFTMAX_IMPLS
     from m1jax.model.moe import MOE_IMPLS
+    from pallas_kernels.grouped_matmul import IMPLS as GMM_IMPLS
     from pallas_kernels.lightning_attention.ops import IMPLS
 
     finite = math.isfinite
@@ -99,6 +101,8 @@ def validate(cfg) -> ModelConfig:
               f"must divide data.batch_size={cfg.data.batch_size}")
     _check(cfg, "kernels.moe", lambda v: v in MOE_IMPLS, f"must be one of {MOE_IMPLS}")
     _check(cfg, "kernels.lightning", lambda v: v in IMPLS, f"must be one of {IMPLS}")
+    _check(cfg, "kernels.expert_matmul", lambda v: v in GMM_IMPLS, f"must be one of {GMM_IMPLS}")
+    _check(cfg, "kernels.softmax", lambda v: v in SOFTMAX_IMPLS, f"must be one of {SOFTMAX_IMPLS}")
     _check(cfg, "data.source", lambda v: v in SOURCES, f"must be one of {SOURCES}")
     _check(cfg, "data.loss_on", lambda v: v in ("all", "answer"), "must be 'all' or 'answer'")
     if cfg.data.source == "tasks":

@@ -16,12 +16,17 @@ from m1jax.model import MiniMaxM1
 from m1jax.train.loss import cross_entropy_sums, next_token_targets
 
 
-def set_kernels(model: MiniMaxM1, *, moe: str = "grouped", lightning: str = "auto") -> MiniMaxM1:
-    """Choose the MoE path and lightning-attention implementation of every layer (static attributes)."""
+def set_kernels(model: MiniMaxM1, *, moe: str = "grouped", expert_matmul: str = "auto", lightning: str = "auto",
+                softmax: str = "auto") -> MiniMaxM1:
+    """Choose the MoE path (and its grouped-matmul impl), the lightning-attention and the softmax-attention
+    implementations of every layer (static attributes)."""
     for layer in model.layers:
         layer.block_sparse_moe.impl = moe
+        layer.block_sparse_moe.matmul_impl = expert_matmul
         if layer.is_lightning:
             layer.self_attn.kernel_impl = lightning
+        else:
+            layer.self_attn.impl = softmax
     return model
 
 

@@ -1,0 +1,103 @@
+"""pallas_kernels.grouped_matmul against a float64 numpy loop over groups.
+
+The "xla" impl runs here directly. The "mosaic_gpu" impl's kernels (JAX's Hopper ragged_dot_mgpu /
+transposed_ragged_dot_mgpu) need a GPU; here they are replaced by numpy-backed stand-ins with the same
+signature that leave NaN in rows they are not meant to write, which checks everything our wrapper adds:
+the custom_vjp formulas (dx with the transposed weights, dw as a per-group contraction over rows) and
+the zeroing of rows past the groups. experiments/check_gpu_kernels.py checks the real kernels on a GPU.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pallas_kernels.grouped_matmul import grouped_matmul, ops
+from tests.kernels.common import rel_err
+
+
+def _numpy(x, w, sizes):
+    x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    y = np.zeros((x.shape[0], w.shape[2]))
+    start = 0
+    for g, s in enumerate(np.asarray(sizes)):
+        y[start : start + s] = x[start : start + s] @ w[g]
+        start += s
+    return y
+
+
+def _problem(rng, m, k, n, sizes):
+    x = jnp.asarray(rng.standard_normal((m, k)) / np.sqrt(k), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((len(sizes), k, n)), jnp.float32)
+    return x, w, jnp.asarray(sizes, jnp.int32), jnp.asarray(rng.standard_normal((m, n)), jnp.float32)
+
+
+# (m, sizes): uneven groups, an empty first / middle / last group, and 5 rows past the groups.
+CASES = [(37, [10, 0, 20, 7]), (30, [0, 25, 0, 0]), (41, [3, 9, 0, 24])]
+
+
+@pytest.mark.parametrize("m, sizes", CASES)
+def test_xla_impl_values_and_gradients(rng, m, sizes):
+    x, w, gs, dy = _problem(rng, m, 12, 9, sizes)
+    y, vjp = jax.vjp(lambda x, w: grouped_matmul(x, w, gs, impl="xla"), x, w)
+    assert rel_err(y, _numpy(x, w, gs)) < 1e-6
+    dx, dw = vjp(dy)
+    # d/dx sum(dy * y) = grouped(dy, w^T); d/dw[g] = x_g^T dy_g.
+    assert rel_err(dx, _numpy(dy, np.swapaxes(w, 1, 2), gs)) < 1e-6
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    dw_ref = np.stack([np.asarray(x, np.float64)[a:b].T @ np.asarray(dy, np.float64)[a:b]
+                       for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+    assert rel_err(dw, dw_ref) < 1e-6
+    assert np.all(np.asarray(y)[sum(sizes):] == 0) and np.all(np.asarray(dx)[sum(sizes):] == 0)
+
+
+def _fake_ragged_dot(lhs, rhs, *, group_sizes, transpose_rhs=False, **tiles):
+    """Stand-in for ragged_dot_mgpu.ragged_dot: fp32 math, output in lhs.dtype, NaN past the groups."""
+    assert set(tiles) == {"block_m", "block_n", "block_k", "max_concurrent_steps", "grid_block_n"}
+    rhs = jnp.swapaxes(rhs, 1, 2) if transpose_rhs else rhs
+    y = jax.lax.ragged_dot(lhs.astype(jnp.float32), rhs.astype(jnp.float32), group_sizes)
+    garbage = jnp.arange(lhs.shape[0])[:, None] >= jnp.sum(group_sizes)
+    return jnp.where(garbage, jnp.nan, y).astype(lhs.dtype)
+
+
+def _fake_transposed(lhs, rhs, *, group_sizes, **tiles):
+    """Stand-in for transposed_ragged_dot_mgpu.transposed_ragged_dot: out[g] = lhs_g^T rhs_g."""
+    assert set(tiles) == {"block_m", "block_n", "block_k", "max_concurrent_steps", "grid_block_n"}
+    group = jnp.searchsorted(jnp.cumsum(group_sizes), jnp.arange(lhs.shape[0]), side="right")
+    onehot = jax.nn.one_hot(group, group_sizes.shape[0], dtype=jnp.float32)  # rows past the groups: all 0
+    out = jnp.einsum("rg,rm,rn->gmn", onehot, lhs.astype(jnp.float32), rhs.astype(jnp.float32))
+    return out.astype(lhs.dtype)
+
+
+@pytest.mark.parametrize("m, sizes", CASES)
+def test_mosaic_wrapper_with_stand_in_kernels(rng, monkeypatch, m, sizes):
+    from jax.experimental.pallas.ops.gpu import ragged_dot_mgpu, transposed_ragged_dot_mgpu
+
+    monkeypatch.setattr(ragged_dot_mgpu, "ragged_dot", _fake_ragged_dot)
+    monkeypatch.setattr(transposed_ragged_dot_mgpu, "transposed_ragged_dot", _fake_transposed)
+    monkeypatch.setattr(ops, "_mosaic_applies", lambda x, w: True)
+    x, w, gs, dy = _problem(rng, m, 16, 8, sizes)
+    f = jax.jit(lambda x, w: jax.vjp(lambda x, w: grouped_matmul(x, w, gs, impl="mosaic_gpu"), x, w)[1](dy))
+    y = grouped_matmul(x, w, gs, impl="mosaic_gpu")
+    (dx, dw), (dx_ref, dw_ref) = f(x, w), jax.vjp(lambda x, w: grouped_matmul(x, w, gs, impl="xla"), x, w)[1](dy)
+    assert rel_err(y, _numpy(x, w, gs)) < 1e-6
+    assert rel_err(dx, dx_ref) < 1e-6 and rel_err(dw, dw_ref) < 1e-6
+
+
+def test_auto_is_xla_off_hopper_and_bad_input_errors(rng):
+    x, w, gs, _ = _problem(rng, 8, 4, 3, [5, 3])
+    assert rel_err(grouped_matmul(x, w, gs), _numpy(x, w, gs)) < 1e-6  # auto on CPU
+    with pytest.raises(ValueError, match="mosaic_gpu"):
+        grouped_matmul(x, w, gs, impl="mosaic_gpu")
+    with pytest.raises(ValueError, match="impl"):
+        grouped_matmul(x, w, gs, impl="cublas")
+    with pytest.raises(ValueError, match="contracting"):
+        grouped_matmul(x[:, :3], w, gs)
+    with pytest.raises(ValueError, match="group_sizes"):
+        grouped_matmul(x, w, gs[:1])
+    with pytest.raises(TypeError, match="integer"):
+        grouped_matmul(x, w, gs.astype(jnp.float32))
+    with pytest.raises(ValueError, match=r"x \[m, k\]"):
+        grouped_matmul(x[None], w, gs)
