@@ -2,7 +2,8 @@
 
 Three numerically equivalent paths:
   * ``dense``   every expert on every token, combined with the (mostly zero) routing weights; the oracle.
-  * ``grouped`` token-expert pairs sorted by expert and run with jax.lax.ragged_dot; the fast path.
+  * ``grouped`` token-expert pairs sorted by expert, run as grouped matmuls (pallas_kernels.grouped_matmul:
+                Hopper kernels on H100 / H200, jax.lax.ragged_dot elsewhere); the fast path.
   * ``ep``      expert parallel over the ambient mesh (``moe_ep.py``): tokens meet the devices holding
                 their experts, ``grouped`` runs there; ``grouped`` itself when there is no mesh.
 """
@@ -10,6 +11,7 @@ Three numerically equivalent paths:
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +20,7 @@ from flax import nnx
 from m1jax.config import ModelConfig
 from m1jax.model.layers import param
 from m1jax.model.moe_ep import expert_parallel, grouped
+from pallas_kernels.grouped_matmul import grouped_matmul
 
 MOE_IMPLS = ("grouped", "dense", "ep")
 
@@ -62,6 +65,7 @@ class MoE(nnx.Module):
         self.top_k = c.num_experts_per_tok
         self.dtype = c.jnp_dtype
         self.impl = "grouped"
+        self.matmul_impl = "auto"  # pallas_kernels.grouped_matmul impl of the grouped / ep expert FFN
 
     def __call__(self, x, *, token_mask=None, impl: str | None = None):
         """x [b, n, hidden] -> (y [b, n, hidden], RouterStats). token_mask [b, n] excludes padding from stats."""
@@ -103,9 +107,9 @@ class MoE(nnx.Module):
     def _expert_ffn(self, rows, sizes, w1, w3, w2):
         """SwiGLU experts on rows [m, d] grouped by expert (sizes [E] int32); w1, w3 [E, d, F]; w2 [E, F, d]."""
         f32 = jnp.float32
-        h = jax.nn.silu(jax.lax.ragged_dot(rows, w1, sizes, preferred_element_type=f32))
-        h = (h * jax.lax.ragged_dot(rows, w3, sizes, preferred_element_type=f32)).astype(self.dtype)
-        return jax.lax.ragged_dot(h, w2, sizes, preferred_element_type=f32)
+        gmm = functools.partial(grouped_matmul, group_sizes=sizes, impl=self.matmul_impl)
+        h = jax.nn.silu(gmm(rows, w1).astype(f32)) * gmm(rows, w3).astype(f32)
+        return gmm(h.astype(self.dtype), w2).astype(f32)
 
     @staticmethod
     def _stats(probs, experts, token_mask):
