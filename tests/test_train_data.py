@@ -115,6 +115,24 @@ def test_pipeline_resumes_exactly_from_its_state(prefetch):
             assert np.array_equal(x[k], y[k]), k
 
 
+def test_pipeline_rows_are_independent_streams():
+    """A pipeline making some rows (one host's share) makes exactly those rows of the full batch."""
+    src = TaskSource("copy,sort", ByteTokenizer(), seed=1)
+    full = DataPipeline(src, batch_size=5, seq_len=20, prefetch=0)
+    part = DataPipeline(src, batch_size=5, seq_len=20, prefetch=0, rows=[4, 1])
+    for _ in range(3):
+        a, b = next(full), next(part)
+        for k in a:
+            assert np.array_equal(a[k][[1, 4]], b[k]), k
+    assert part.state == {"rows": [x for x in full.state["rows"] if x[0] in (1, 4)]}
+    with pytest.raises(ValueError, match="single-stream pipeline"):
+        DataPipeline(src, batch_size=5, seq_len=20, state={"doc": 3, "offset": 0})
+    with pytest.raises(ValueError, match=r"no position for rows \[5\]"):
+        DataPipeline(src, batch_size=6, seq_len=20, state=full.state)
+    with pytest.raises(ValueError, match="subset of range"):
+        DataPipeline(src, batch_size=5, seq_len=20, rows=[5])
+
+
 def test_text_and_jsonl_sources_shuffle_per_epoch_deterministically(tmp_path):
     (tmp_path / "a.txt").write_text("first paragraph\n\nsecond one\n\nthird")
     (tmp_path / "b.jsonl").write_text("\n".join(json.dumps({"text": f"row {i}"}) for i in range(3)) + "\n")

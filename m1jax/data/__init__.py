@@ -1,7 +1,8 @@
 """Deterministic, resumable data: tokenizers, document sources (text / JSONL / procedural tasks), packing.
 
-Every source maps a document index to a document, so a pipeline's position is two ints
-(next document, token offset into it) that go into the training checkpoint.
+Every source maps a document index to a document; each batch row is its own stream of documents, so a
+pipeline's position is two ints per row (next document, token offset into it) that go into the
+training checkpoint, and a process of a multi-host run makes only the rows its devices hold.
 """
 
 from m1jax.data.packing import pack_batch

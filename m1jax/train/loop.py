@@ -21,7 +21,9 @@ from m1jax.train.flops import device_peak_flops, flops_per_token, mfu, param_cou
 from m1jax.train.metrics import MetricWriter, Progress
 from m1jax.train.optimizer import make_optimizer
 from m1jax.sharding import use_mesh
-from m1jax.train.placement import batch_sharding, train_mesh, train_state_shardings, with_shardings
+from m1jax.train.placement import (
+    batch_sharding, gather_data_state, global_batch, process_rows, train_mesh, train_state_shardings, with_shardings,
+)
 from m1jax.train.step import (
     abstract_model, abstract_train_state, init_params, init_train_state, make_train_step, model_graphdef,
 )
@@ -161,7 +163,8 @@ def train(cfg, workdir: str) -> dict:
          f"{info['tokens_per_step']} tokens/step, steps {start + 1}..{cfg.steps}, backend {jax.default_backend()}, "
          f"mesh {dict(mesh.shape)}")
 
-    data = build_pipeline(cfg.data, cfg.seed, data_state)
+    rows = process_rows(batch_shard, (cfg.data.batch_size, cfg.data.seq_len))  # all of them on one host
+    data = build_pipeline(cfg.data, cfg.seed, data_state, rows=rows)
     step_fn = make_train_step(graphdef, tx, schedule, model_config, grad_accum_steps=cfg.optim.grad_accum_steps,
                               state_shardings=shardings, batch_sharding=batch_shard)
     writer = MetricWriter(workdir, tensorboard=cfg.log.tensorboard, resume_step=latest)
@@ -173,7 +176,7 @@ def train(cfg, workdir: str) -> dict:
         with stop_signals() as stop, use_mesh(mesh):
             last = time.perf_counter()
             for step in range(start + 1, cfg.steps + 1):
-                batch = jax.device_put(next(data), batch_shard)
+                batch = global_batch(next(data), batch_shard, cfg.data.batch_size, rows)
                 state, m = step_fn(state, batch)
                 m = {k: float(v) for k, v in jax.device_get(m).items()}
                 now = time.perf_counter()
@@ -192,7 +195,8 @@ def train(cfg, workdir: str) -> dict:
                 progress.update(step, m)
                 summary.update(step=step, loss=m["loss"])
                 if step % cfg.checkpoint.every == 0 or step == cfg.steps or stop["signum"] is not None:
-                    checkpointer.save(step, state, data.state, model_config)
+                    checkpointer.save(step, state, gather_data_state(data.state, cfg.data.batch_size),
+                                      model_config)
                     saved_step = step
                 if stop["signum"] is not None:
                     summary["interrupted"] = signal.Signals(stop["signum"]).name
