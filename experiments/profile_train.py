@@ -31,7 +31,7 @@ from flax import nnx
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from m1jax.config import ModelConfig  # noqa: E402
+from m1jax.config import ModelConfig, hybrid_layout  # noqa: E402
 from m1jax.model.attention import SoftmaxAttention  # noqa: E402
 from m1jax.model.lightning import LightningAttention  # noqa: E402
 from m1jax.model.moe import MoE  # noqa: E402
@@ -40,6 +40,7 @@ from m1jax.train.flops import device_peak_flops, flops_per_token, mfu, param_cou
 from m1jax.train.step import init_params, init_train_state, make_train_step, model_graphdef  # noqa: E402
 
 ROWS: list[tuple] = []
+PARTS = ("lightning", "softmax", "moe", "head", "expert_matmul")
 
 
 def timed(fn, *args, repeats=10):
@@ -93,18 +94,33 @@ def module_fwd_bwd(module, call):
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1))), params
 
 
-def profile_parts(c: ModelConfig, b, n, seg, rng):
+def profile_parts(c: ModelConfig, b, n, seg, rng, only):
     x = jnp.asarray(rng.standard_normal((b, n, c.hidden_size)), c.jnp_dtype)
     pos = jnp.broadcast_to(jnp.arange(n), (b, n))
-    t, D, H, Dh = b * n, c.hidden_size, c.num_attention_heads, c.head_dim
-    rngs = nnx.Rngs(0)
+    t = b * n
+    if "lightning" in only:
+        profile_lightning(c, x, seg, t)
+    if "softmax" in only:
+        profile_softmax(c, x, pos, seg, t, n)
+    if "moe" in only:
+        profile_moe(c, x, t)
+    if "head" in only:
+        profile_head(c, x, t, rng)
+    if "expert_matmul" in only:
+        profile_expert_matmul(c, t, rng)
 
-    light = LightningAttention(c, 0, rngs=rngs)
+
+def profile_lightning(c, x, seg, t):
+    D, H, Dh = c.hidden_size, c.num_attention_heads, c.head_dim
+    light = LightningAttention(c, 0, rngs=nnx.Rngs(0))
     f, p = module_fwd_bwd(light, lambda m, x: m(x, segment_ids=seg)[0])
     flops = 3 * 2 * t * (5 * D * H * Dh + 2 * H * Dh * (c.block_size + 1) / 2 + 2 * H * Dh * Dh)
     try_record("lightning attention layer", f"impl={light.kernel_impl}", lambda: timed(f, p, x), flops)
 
-    soft = SoftmaxAttention(c, 7, rngs=rngs)
+
+def profile_softmax(c, x, pos, seg, t, n):
+    D, H, Dh = c.hidden_size, c.num_attention_heads, c.head_dim
+    soft = SoftmaxAttention(c, 7, rngs=nnx.Rngs(0))
     K = c.num_key_value_heads
     flops = 3 * 2 * t * (2 * D * H * Dh + 2 * D * K * Dh + 2 * H * Dh * (n + 1) / 2)
     for impl in ("einsum", "sdpa"):
@@ -113,13 +129,19 @@ def profile_parts(c: ModelConfig, b, n, seg, rng):
             f, p = module_fwd_bwd(soft, lambda m, x, s=s: m(x, positions=pos, segment_ids=s)[0])
             try_record("softmax attention layer", f"{impl}, {name}", lambda f=f, p=p: timed(f, p, x), flops)
 
-    moe = MoE(c, rngs=rngs)
+
+def profile_moe(c, x, t):
+    D = c.hidden_size
+    moe = MoE(c, rngs=nnx.Rngs(0))
     flops = 3 * 2 * t * (D * c.num_local_experts + c.num_experts_per_tok * 3 * D * c.intermediate_size)
     for impl, mm in (("grouped", "xla"), ("grouped", "auto"), ("dense", "auto")):
         moe.matmul_impl = mm
         f, p = module_fwd_bwd(moe, lambda m, x, impl=impl: m(x, impl=impl)[0])
         try_record("MoE", f"{impl}, expert_matmul={mm}", lambda f=f, p=p: timed(f, p, x), flops)
 
+
+def profile_head(c, x, t, rng):
+    D = c.hidden_size
     w = jnp.asarray(rng.standard_normal((D, c.vocab_size)) / np.sqrt(D), jnp.float32)
     flops = 3 * 2 * t * D * c.vocab_size
     for name, dt, prec in (("fp32 HIGHEST", jnp.float32, jax.lax.Precision.HIGHEST),
@@ -131,8 +153,10 @@ def profile_parts(c: ModelConfig, b, n, seg, rng):
         f = jax.jit(jax.value_and_grad(head, argnums=(0, 1)))
         try_record("LM head + log_softmax", name, lambda f=f: timed(f, w, x), flops)
 
-    # The expert matmul alone: x [t * k, D] grouped over E experts, vs one dense matmul of the same FLOPs.
-    E, k, F = c.num_local_experts, c.num_experts_per_tok, c.intermediate_size
+
+def profile_expert_matmul(c, t, rng):
+    """The expert matmul alone: x [t * k, D] grouped over E experts, vs one dense matmul of the same FLOPs."""
+    D, E, k, F = c.hidden_size, c.num_local_experts, c.num_experts_per_tok, c.intermediate_size
     rows = jnp.asarray(rng.standard_normal((t * k, D)), jnp.bfloat16)
     we = jnp.asarray(rng.standard_normal((E, D, F)) / np.sqrt(D), jnp.bfloat16)
     sizes = jnp.asarray(np.bincount(rng.integers(0, E, t * k), minlength=E), jnp.int32)
@@ -201,11 +225,12 @@ def main():
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--seq", type=int, default=8192)
     ap.add_argument("--mean-doc", type=float, default=2048.0, help="mean packed document length")
-    ap.add_argument("--skip-parts", action="store_true")
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {PARTS} ('' for none)")
     ap.add_argument("--variants", default="grouped:xla/einsum/float32,grouped/sdpa/bfloat16",
                     help="comma-separated moe[:expert_matmul]/softmax/lm_head_dtype train-step variants "
                     "('' for none)")
     ap.add_argument("--remat", action="store_true")
+    ap.add_argument("--layers", type=int, default=0, help="override the preset's layer count (hybrid layout)")
     ap.add_argument("--steps-timed", type=int, default=5)
     ap.add_argument("--out", default="")
     args = ap.parse_args()
@@ -214,16 +239,21 @@ def main():
     pretrain = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(pretrain)
     c = model_config(pretrain.get_config(args.preset))
+    if args.layers:
+        c = c.replace(num_hidden_layers=args.layers, attn_type_list=hybrid_layout(args.layers))
     rng = np.random.default_rng(0)
     b, n = args.batch, args.seq
     seg = packed_segments(rng, b, n, args.mean_doc)
     dev = jax.devices()[0]
     header = (f"device {dev.device_kind} ({jax.default_backend()}), jax {jax.__version__}, python "
-              f"{platform.python_version()}, preset {args.preset} ({param_counts(c)['active'] / 1e9:.2f}B active), "
+              f"{platform.python_version()}, preset {args.preset} ({c.num_hidden_layers} layers, "
+              f"{param_counts(c)['active'] / 1e9:.2f}B active), "
               f"batch {b} x {n}, packed docs mean {args.mean_doc:.0f}, {datetime.date.today()}")
     print(header, flush=True)
-    if not args.skip_parts:
-        profile_parts(c, b, n, seg, rng)
+    only = [p for p in args.parts.split(",") if p]
+    if any(p not in PARTS for p in only):
+        ap.error(f"--parts: choose from {PARTS}")
+    profile_parts(c, b, n, seg, rng, only)
     variants = [v for v in args.variants.split(",") if v]
     profile_steps(c, b, n, seg, rng, variants, args.steps_timed, args.remat)
     if args.out:

@@ -34,7 +34,7 @@ def _problem(rng, m, k, n, sizes):
     return x, w, jnp.asarray(sizes, jnp.int32), jnp.asarray(rng.standard_normal((m, n)), jnp.float32)
 
 
-# (m, sizes): uneven groups, an empty first / middle / last group, and 5 rows past the groups.
+# (m, sizes): uneven groups, an empty first / middle / last group, rows past the groups, m not a multiple of 8.
 CASES = [(37, [10, 0, 20, 7]), (30, [0, 25, 0, 0]), (41, [3, 9, 0, 24])]
 
 
@@ -56,6 +56,7 @@ def test_xla_impl_values_and_gradients(rng, m, sizes):
 def _fake_ragged_dot(lhs, rhs, *, group_sizes, transpose_rhs=False, **tiles):
     """Stand-in for ragged_dot_mgpu.ragged_dot: fp32 math, output in lhs.dtype, NaN past the groups."""
     assert set(tiles) == {"block_m", "block_n", "block_k", "max_concurrent_steps", "grid_block_n"}
+    assert lhs.shape[0] < 8 or lhs.shape[0] % 8 == 0, "the real kernel's TMA tiling rejects this row count"
     rhs = jnp.swapaxes(rhs, 1, 2) if transpose_rhs else rhs
     y = jax.lax.ragged_dot(lhs.astype(jnp.float32), rhs.astype(jnp.float32), group_sizes)
     garbage = jnp.arange(lhs.shape[0])[:, None] >= jnp.sum(group_sizes)
@@ -65,6 +66,7 @@ def _fake_ragged_dot(lhs, rhs, *, group_sizes, transpose_rhs=False, **tiles):
 def _fake_transposed(lhs, rhs, *, group_sizes, **tiles):
     """Stand-in for transposed_ragged_dot_mgpu.transposed_ragged_dot: out[g] = lhs_g^T rhs_g."""
     assert set(tiles) == {"block_m", "block_n", "block_k", "max_concurrent_steps", "grid_block_n"}
+    assert lhs.shape[0] < 8 or lhs.shape[0] % 8 == 0, "the real kernel's TMA tiling rejects this row count"
     group = jnp.searchsorted(jnp.cumsum(group_sizes), jnp.arange(lhs.shape[0]), side="right")
     onehot = jax.nn.one_hot(group, group_sizes.shape[0], dtype=jnp.float32)  # rows past the groups: all 0
     out = jnp.einsum("rg,rm,rn->gmn", onehot, lhs.astype(jnp.float32), rhs.astype(jnp.float32))
