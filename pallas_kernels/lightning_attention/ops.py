@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 
-from pallas_kernels.lightning_attention import reference
+from pallas_kernels.lightning_attention import reference, split
 
 DEFAULT_BLOCK_SIZE = 256
 
@@ -112,9 +114,27 @@ def _auto_impl() -> str:
 
 
 def _resolve_impl(impl: str):
+    """impl -> (name, callable)."""
     if impl != "auto" and impl not in _IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    return _IMPLS[_auto_impl() if impl == "auto" else impl]()
+    name = _auto_impl() if impl == "auto" else impl
+    return name, _IMPLS[name]()
+
+
+def _seq_parts(seq_split, impl_name, q, v) -> int:
+    """The number of sequence chunks to run in parallel (``split.py``): ``seq_split`` if an int, and for
+    "auto" what fills the GPU's SMs with the GPU kernels (1 elsewhere)."""
+    if seq_split == "auto":
+        if impl_name not in ("mosaic_gpu", "triton"):
+            return 1
+        import jax
+
+        sms = getattr(jax.devices()[0], "core_count", None) or 132
+        b, t, h, _ = q.shape
+        return split.auto_parts(b, t, h, v.shape[-1], int(sms))
+    if isinstance(seq_split, bool) or not isinstance(seq_split, int) or seq_split < 1:
+        raise ValueError(f"seq_split must be 'auto' or a positive int, got {seq_split!r}")
+    return seq_split
 
 
 def lightning_attention(
@@ -129,6 +149,7 @@ def lightning_attention(
     block_size: int = DEFAULT_BLOCK_SIZE,
     impl: str = "auto",
     interpret: bool = False,
+    seq_split: int | str = "auto",
 ):
     """Causal decayed linear attention (MiniMax lightning attention).
 
@@ -144,16 +165,22 @@ def lightning_attention(
         "mosaic_gpu" (Hopper forward + Triton backward) runs "triton" for whatever it does not
         support (segment_ids, fp32 or mixed dtypes, other head dims).
       interpret: run Pallas kernels in interpret mode (CPU testing).
+      seq_split: run the kernel on this many equal chunks of the sequence at once, chained through their
+        states (``split.py``; exact). "auto": enough chunks to fill the SMs with the GPU kernels when
+        batch * heads is small (chunks >= 1024 tokens, power-of-two counts dividing seq), else 1.
 
     Returns:
       o [batch, seq, heads, dv] in q.dtype, and the final state if return_state.
     """
     _check_inputs(q, k, v, decay, initial_state, segment_ids, block_size)
-    fn = _resolve_impl(impl)
-    o, state = fn(
-        q, k, v, decay,
-        initial_state=initial_state, segment_ids=segment_ids, block_size=int(block_size), interpret=interpret,
-    )
+    name, fn = _resolve_impl(impl)
+    fn = functools.partial(fn, block_size=int(block_size), interpret=interpret)
+    parts = _seq_parts(seq_split, name, q, v)
+    if parts > 1:
+        o, state = split.split_sequence(fn, parts, q, k, v, decay, initial_state=initial_state,
+                                        segment_ids=segment_ids)
+    else:
+        o, state = fn(q, k, v, decay, initial_state=initial_state, segment_ids=segment_ids)
     return (o, state) if return_state else o
 
 

@@ -1,0 +1,80 @@
+"""Sequence split: run a lightning-attention kernel on ``parts`` independent slices of the sequence.
+
+A GPU kernel gives each (batch, head, value slice) one thread block that walks the whole sequence, so at
+batch * heads * (dv / 64) below the number of SMs most of the GPU idles (B1 H16 D128 is 32 blocks on
+132 SMs). Split the sequence into P equal chunks of length L and:
+  1. each chunk's own end state from a zero start, and the factor its incoming state is carried by,
+     in XLA:  local_c = sum_j e^{-s (L-1-j)} k_j^T v_j  over the chunk's tokens after its last segment
+     start;  carry_c = e^{-s L}, or 0 when a segment starts inside the chunk (its first token included);
+  2. a scan over the P chunks: in_c = end_{c-1} (zeroed when chunk c starts a segment),
+     end_c = local_c + carry_c * in_c, starting from the caller's initial state;
+  3. the kernel on [batch * P, L] with in_c as each slice's initial state: exact outputs.
+Everything is differentiable (the kernels' custom_vjp takes initial-state cotangents), so the backward
+splits too. Costs: one extra read of k and v, and the [batch, P, heads, dk, dv] fp32 states.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+MIN_CHUNK = 1024  # shorter chunks add more state traffic than the extra blocks win back
+
+
+def auto_parts(b: int, t: int, h: int, dv: int, num_sms: int) -> int:
+    """Largest power of two P with b * h * ceil(dv / 64) * P <= num_sms, P | t and t / P >= MIN_CHUNK."""
+    blocks = b * h * max(1, -(-dv // 64))
+    p = 1
+    while blocks * p * 2 <= num_sms and t % (p * 2) == 0 and t // (p * 2) >= MIN_CHUNK:
+        p *= 2
+    return p
+
+
+def _chunk_states(k, v, decay, segment_ids):
+    """k [b, P, L, h, dk], v [b, P, L, h, dv] -> (local [b, P, h, dk, dv] fp32, carry [b, P, h] fp32,
+    starts [b, P] bool: a segment starts at the chunk's first token)."""
+    b, P, L, h, _ = k.shape
+    f32 = jnp.float32
+    s = decay.astype(f32)
+    j = jnp.arange(L)
+    w = jnp.broadcast_to(jnp.exp(-s[None, :] * (L - 1 - j)[:, None].astype(f32)), (b, P, L, h))  # [b, P, L, h]
+    carry = jnp.broadcast_to(jnp.exp(-s * L), (b, P, h))
+    starts = jnp.zeros((b, P), bool)
+    if segment_ids is not None:
+        seg = segment_ids.reshape(b, P * L)
+        new = jnp.concatenate([jnp.zeros((b, 1), bool), seg[:, 1:] != seg[:, :-1]], axis=1).reshape(b, P, L)
+        last = jnp.max(jnp.where(new, j, -1), axis=-1)  # [b, P] last segment start in the chunk, -1: none
+        w = jnp.where((j[None, None, :] >= last[..., None])[..., None], w, 0.0)
+        carry = jnp.where((last >= 0)[..., None], 0.0, carry)
+        starts = new[:, :, 0]
+    kw = (k.astype(f32) * w[..., None]).astype(k.dtype)
+    local = jnp.einsum("bpjhd,bpjhe->bphde", kw, v, preferred_element_type=f32)
+    return local, carry, starts
+
+
+def split_sequence(kernel, parts: int, q, k, v, decay, *, initial_state, segment_ids):
+    """``kernel(q, k, v, decay, initial_state=, segment_ids=) -> (o, final state)`` run on ``parts``
+    chunks of the sequence in parallel (see module doc). ``parts`` must divide the sequence length."""
+    b, t, h, dk = q.shape
+    dv = v.shape[-1]
+    if t % parts:
+        raise ValueError(f"seq_split={parts} must divide the sequence length {t}")
+    L = t // parts
+    chunked = [a.reshape(b, parts, L, h, a.shape[-1]) for a in (k, v)]
+    local, carry, starts = _chunk_states(*chunked, decay, segment_ids)
+    s0 = jnp.zeros((b, h, dk, dv), jnp.float32) if initial_state is None else initial_state.astype(jnp.float32)
+
+    def step(state, xs):
+        local_c, carry_c, start_c = xs
+        state_in = jnp.where(start_c[:, None, None, None], 0.0, state)
+        return local_c + carry_c[..., None, None] * state_in, state_in
+
+    move = lambda a: jnp.moveaxis(a, 1, 0)  # noqa: E731 - scan over the chunk axis
+    final, incoming = jax.lax.scan(step, s0, (move(local), move(carry), move(starts)))
+    flat = lambda a: a.reshape(b * parts, L, *a.shape[2:])  # noqa: E731
+    o, _ = kernel(
+        flat(q), flat(k), flat(v), decay,
+        initial_state=jnp.moveaxis(incoming, 0, 1).reshape(b * parts, h, dk, dv),
+        segment_ids=None if segment_ids is None else segment_ids.reshape(b * parts, L),
+    )
+    return o.reshape(b, t, h, dv), final
