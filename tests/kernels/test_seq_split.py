@@ -57,6 +57,7 @@ def test_split_bf16_within_bf16_tolerance(rng):
 def test_auto_parts_fills_the_sms_only_when_needed():
     assert split.auto_parts(1, 8192, 16, 128, 132) == 4  # 32 blocks -> 128
     assert split.auto_parts(1, 65536, 64, 128, 132) == 1  # 128 blocks already
+    assert split.auto_parts(2, 16384, 16, 128, 132) == 1  # 64 blocks: splitting measured no faster
     assert split.auto_parts(1, 65536, 8, 128, 132) == 8
     assert split.auto_parts(1, 8191, 16, 128, 132) == 1  # no power of two divides the length
     assert split.auto_parts(1, 1536, 4, 64, 132) == 1  # chunks would be shorter than MIN_CHUNK
