@@ -105,7 +105,25 @@ def _mosaic_bwd(res, dy):
     dy = dy.astype(x.dtype)
     dx = _mgpu_fwd_kernel(dy, w, group_sizes, transpose_rhs=True)
     dw = _mgpu_dw_kernel(x, dy, group_sizes)
-    return dx, dw.astype(w.dtype), None
+    return _like(dx, x), _like(dw.astype(w.dtype), w), None
+
+
+def _like(ct, primal):
+    """Inside shard_map a cotangent must vary over exactly the manual mesh axes its primal varies over, but
+    a Pallas call's output is typed by its own inputs: sum it over axes the primal is invariant on (the
+    transpose of the implicit broadcast, as JAX's autodiff does) and mark it varying over the others."""
+    want, have = _varying_axes(primal), _varying_axes(ct)
+    if extra := tuple(sorted(have - want)):
+        ct = jax.lax.psum(ct, extra)
+    if missing := tuple(sorted(want - have)):
+        ct = jax.lax.pcast(ct, missing, to="varying") if hasattr(jax.lax, "pcast") else jax.lax.pvary(ct, missing)
+    return ct
+
+
+def _varying_axes(x) -> frozenset:
+    aval = jax.typeof(x)
+    mat = getattr(aval, "manual_axis_type", None)  # JAX 0.10 - 0.11; older JAX named it ``vma``
+    return frozenset(mat.varying if mat is not None else getattr(aval, "vma", ()))
 
 
 _mosaic.defvjp(_mosaic_fwd, _mosaic_bwd)

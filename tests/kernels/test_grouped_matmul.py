@@ -103,3 +103,46 @@ def test_auto_is_xla_off_hopper_and_bad_input_errors(rng):
         grouped_matmul(x, w, gs.astype(jnp.float32))
     with pytest.raises(ValueError, match=r"x \[m, k\]"):
         grouped_matmul(x[None], w, gs)
+
+
+SHARD_MAP_SCRIPT = r"""
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import PartitionSpec as P
+from jax.experimental.pallas.ops.gpu import ragged_dot_mgpu, transposed_ragged_dot_mgpu
+from pallas_kernels.grouped_matmul import grouped_matmul, ops
+from tests.kernels import test_grouped_matmul as t
+
+ragged_dot_mgpu.ragged_dot = t._fake_ragged_dot
+transposed_ragged_dot_mgpu.transposed_ragged_dot = t._fake_transposed
+ops._mosaic_applies = lambda x, w: True
+mesh = jax.sharding.Mesh(np.array(jax.devices()), ("expert",))
+rng = np.random.default_rng(0)
+x = jnp.asarray(rng.standard_normal((2 * 24, 16)), jnp.float32)    # replicated rows
+w = jnp.asarray(rng.standard_normal((2 * 3, 16, 8)), jnp.float32)  # 3 experts per device: varies over expert
+gs = jnp.asarray([5, 9, 10], jnp.int32)
+
+def loss(x, w, impl):
+    f = lambda x, w: grouped_matmul(x, w, gs, impl=impl)
+    y = jax.shard_map(f, mesh=mesh, in_specs=(P(), P("expert")), out_specs=P("expert"))(x, w)
+    return jnp.sum(y ** 2)
+
+got = jax.jit(jax.grad(lambda x, w: loss(x, w, "mosaic_gpu"), (0, 1)))(x, w)
+want = jax.jit(jax.grad(lambda x, w: loss(x, w, "xla"), (0, 1)))(x, w)
+for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+print("OK")
+"""
+
+
+def test_mosaic_wrapper_gradients_inside_shard_map():
+    """Under shard_map the custom_vjp's cotangents must carry their primals' manual-axis types (a bug found
+    on 2 H200s: dw came back unvarying while w varies over ``expert``)."""
+    import os
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    proc = subprocess.run([sys.executable, "-c", SHARD_MAP_SCRIPT], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
