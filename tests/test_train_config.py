@@ -28,6 +28,9 @@ def test_presets_validate_and_have_the_intended_size(preset):
     ("data.tasks", "copy,fly", "unknown task 'fly'"),
     ("data.tokenizer", "/no/such/tokenizer.json", "config.data.tokenizer='/no/such/tokenizer.json'"),
     ("kernels.moe", "sparse", "config.kernels.moe='sparse'"),
+    ("kernels.softmax", "flash", "config.kernels.softmax='flash': must be one of"),
+    ("kernels.expert_matmul", "cublas", "config.kernels.expert_matmul='cublas': must be one of"),
+    ("model.lm_head_dtype", "int8", "ModelConfig.lm_head_dtype='int8'"),
     ("model.vocab_size", 200, "config.model.vocab_size=200: smaller than the tokenizer's vocabulary (258"),
     ("model.rotary_dim", 7, "ModelConfig.rotary_dim=7"),
 ])
