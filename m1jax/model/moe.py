@@ -20,7 +20,6 @@ from flax import nnx
 from m1jax.config import ModelConfig
 from m1jax.model.layers import param
 from m1jax.model.moe_ep import expert_parallel, grouped
-from m1jax.sharding.rules import active_mesh
 from pallas_kernels.grouped_matmul import grouped_matmul
 
 MOE_IMPLS = ("grouped", "dense", "ep")
@@ -108,11 +107,7 @@ class MoE(nnx.Module):
     def _expert_ffn(self, rows, sizes, w1, w3, w2):
         """SwiGLU experts on rows [m, d] grouped by expert (sizes [E] int32); w1, w3 [E, d, F]; w2 [E, F, d]."""
         f32 = jnp.float32
-        impl = self.matmul_impl
-        mesh = active_mesh()
-        if impl == "auto" and mesh is not None and mesh.size > 1:  # outside shard_map on a mesh: XLA can
-            impl = "xla"  # partition ragged_dot, whereas a Pallas kernel's inputs would be gathered to every device
-        gmm = functools.partial(grouped_matmul, group_sizes=sizes, impl=impl)
+        gmm = functools.partial(grouped_matmul, group_sizes=sizes, impl=self.matmul_impl)
         h = jax.nn.silu(gmm(rows, w1).astype(f32)) * gmm(rows, w3).astype(f32)
         return gmm(h.astype(self.dtype), w2).astype(f32)
 

@@ -13,7 +13,8 @@ impl:
     dw[g] = x_g^T dy_g (a contraction over each group's rows) is ``transposed_ragged_dot_mgpu``, tied
     together by a custom_vjp. bf16 / fp16 only; k and n multiples of 128.
   * "auto": "mosaic_gpu" where it applies (a compute capability 9.x GPU, 16-bit inputs, k and n
-    multiples of 128), else "xla".
+    multiples of 128) and no automatic multi-device partitioning is in effect (single device, or inside
+    shard_map), else "xla".
 Why: on an H200 (jax 0.11.2) XLA's ragged_dot ran [16384, 2048] x [8, 2048, 2816] at 89 TFLOP/s, the
 Mosaic kernel at 341 and a dense matmul of the same FLOPs at 450 (experiments/results/
 train_profile_1b_h200_before.md); the MoE was 85% of the 1b preset's train step.
@@ -22,6 +23,7 @@ train_profile_1b_h200_before.md); the MoE was 85% of the 1b preset's train step.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -55,6 +57,17 @@ def _mosaic_applies(x, w) -> bool:
     cc = str(getattr(jax.devices()[0], "compute_capability", "") or "")
     return (cc.split(".")[0] == "9" and x.dtype == w.dtype and x.dtype in (jnp.bfloat16, jnp.float16)
             and x.shape[1] % _ALIGN == 0 and w.shape[2] % _ALIGN == 0)
+
+
+def _under_auto_partitioning() -> bool:
+    """True when XLA's SPMD partitioner splits this computation over several devices (an ambient mesh with
+    non-manual axes, i.e. outside shard_map): it partitions ragged_dot, whereas a Pallas call's inputs
+    would be gathered to every device."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return False
+    auto = [n for n, t in zip(mesh.axis_names, mesh.axis_types, strict=True) if t != jax.sharding.AxisType.Manual]
+    return math.prod(mesh.shape[n] for n in auto) > 1
 
 
 def _xla(x, w, group_sizes):
@@ -137,7 +150,7 @@ def grouped_matmul(x, w, group_sizes, *, impl: str = "auto"):
         raise ValueError(f"grouped_matmul impl must be one of {IMPLS}, got {impl!r}")
     group_sizes = group_sizes.astype(jnp.int32)
     if impl == "auto":
-        impl = "mosaic_gpu" if _mosaic_applies(x, w) else "xla"
+        impl = "mosaic_gpu" if _mosaic_applies(x, w) and not _under_auto_partitioning() else "xla"
     elif impl == "mosaic_gpu" and not _mosaic_applies(x, w):
         raise ValueError(f"impl='mosaic_gpu' needs a Hopper GPU, equal 16-bit dtypes and k, n multiples of "
                          f"{_ALIGN}; got x {x.shape} {x.dtype}, w {w.shape} {w.dtype} on {jax.default_backend()}")

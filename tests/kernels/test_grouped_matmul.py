@@ -130,13 +130,25 @@ got = jax.jit(jax.grad(lambda x, w: loss(x, w, "mosaic_gpu"), (0, 1)))(x, w)
 want = jax.jit(jax.grad(lambda x, w: loss(x, w, "xla"), (0, 1)))(x, w)
 for a, b in zip(got, want):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+# impl="auto": the kernel inside shard_map, XLA's partitionable ragged_dot under the mesh outside it.
+from m1jax.sharding import use_mesh
+calls, kernel = [], ops._mosaic
+ops._mosaic = lambda *a: (calls.append(1), kernel(*a))[1]
+with use_mesh(mesh):
+    jax.jit(lambda x, w: grouped_matmul(x, w, jnp.asarray([9, 9, 9, 9, 9, 3], jnp.int32)))(x, w)
+    assert not calls
+    jax.jit(jax.shard_map(lambda x, w: grouped_matmul(x, w, gs), mesh=mesh, in_specs=(P(), P("expert")),
+                          out_specs=P("expert")))(x, w)
+    assert calls
 print("OK")
 """
 
 
 def test_mosaic_wrapper_gradients_inside_shard_map():
     """Under shard_map the custom_vjp's cotangents must carry their primals' manual-axis types (a bug found
-    on 2 H200s: dw came back unvarying while w varies over ``expert``)."""
+    on 2 H200s: dw came back unvarying while w varies over ``expert``); impl="auto" runs the kernel inside
+    shard_map but not under automatic partitioning over several devices."""
     import os
     import subprocess
     import sys
