@@ -82,13 +82,17 @@ class SoftmaxAttention(nnx.Module):
         o = o.reshape(b, n, H * D).astype(self.dtype)
         return dense(o, self.o_proj[...], self.dtype), new_cache
 
+    def _cudnn(self) -> bool:
+        """cuDNN's fused attention applies: a GPU and 16-bit activations."""
+        return jax.default_backend() == "gpu" and self.dtype in (jnp.bfloat16, jnp.float16)
+
     def _use_sdpa(self) -> bool:
         if self.impl not in SOFTMAX_IMPLS:
             raise ValueError(f"softmax attention impl must be one of {SOFTMAX_IMPLS}, got {self.impl!r}")
         if self.impl == "auto":  # not under context parallelism: the einsum path is the one that splits the sequence
             mesh = active_mesh()
             split_seq = mesh is not None and mesh_axes(logical_to_spec(("seq",), mesh=mesh)[0])
-            return jax.default_backend() == "gpu" and self.dtype in (jnp.bfloat16, jnp.float16) and not split_seq
+            return self._cudnn() and not split_seq
         return self.impl == "sdpa"
 
     def _sdpa(self, q, k, v, segment_ids):
@@ -96,8 +100,7 @@ class SoftmaxAttention(nnx.Module):
         mask = None
         if segment_ids is not None:
             mask = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
-        cudnn = jax.default_backend() == "gpu" and self.dtype in (jnp.bfloat16, jnp.float16)
         return jax.nn.dot_product_attention(
             q.astype(self.dtype), k.astype(self.dtype), v.astype(self.dtype), mask=mask,
-            scale=1.0 / math.sqrt(self.head_dim), is_causal=True, implementation="cudnn" if cudnn else "xla",
+            scale=1.0 / math.sqrt(self.head_dim), is_causal=True, implementation="cudnn" if self._cudnn() else "xla",
         )
