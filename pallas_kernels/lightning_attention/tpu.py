@@ -272,15 +272,24 @@ def _end_spec(c, reverse=False, nb=None):
     return pl.BlockSpec((None, None, 1, c), lambda b, h, j, *_: (b, j, 0, 0))
 
 
-def _call(kernel, *, grid, prefetch, in_specs, inputs, out_specs, out_shape, scratch, interpret):
+def _grid_call(kernel_fn, *, like, dv, c, seq_len, decay, seg, has_s0, in_specs, inputs, out_specs, out_shape,
+               interpret):
+    """One pallas_call over the grid (batch, heads, blocks) of ``like`` [B, H, Tp, dk]: ``kernel_fn`` gets the
+    static block facts, decay (and the segment tables) are scalar-prefetched, and the fp32 [dk, dv] state
+    and [C, C] score tile live in VMEM scratch across the "arbitrary" block axis."""
+    b, h, tp, dk = like.shape
+    nb = tp // c
+    kernel = functools.partial(kernel_fn, c=c, nb=nb, seq_len=seq_len, has_seg=seg is not None, has_s0=has_s0,
+                               dt=like.dtype)
+    prefetch = _prefetch(decay, seg)
     return pl.pallas_call(
         kernel,
         grid_spec=pltpu.PrefetchScalarGridSpec(
             num_scalar_prefetch=len(prefetch),
-            grid=grid,
+            grid=(b, h, nb),
             in_specs=in_specs,
             out_specs=out_specs,
-            scratch_shapes=scratch,
+            scratch_shapes=[pltpu.VMEM((dk, dv), _F32), pltpu.VMEM((c, c), _F32)],
         ),
         out_shape=out_shape,
         compiler_params=_compiler_params(),
@@ -304,23 +313,12 @@ def _with_optional(in_specs, inputs, seg, s0, *, c, dk, dv):
 def _fwd_call(q, k, v, s0, decay, seg, *, c, seq_len, interpret):
     b, h, tp, dk = q.shape
     dv = v.shape[-1]
-    nb = tp // c
-    dt = q.dtype
-    has_seg, has_s0 = seg is not None, s0 is not None
     in_specs, inputs = _with_optional([_tile_spec(c, dk), _tile_spec(c, dk), _tile_spec(c, dv)], [q, k, v],
                                       seg, s0, c=c, dk=dk, dv=dv)
-    kernel = functools.partial(
-        _fwd_kernel, c=c, nb=nb, seq_len=seq_len, has_seg=has_seg, has_s0=has_s0, dt=dt
-    )
-    return _call(
-        kernel,
-        grid=(b, h, nb),
-        prefetch=_prefetch(decay, seg),
-        in_specs=in_specs,
-        inputs=inputs,
-        out_specs=[_tile_spec(c, dv), _state_spec(dk, dv)],
-        out_shape=[jax.ShapeDtypeStruct((b, h, tp, dv), dt), jax.ShapeDtypeStruct((b, h, dk, dv), _F32)],
-        scratch=[pltpu.VMEM((dk, dv), _F32), pltpu.VMEM((c, c), _F32)],
+    return _grid_call(
+        _fwd_kernel, like=q, dv=dv, c=c, seq_len=seq_len, decay=decay, seg=seg, has_s0=s0 is not None,
+        in_specs=in_specs, inputs=inputs, out_specs=[_tile_spec(c, dv), _state_spec(dk, dv)],
+        out_shape=[jax.ShapeDtypeStruct((b, h, tp, dv), q.dtype), jax.ShapeDtypeStruct((b, h, dk, dv), _F32)],
         interpret=interpret,
     )
 
@@ -328,24 +326,12 @@ def _fwd_call(q, k, v, s0, decay, seg, *, c, seq_len, interpret):
 def _bwd_dq_call(k, v, do, s0, decay, seg, *, c, seq_len, interpret):
     b, h, tp, dk = k.shape
     dv = v.shape[-1]
-    nb = tp // c
-    dt = k.dtype
-    has_seg, has_s0 = seg is not None, s0 is not None
     in_specs, inputs = _with_optional([_tile_spec(c, dk), _tile_spec(c, dv), _tile_spec(c, dv)], [k, v, do],
                                       seg, s0, c=c, dk=dk, dv=dv)
-    kernel = functools.partial(
-        _bwd_dq_kernel, c=c, nb=nb, seq_len=seq_len, has_seg=has_seg, has_s0=has_s0, dt=dt
-    )
-    return _call(
-        kernel,
-        grid=(b, h, nb),
-        prefetch=_prefetch(decay, seg),
-        in_specs=in_specs,
-        inputs=inputs,
-        out_specs=_tile_spec(c, dk),
-        out_shape=jax.ShapeDtypeStruct((b, h, tp, dk), dt),
-        scratch=[pltpu.VMEM((dk, dv), _F32), pltpu.VMEM((c, c), _F32)],
-        interpret=interpret,
+    return _grid_call(
+        _bwd_dq_kernel, like=k, dv=dv, c=c, seq_len=seq_len, decay=decay, seg=seg, has_s0=s0 is not None,
+        in_specs=in_specs, inputs=inputs, out_specs=_tile_spec(c, dk),
+        out_shape=jax.ShapeDtypeStruct((b, h, tp, dk), k.dtype), interpret=interpret,
     )
 
 
@@ -354,11 +340,10 @@ def _bwd_dkv_call(q, k, v, do, dst, decay, seg, *, has_s0, c, seq_len, interpret
     dv = v.shape[-1]
     nb = tp // c
     dt = q.dtype
-    has_seg = seg is not None
     rev = functools.partial(_tile_spec, reverse=True, nb=nb)
     in_specs = [rev(c, dk), rev(c, dk), rev(c, dv), rev(c, dv)]
     inputs = [q, k, v, do]
-    if has_seg:
+    if seg is not None:
         in_specs.append(_end_spec(c, reverse=True, nb=nb))
         inputs.append(seg[2])
     in_specs.append(_state_spec(dk, dv))
@@ -368,19 +353,9 @@ def _bwd_dkv_call(q, k, v, do, dst, decay, seg, *, has_s0, c, seq_len, interpret
     if has_s0:
         out_specs.append(_state_spec(dk, dv))
         out_shape.append(jax.ShapeDtypeStruct((b, h, dk, dv), _F32))
-    kernel = functools.partial(
-        _bwd_dkv_kernel, c=c, nb=nb, seq_len=seq_len, has_seg=has_seg, has_s0=has_s0, dt=dt
-    )
-    outs = _call(
-        kernel,
-        grid=(b, h, nb),
-        prefetch=_prefetch(decay, seg),
-        in_specs=in_specs,
-        inputs=inputs,
-        out_specs=out_specs,
-        out_shape=out_shape,
-        scratch=[pltpu.VMEM((dk, dv), _F32), pltpu.VMEM((c, c), _F32)],
-        interpret=interpret,
+    outs = _grid_call(
+        _bwd_dkv_kernel, like=q, dv=dv, c=c, seq_len=seq_len, decay=decay, seg=seg, has_s0=has_s0,
+        in_specs=in_specs, inputs=inputs, out_specs=out_specs, out_shape=out_shape, interpret=interpret,
     )
     return outs if has_s0 else (*outs, None)
 
