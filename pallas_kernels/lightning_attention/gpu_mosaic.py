@@ -20,8 +20,9 @@ together (one wgmma wait); it measured no faster (see experiments/results/gpu_ke
 
 Parallelism: the grid is (dv / block_v, heads, batch) = 2 * B * H CTAs at dv = 128, block_v = 64
 (128 CTAs at B1 H64 on 132 SMs). Each value block re-reads Q and K (the sibling CTAs run side by
-side, so the second read mostly hits L2). No sequence split: for B * H < ~64 the GPU is
-under-filled (a split would need a state-only pass plus a combine; not done). SMEM ~170 KB per CTA
+side, so the second read mostly hits L2). The kernel has no sequence split of its own: when B * H is
+small, ops.lightning_attention(seq_split="auto") runs chunks of the sequence as extra batch rows, chained
+through their states (split.py). SMEM ~170 KB per CTA
 (2 slots), so one CTA per SM; 4 slots do not fit (258 KB > 227 KB).
 
 Measured on one H200 (JAX 0.11.2), H=64, D=128, bf16, median of 10, run-to-run spread ~10-20%:
@@ -146,63 +147,9 @@ def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, i
         sb_smem[...] = s_init.astype(dtype)
         plgpu.commit_smem()
 
-        def step(j, s):
-            slot = lax.rem(j, num_slots)
-            ahead = j + num_slots - 1  # its slot was last read by block j - 1, which is done
-
-            @pl.when(ahead < nblk)
-            def _prefetch():
-                issue(ahead, lax.rem(ahead, num_slots))
-
-            plgpu.barrier_wait(q_bar.at[slot])
-            plgpu.barrier_wait(k_bar.at[slot])
-            plgpu.barrier_wait(v_bar.at[slot])
-            qs, ks, vs = q_smem.at[slot], k_smem.at[slot], v_smem.at[slot]
-
-            def scores_and_inter(a_ref, oi_ref):
-                plgpu.wgmma(a_ref, qs, _t(ks))
-                plgpu.wgmma(oi_ref, qs, sb_smem)
-                return a_ref[...], oi_ref[...]
-
-            a, oi = pl.run_scoped(scores_and_inter, plgpu.ACC((c, c), f32), plgpu.ACC((c, block_v), f32))
-            p = (a * _load(m_smem, wgmma_layout)).astype(dtype)
-            if p_in_smem:  # GPU interpret mode takes wgmma operands from SMEM only
-                p_smem[...] = p
-                plgpu.commit_smem()
-                p = p_smem
-            else:
-                p = lax.optimization_barrier(p)
-
-            def intra(acc_ref):
-                plgpu.wgmma(acc_ref, p, vs)
-                return acc_ref[...]
-
-            # Fresh accumulators (run_scoped) rather than pl.run_state(ACC.init(x)): the GPU interpret
-            # mode of JAX 0.11 cannot run wgmma under run_state; costs one [C, block_v] add.
-            o = pl.run_scoped(intra, plgpu.ACC((c, block_v), f32))
-            o = o + oi * lax.broadcast_in_dim(_load(qd_smem, row_layout), (c, block_v), [0])
-
-            kk = _load(ks, wgmma_layout).astype(f32)
-            kw = kk * lax.broadcast_in_dim(_load(kd_smem, row_layout), (c, dk), [0])
-            kw_smem[...] = kw.astype(dtype)
-            plgpu.commit_smem()
-
-            def update(acc_ref):
-                plgpu.wgmma(acc_ref, _t(kw_smem), vs)
-                return acc_ref[...]
-
-            s = s * lax.broadcast_in_dim(_load(bd_smem, row_layout), (dk, block_v), [0])
-            s = s + pl.run_scoped(update, plgpu.ACC((dk, block_v), f32))
-            sb_smem[...] = s.astype(dtype)
-            plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the previous O store has left o_smem
-            o_smem[...] = o.astype(dtype)
-            plgpu.commit_smem()
-            plgpu.copy_smem_to_gmem(o_smem, o_ref.at[bb, pl.ds(j * c, c), hh, pl.ds(v0, block_v)])
-            return s
-
-        def step_fused(j, s):
-            # Same math, fewer wgmma round trips: Kw first, then Q K^T, Q S and Kw^T V issued together
-            # (one wait), and the bf16 state store overlapping the P V product.
+        def await_block(j):
+            """Start loading block j + num_slots - 1 into the slot block j - 1 freed (it is done), then
+            wait for block j's q, k, v; returns their SMEM views."""
             slot = lax.rem(j, num_slots)
             ahead = j + num_slots - 1
 
@@ -213,11 +160,66 @@ def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, i
             plgpu.barrier_wait(q_bar.at[slot])
             plgpu.barrier_wait(k_bar.at[slot])
             plgpu.barrier_wait(v_bar.at[slot])
-            qs, ks, vs = q_smem.at[slot], k_smem.at[slot], v_smem.at[slot]
+            return q_smem.at[slot], k_smem.at[slot], v_smem.at[slot]
+
+        def store_decayed_keys(ks):
+            """kw_smem = k * (per-row decay to the block end), the left operand of the state update."""
             kk = _load(ks, wgmma_layout).astype(f32)
-            kw = kk * lax.broadcast_in_dim(_load(kd_smem, row_layout), (c, dk), [0])
-            kw_smem[...] = kw.astype(dtype)
+            kw_smem[...] = (kk * lax.broadcast_in_dim(_load(kd_smem, row_layout), (c, dk), [0])).astype(dtype)
             plgpu.commit_smem()
+
+        def masked_scores(a):
+            """P = the decayed causal mask times the scores, in the input dtype, as a wgmma operand."""
+            p = (a * _load(m_smem, wgmma_layout)).astype(dtype)
+            if p_in_smem:  # GPU interpret mode takes wgmma operands from SMEM only
+                p_smem[...] = p
+                plgpu.commit_smem()
+                return p_smem
+            return lax.optimization_barrier(p)
+
+        def store_output(j, o):
+            plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the previous O store has left o_smem
+            o_smem[...] = o.astype(dtype)
+            plgpu.commit_smem()
+            plgpu.copy_smem_to_gmem(o_smem, o_ref.at[bb, pl.ds(j * c, c), hh, pl.ds(v0, block_v)])
+
+        def step(j, s):
+            qs, ks, vs = await_block(j)
+
+            def scores_and_inter(a_ref, oi_ref):
+                plgpu.wgmma(a_ref, qs, _t(ks))
+                plgpu.wgmma(oi_ref, qs, sb_smem)
+                return a_ref[...], oi_ref[...]
+
+            a, oi = pl.run_scoped(scores_and_inter, plgpu.ACC((c, c), f32), plgpu.ACC((c, block_v), f32))
+            p = masked_scores(a)
+
+            def intra(acc_ref):
+                plgpu.wgmma(acc_ref, p, vs)
+                return acc_ref[...]
+
+            # Fresh accumulators (run_scoped) rather than pl.run_state(ACC.init(x)): the GPU interpret
+            # mode of JAX 0.11 cannot run wgmma under run_state; costs one [C, block_v] add.
+            o = pl.run_scoped(intra, plgpu.ACC((c, block_v), f32))
+            o = o + oi * lax.broadcast_in_dim(_load(qd_smem, row_layout), (c, block_v), [0])
+
+            store_decayed_keys(ks)
+
+            def update(acc_ref):
+                plgpu.wgmma(acc_ref, _t(kw_smem), vs)
+                return acc_ref[...]
+
+            s = s * lax.broadcast_in_dim(_load(bd_smem, row_layout), (dk, block_v), [0])
+            s = s + pl.run_scoped(update, plgpu.ACC((dk, block_v), f32))
+            sb_smem[...] = s.astype(dtype)
+            store_output(j, o)
+            return s
+
+        def step_fused(j, s):
+            # Same math, fewer wgmma round trips: Kw first, then Q K^T, Q S and Kw^T V issued together
+            # (one wait), and the bf16 state store overlapping the P V product.
+            qs, ks, vs = await_block(j)
+            store_decayed_keys(ks)
 
             def products(a_ref, oi_ref, up_ref):
                 plgpu.wgmma(a_ref, qs, _t(ks))
@@ -229,13 +231,7 @@ def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, i
                 products, plgpu.ACC((c, c), f32), plgpu.ACC((c, block_v), f32), plgpu.ACC((dk, block_v), f32)
             )
             s = s * lax.broadcast_in_dim(_load(bd_smem, row_layout), (dk, block_v), [0]) + up
-            p = (a * _load(m_smem, wgmma_layout)).astype(dtype)
-            if p_in_smem:
-                p_smem[...] = p
-                plgpu.commit_smem()
-                p = p_smem
-            else:
-                p = lax.optimization_barrier(p)
+            p = masked_scores(a)
 
             def intra(acc_ref):
                 plgpu.wgmma(acc_ref, p, vs)
@@ -244,10 +240,7 @@ def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, i
 
             o = pl.run_scoped(intra, plgpu.ACC((c, block_v), f32))
             o = o + oi * lax.broadcast_in_dim(_load(qd_smem, row_layout), (c, block_v), [0])
-            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-            o_smem[...] = o.astype(dtype)
-            plgpu.commit_smem()
-            plgpu.copy_smem_to_gmem(o_smem, o_ref.at[bb, pl.ds(j * c, c), hh, pl.ds(v0, block_v)])
+            store_output(j, o)
             return s
 
         s = lax.fori_loop(0, nblk, step_fused if fused else step, s_init)

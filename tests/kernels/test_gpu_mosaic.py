@@ -125,6 +125,19 @@ def test_forward_interpret(rng):
 
 
 @needs_gpu_interpret
+@pytest.mark.parametrize("num_slots", [2, 3])
+def test_fused_step_forward_interpret(rng, num_slots):
+    """The ``fused=True`` block step (Kw first, three products under one wgmma wait), not used by default."""
+    from pallas_kernels.lightning_attention import gpu_mosaic
+
+    q, k, v, s0 = _inputs(rng, 1, 3 * 64, 64, 64)
+    o, st = gpu_mosaic.lightning_attention_fwd(q, k, v, DECAY, initial_state=s0, interpret=True, fused=True,
+                                               num_slots=num_slots)
+    o_ref, st_ref = jax.jit(reference.quadratic)(*_f32(q, k, v), DECAY, initial_state=s0)
+    assert _rel_err(o, o_ref) < 2e-2 and _rel_err(st, st_ref) < 2e-2  # tolerance as test_forward_interpret
+
+
+@needs_gpu_interpret
 def test_forward_backward_interpret(rng):
     """fwd + bwd of impl="mosaic_gpu" (Mosaic forward, Triton backward) vs the reference's VJP in fp32."""
     t, dk, dv = 128, 64, 64
