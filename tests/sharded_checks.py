@@ -113,21 +113,25 @@ def check_model(ckpt_dir: str):
             sys.exit(f"mesh {name}: {exchange} all-to-all ops; the expert-parallel dispatch needs them exactly "
                      "when the mesh has an expert axis")
 
-    # Greedy generation (prefill + scan of decode steps, KV caches and lightning states) on a mesh.
-    from m1jax.sampling import generate
+    # Sampling (ragged prefill + while_loop decode, KV caches and lightning states) on a mesh, params in place.
+    from m1jax.sampling import sample
 
-    prompt, key = tokens[:, :8], jax.random.key(0)
+    # Ragged prompts; as many as the batch (the ep dispatch needs the rows to split over data x fsdp x expert).
+    prompts = [np.asarray(tokens[i, : 8 - i % 3]).tolist() for i in range(tokens.shape[0])]
+    key = jax.random.key(0)
     set_moe(model, "grouped")
-    ref_tokens, ref_logp = jax.device_get(generate(model, prompt, key, max_new_tokens=4))
+    ref = sample(model, prompts, key, max_new_tokens=4, temperature=1.0, num_samples=2)
+    ref_tokens, ref_logp = jax.device_get((ref.tokens, ref.logprobs))
     mesh = meshes["all4"]
     sharded_model = sh.shard_model(set_moe(nnx.clone(model), "ep"), mesh)
     with sh.use_mesh(mesh):
-        got_tokens, got_logp = jax.device_get(generate(sharded_model, prompt, key, max_new_tokens=4))
+        got = sample(sharded_model, prompts, key, max_new_tokens=4, temperature=1.0, num_samples=2)
+        got_tokens, got_logp = jax.device_get((got.tokens, got.logprobs))
     err = rel_err(got_logp, ref_logp)
-    print(json.dumps({"generate": "all4", "tokens_equal": bool((got_tokens == ref_tokens).all()), "logp": err}),
+    print(json.dumps({"sample": "all4", "tokens_equal": bool((got_tokens == ref_tokens).all()), "logp": err}),
           flush=True)
     if not (got_tokens == ref_tokens).all() or err > TOL:
-        sys.exit(f"sharded generation differs: tokens {got_tokens} vs {ref_tokens}, log-prob error {err}")
+        sys.exit(f"sharded sampling differs: tokens {got_tokens} vs {ref_tokens}, log-prob error {err}")
 
     # Save from the fsdp x tensor mesh, restore onto the expert x data mesh.
     src, dst = meshes["fsdp_tensor"], meshes["expert_data"]

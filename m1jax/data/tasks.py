@@ -1,4 +1,4 @@
-"""Procedural tasks (copy, reverse, sort, add, multiply): endless exact-answer data for smoke training and
+"""Procedural tasks (copy, reverse, sort, add, multiply, countdown): endless exact-answer data for smoke training and
 as an RL warm start. ``sample_task`` gives (prompt, answer) strings; ``TaskSource`` tokenizes them.
 
 Document i is drawn from its own generator seeded by (seed, i), so any document can be made again
@@ -47,7 +47,40 @@ def _mul(rng, size):
     return f"{a}*{b}=", str(a * b)
 
 
-TASKS = {"copy": _copy, "reverse": _reverse, "sort": _sort, "add": _add, "mul": _mul}
+def _countdown_expression(rng, used):
+    """A flat expression over ``used`` in order, with random + - * and / (only where the term so far divides
+    exactly), and its value under the usual precedence."""
+    text, total, sign, term = str(used[0]), 0, 1, used[0]
+    for x in used[1:]:
+        ops = "+-*/" if term % x == 0 else "+-*"
+        op = ops[int(rng.integers(len(ops)))]
+        if op in "+-":
+            total, sign, term = total + sign * term, (1 if op == "+" else -1), x
+        elif op == "*":
+            term *= x
+        else:
+            term //= x
+        text += op + str(x)
+    return text, total + sign * term
+
+
+def _countdown(rng, size):
+    """Countdown: 2..min(4, size) numbers in 1..min(99, 4 * size); the answer combines a random subset of them in
+    a random order (each at most once) into a flat expression whose value is the target, a non-negative integer
+    (ten draws of operators, then all '+')."""
+    count = int(rng.integers(2, min(4, max(2, size)) + 1))
+    numbers = [int(x) for x in rng.integers(1, min(99, 4 * size) + 1, count)]
+    used = [numbers[i] for i in rng.permutation(count)[: int(rng.integers(2, count + 1))]]
+    for _ in range(10):
+        text, value = _countdown_expression(rng, used)
+        if value >= 0:
+            break
+    else:
+        text, value = "+".join(map(str, used)), sum(used)
+    return "countdown " + " ".join(map(str, numbers)) + f" target {value}=", text
+
+
+TASKS = {"copy": _copy, "reverse": _reverse, "sort": _sort, "add": _add, "mul": _mul, "countdown": _countdown}
 
 
 def sample_task(name: str, rng: np.random.Generator, size: int) -> tuple[str, str]:

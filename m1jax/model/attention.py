@@ -35,12 +35,15 @@ class SoftmaxAttention(nnx.Module):
         self.dtype = c.jnp_dtype
         self.impl = "auto"
 
-    def __call__(self, x, *, positions, segment_ids=None, kv_cache=None, cache_index=None):
+    def __call__(self, x, *, positions, segment_ids=None, kv_cache=None, cache_index=None, kv_start=None,
+                 cache_empty: bool = False):
         """x [b, n, hidden], positions [b, n] -> (y [b, n, hidden], updated (k, v) cache or None).
 
         Without a cache, attention is causal within ``segment_ids`` (all one segment if None).
-        With ``kv_cache`` = (k, v) of [b, S, Hkv, D], the new keys are written at ``cache_index`` and
-        queries attend to every cached position <= their own.
+        With ``kv_cache`` = (k, v) of [b, S, Hkv, D], the new keys are written at slot ``cache_index`` and
+        queries attend to every cached slot <= their own, except row r's left padding (slots < kv_start[r]).
+        ``cache_empty`` (static) says nothing was cached before these tokens: they attend among
+        themselves only (cost n^2, not n x S; cuDNN's flash path on GPU), as a full forward would.
         """
         b, n, _ = x.shape
         H, K, D = self.num_heads, self.num_kv_heads, self.head_dim
@@ -55,22 +58,31 @@ class SoftmaxAttention(nnx.Module):
         k, v = (constrain(a, ("batch", None, "kv_heads", None)) for a in (k, v))
 
         if kv_cache is None and self._use_sdpa():
-            return dense(self._sdpa(q, k, v, segment_ids).reshape(b, n, H * D), self.o_proj[...], self.dtype), None
+            mask = None if segment_ids is None else (segment_ids[:, :, None] == segment_ids[:, None, :])
+            return dense(self._sdpa(q, k, v, mask).reshape(b, n, H * D), self.o_proj[...], self.dtype), None
 
         q_pos = jnp.arange(n) if cache_index is None else cache_index + jnp.arange(n)
+        new_cache = None
         if kv_cache is None:
-            mask = q_pos[:, None] >= q_pos[None, :]
-            mask = jnp.broadcast_to(mask, (b, n, n))
+            k_pos = q_pos
+            mask = jnp.broadcast_to(q_pos[:, None] >= k_pos[None, :], (b, n, n))
             if segment_ids is not None:
                 mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
-            new_cache = None
         else:
             ck, cv = kv_cache
             ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache_index, 0, 0))
             cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache_index, 0, 0))
-            k, v, new_cache = ck, cv, (ck, cv)
-            k_pos = jnp.arange(ck.shape[1])
-            mask = jnp.broadcast_to(q_pos[:, None] >= k_pos[None, :], (b, n, ck.shape[1]))
+            new_cache = (ck, cv)
+            if not cache_empty:
+                k, v = ck, cv
+            k_pos = q_pos if cache_empty else jnp.arange(ck.shape[1])
+            mask = jnp.broadcast_to(q_pos[:, None] >= k_pos[None, :], (b, n, k_pos.shape[0]))
+            if kv_start is not None:  # left padding is never a key (a padding query sees itself: no empty row)
+                valid = k_pos[None, :] >= kv_start[:, None]
+                mask = mask & (valid[:, None, :] | (q_pos[:, None] == k_pos[None, :])[None])
+            if cache_empty and self._use_sdpa():
+                o = self._sdpa(q, k, v, mask)
+                return dense(o.reshape(b, n, H * D), self.o_proj[...], self.dtype), new_cache
 
         qg = q.reshape(b, n, K, H // K, D)  # kv head g serves q heads g*G .. (g+1)*G - 1
         scores = jnp.einsum("bqkgd,bskd->bkgqs", qg, k.astype(self.dtype), preferred_element_type=jnp.float32)
@@ -95,12 +107,10 @@ class SoftmaxAttention(nnx.Module):
             return self._cudnn() and not split_seq
         return self.impl == "sdpa"
 
-    def _sdpa(self, q, k, v, segment_ids):
-        """Causal (within segments) attention through jax.nn.dot_product_attention: [b, n, H, D]."""
-        mask = None
-        if segment_ids is not None:
-            mask = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
+    def _sdpa(self, q, k, v, mask=None):
+        """Causal attention (and ``mask`` [b, n, s] if given) through jax.nn.dot_product_attention: [b, n, H, D]."""
         return jax.nn.dot_product_attention(
-            q.astype(self.dtype), k.astype(self.dtype), v.astype(self.dtype), mask=mask,
-            scale=1.0 / math.sqrt(self.head_dim), is_causal=True, implementation="cudnn" if self._cudnn() else "xla",
+            q.astype(self.dtype), k.astype(self.dtype), v.astype(self.dtype),
+            mask=None if mask is None else mask[:, None], scale=1.0 / math.sqrt(self.head_dim), is_causal=True,
+            implementation="cudnn" if self._cudnn() else "xla",
         )

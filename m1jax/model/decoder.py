@@ -29,14 +29,20 @@ class DecoderLayer(nnx.Module):
         self.block_sparse_moe = MoE(c, rngs=rngs)
         self.mlp_alpha, self.mlp_beta = c.layernorm_mlp_alpha, c.layernorm_mlp_beta
 
-    def __call__(self, x, *, positions, segment_ids=None, cache_entry=None, cache_index=None, token_mask=None):
-        """x [b, n, hidden] -> (x [b, n, hidden], new cache entry, RouterStats)."""
+    def __call__(self, x, *, positions, segment_ids=None, cache_entry=None, cache_index=None, token_mask=None,
+                 kv_start=None, cache_empty: bool = False, pad_mask=None):
+        """x [b, n, hidden] -> (x [b, n, hidden], new cache entry, RouterStats).
+
+        token_mask [b, n] excludes padding from router statistics; with a cache, pad_mask [b, n] marks the
+        valid (not left-padding) tokens and kv_start [b] each row's first valid cache slot.
+        """
         h = self.input_layernorm(x)
         if self.is_lightning:
-            a, entry = self.self_attn(h, segment_ids=segment_ids, state=cache_entry)
+            a, entry = self.self_attn(h, segment_ids=segment_ids, state=cache_entry, pad_mask=pad_mask)
         else:
             a, entry = self.self_attn(
-                h, positions=positions, segment_ids=segment_ids, kv_cache=cache_entry, cache_index=cache_index
+                h, positions=positions, segment_ids=segment_ids, kv_cache=cache_entry, cache_index=cache_index,
+                kv_start=kv_start, cache_empty=cache_empty,
             )
         x = self.attn_alpha * h + self.attn_beta * a
         h = self.post_attention_layernorm(x)

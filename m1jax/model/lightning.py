@@ -54,16 +54,21 @@ class LightningAttention(nnx.Module):
         self.dtype = c.jnp_dtype
         self.kernel_impl = "auto"
 
-    def __call__(self, x, *, segment_ids=None, state=None):
+    def __call__(self, x, *, segment_ids=None, state=None, pad_mask=None):
         """x [b, n, hidden] -> (y [b, n, hidden], final fp32 state [b, H, D, D]).
 
         ``state`` is the incoming fp32 state (decoding); with n == 1 the recurrent decode step runs.
+        ``pad_mask`` [b, n] (False on left padding): padded tokens get k = v = 0, so they add nothing to
+        the state (a zero state stays zero under decay) and the valid tokens see exactly their own prefix.
         """
         b, n, _ = x.shape
         H, D = self.num_heads, self.head_dim
         qkv = jax.nn.silu(dense(x, self.qkv_proj[...], self.dtype)).reshape(b, n, H, 3 * D)
         qkv = constrain(qkv, ("batch", "seq", "heads", None))  # per-head interleaved: heads split whole
         q, k, v = qkv[..., :D], qkv[..., D : 2 * D], qkv[..., 2 * D :]
+        if pad_mask is not None:  # where, not a product: a non-finite padded activation must not leak
+            keep = pad_mask[:, :, None, None]
+            k, v = jnp.where(keep, k, 0), jnp.where(keep, v, 0)
         decay = jnp.asarray(self.decay, jnp.float32)
         if state is not None and n == 1 and segment_ids is None:
             o, state = lightning_cp.lightning_decode(q[:, 0], k[:, 0], v[:, 0], decay, state)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -44,15 +45,20 @@ class MiniMaxM1(nnx.Module):
         """tokens [b, n] int -> logits [b, n, vocab] float32."""
         return self.forward(tokens, segment_ids=segment_ids, positions=positions).logits
 
-    def init_cache(self, batch: int, max_len: int, dtype=None) -> Cache:
-        return init_cache(self.config, batch, max_len, dtype)
+    def init_cache(self, batch: int, max_len: int, dtype=None, start=None) -> Cache:
+        """An empty cache (``start`` [batch]: left-padding slots per row, see m1jax.model.cache.Cache)."""
+        return init_cache(self.config, batch, max_len, dtype, start)
 
-    def forward(self, tokens, *, segment_ids=None, positions=None, cache: Cache | None = None) -> ModelOutput:
+    def forward(self, tokens, *, segment_ids=None, positions=None, cache: Cache | None = None,
+                cache_empty: bool = False, last_logits: bool = False) -> ModelOutput:
         """Full forward, or with ``cache`` the next chunk of tokens (prefill or one decode step).
 
         segment_ids [b, n] (packed sequences; 0 marks padding, excluded from router statistics)
-        makes tokens of different segments independent; positions default to 0..n-1 (offset by the
-        cache index when decoding).
+        makes tokens of different segments independent; positions default to 0..n-1, or with a cache
+        to each token's slot minus its row's left padding (cache.start). With a cache, tokens in row r's
+        padding slots (< cache.start[r]) are ignored by every later token. ``cache_empty`` (static) promises
+        that the cache holds nothing yet, so a prefill attends within its own tokens only. ``last_logits``
+        (static) runs the LM head on the last position only (logits [b, 1, vocab]).
         """
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [batch, seq], got shape {tokens.shape}")
@@ -61,9 +67,16 @@ class MiniMaxM1(nnx.Module):
         b, n = tokens.shape
         c = self.config
         index = None if cache is None else cache.index
-        if positions is None:
-            positions = jnp.broadcast_to(jnp.arange(n) + (0 if index is None else index), (b, n))
         token_mask = None if segment_ids is None else segment_ids != 0
+        pad_mask = None
+        if cache is not None:
+            slots = index + jnp.arange(n)
+            if positions is None:
+                positions = jnp.maximum(slots[None, :] - cache.start[:, None], 0)
+            if n > 1:  # a decode step's slot is never padding
+                pad_mask = token_mask = slots[None, :] >= cache.start[:, None]
+        elif positions is None:
+            positions = jnp.broadcast_to(jnp.arange(n), (b, n))
 
         # The table is gathered over its FSDP dim first: XLA then looks up rows with the vocab split over
         # devices (masked gather + all-reduce) instead of replicating the activations.
@@ -71,25 +84,30 @@ class MiniMaxM1(nnx.Module):
         x = jnp.take(table, tokens, axis=0).astype(c.jnp_dtype)
         x = constrain(x, ("batch", "seq", "hidden"))
         entries, stats = [], []
-        call = nnx.remat(_call_layer) if self.remat and cache is None else _call_layer
+        call = functools.partial(_call_layer, cache_empty=cache_empty)  # static: bound, not traced by remat
+        call = nnx.remat(call) if self.remat and cache is None else call
         for i, layer in enumerate(self.layers):
-            x, entry, st = call(layer, x, positions, segment_ids, None if cache is None else cache.layers[i], index,
-                                token_mask)
+            entry = None if cache is None else cache.layers[i]
+            x, entry, st = call(layer, x, positions, segment_ids, entry, index, token_mask,
+                                None if cache is None else cache.start, pad_mask)
             x = constrain(x, ("batch", "seq", "hidden"))
             entries.append(entry)
             stats.append(st)
         # M1's LM head runs in fp32 (final norm and matmul) to keep train/inference probabilities aligned.
+        if last_logits:
+            x = x[:, -1:]
         h = self.norm(x.astype(jnp.float32))
         head = jnp.dtype(c.lm_head_dtype)
         full = jax.lax.Precision.HIGHEST if head == jnp.float32 else None
         logits = jnp.einsum("bnd,dv->bnv", h.astype(head), self.lm_head[...].astype(head), precision=full,
                             preferred_element_type=jnp.float32)
         logits = constrain(logits, ("batch", "seq", "vocab"))
-        new_cache = None if cache is None else Cache(index=cache.index + n, layers=tuple(entries))
+        new_cache = None if cache is None else Cache(index=cache.index + n, start=cache.start, layers=tuple(entries))
         router = jax.tree.map(lambda *xs: jnp.stack(xs), *stats)
         return ModelOutput(logits=logits, cache=new_cache, router=router)
 
 
-def _call_layer(layer, x, positions, segment_ids, cache_entry, cache_index, token_mask):
+def _call_layer(layer, x, positions, segment_ids, cache_entry, cache_index, token_mask, kv_start, pad_mask, *,
+                cache_empty):
     return layer(x, positions=positions, segment_ids=segment_ids, cache_entry=cache_entry, cache_index=cache_index,
-                 token_mask=token_mask)
+                 token_mask=token_mask, kv_start=kv_start, cache_empty=cache_empty, pad_mask=pad_mask)

@@ -1,0 +1,134 @@
+"""The rollout engine (m1jax.sampling.sample): ragged prompts, exact log-probs, stopping, early truncation."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from m1jax import MiniMaxM1, ModelConfig
+from m1jax.model.logprobs import token_logprobs
+from m1jax.sampling import prompt_bucket, sample
+from tests.conftest import jit_logits
+from tests.test_model import randomize
+
+T = 10  # new tokens in most tests: one decode program shape shared by most of them
+
+
+@pytest.fixture(scope="module")
+def model():
+    # Both layer types, softmax layers with partial RoPE, lightning block 8 < prompt lengths.
+    config = ModelConfig.tiny(rotary_dim=6, num_hidden_layers=4, attn_type_list=(0, 1, 0, 1))
+    return randomize(MiniMaxM1(config, rngs=nnx.Rngs(0)), 3)
+
+
+def _prompts(rng, lengths):
+    return [rng.integers(0, 128, n).tolist() for n in lengths]
+
+
+def _teacher_forced(model, prompt, completion, temperature):
+    """log p of each completion token from one full forward over prompt + completion (no cache)."""
+    seq = jnp.asarray([list(prompt) + list(completion)])
+    logits = jit_logits(model, seq)[0, len(prompt) - 1 : -1]
+    return np.asarray(token_logprobs(logits, jnp.asarray(completion), temperature))
+
+
+def test_ragged_batch_equals_each_prompt_alone(model, rng):
+    prompts = _prompts(rng, (3, 17, 1, 9))  # buckets 16 and 32: the padding differs between calls
+    batch = sample(model, prompts, jax.random.key(0), max_new_tokens=T, temperature=0.0, num_samples=2)
+    assert batch.tokens.shape == (8, T) and batch.logprobs.dtype == jnp.float32
+    for i, p in enumerate(prompts):
+        alone = sample(model, [p], jax.random.key(0), max_new_tokens=T, temperature=0.0)
+        for g in range(2):
+            np.testing.assert_array_equal(batch.tokens[2 * i + g], alone.tokens[0])
+            np.testing.assert_allclose(batch.logprobs[2 * i + g], alone.logprobs[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [0.7, 1.0])
+def test_logprobs_equal_teacher_forced_forward(model, rng, temperature):
+    prompts = _prompts(rng, (5, 12))
+    # top-k / top-p restrict what is drawn, never the reported log-probs (softmax(logits / T), untruncated).
+    out = sample(model, prompts, jax.random.key(1), max_new_tokens=T, temperature=temperature, num_samples=3,
+                 top_k=40 if temperature < 1 else 0, top_p=0.9 if temperature < 1 else 1.0)
+    for r in range(6):
+        ref = _teacher_forced(model, prompts[r // 3], np.asarray(out.tokens[r]), temperature)
+        np.testing.assert_allclose(np.asarray(out.logprobs[r]), ref, atol=1e-4)
+    assert len({tuple(np.asarray(out.tokens[r])) for r in range(3)}) > 1  # samples of one prompt differ
+
+
+def test_greedy_samples_identical_and_top_k_one_is_greedy(model, rng):
+    prompts = _prompts(rng, (6, 11))
+    greedy = sample(model, prompts, jax.random.key(2), max_new_tokens=T, temperature=0.0, num_samples=3)
+    for i in range(2):
+        for g in range(1, 3):
+            np.testing.assert_array_equal(greedy.tokens[3 * i + g], greedy.tokens[3 * i])
+    top1 = sample(model, prompts, jax.random.key(5), max_new_tokens=T, temperature=1.0, top_k=1)
+    np.testing.assert_array_equal(top1.tokens, greedy.tokens[::3])
+    ref = _teacher_forced(model, prompts[0], np.asarray(greedy.tokens[0]), 0.0)
+    np.testing.assert_allclose(np.asarray(greedy.logprobs[0]), ref, atol=1e-4)  # T = 0: softmax(logits)
+
+
+def test_stop_tokens_lengths_padding_and_early_exit(model, rng):
+    prompts = _prompts(rng, (4, 8))
+    free = sample(model, prompts, jax.random.key(3), max_new_tokens=T, temperature=0.0)
+    assert np.all(np.asarray(free.lengths) == T) and int(free.steps) == T
+    stop = int(free.tokens[0, 2])  # row 0 emits it at step 2 (maybe earlier too)
+    first = [int(np.argmax(np.asarray(free.tokens[r]) == stop)) if stop in np.asarray(free.tokens[r]) else None
+             for r in range(2)]
+    out = sample(model, prompts, jax.random.key(3), max_new_tokens=T, temperature=0.0, stop_tokens=(stop, 127),
+                 pad_id=5)
+    for r in range(2):
+        f = first[r]
+        n = T if f is None else f + 1
+        assert int(out.lengths[r]) == n and bool(out.stopped[r]) == (f is not None)
+        np.testing.assert_array_equal(out.tokens[r, :n], free.tokens[r, :n])
+        assert np.all(np.asarray(out.tokens[r, n:]) == 5) and np.all(np.asarray(out.logprobs[r, n:]) == 0)
+    # The while_loop ends when the last row is done, not at max_new_tokens.
+    assert int(out.steps) == int(np.max(np.asarray(out.lengths)))
+    if all(f is not None for f in first):
+        assert int(out.steps) < T
+
+
+def test_early_truncation_fires_exactly_on_its_rule(model, rng):
+    prompts = _prompts(rng, (5, 7, 9))
+    free = sample(model, prompts, jax.random.key(4), max_new_tokens=T, temperature=0.0)
+    logp = np.asarray(free.logprobs)
+    p = float(np.exp(np.median(logp)))  # about half the tokens are "confident"
+    n = 2
+    out = sample(model, prompts, jax.random.key(4), max_new_tokens=T, temperature=0.0, truncate_after=n,
+                 truncate_prob=p)
+    fired = 0
+    for r in range(3):
+        run, expect = 0, T
+        for t in range(T):
+            run = run + 1 if logp[r, t] > math.log(p) else 0
+            if run >= n:
+                expect = t + 1
+                break
+        assert int(out.lengths[r]) == expect
+        assert bool(out.truncated[r]) == (expect < T or run >= n)
+        fired += expect < T
+    assert fired  # the threshold made at least one row stop early
+
+
+def test_bucket_and_bad_arguments(model):
+    assert [prompt_bucket(n) for n in (1, 16, 17, 100)] == [16, 16, 32, 128]
+    ok = dict(max_new_tokens=4)
+    bad = [
+        (dict(prompts=[[1] * 510], max_new_tokens=4), "more than the cache"),
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(max_new_tokens=4, temperature=-1.0), "temperature"),
+        (dict(max_new_tokens=4, top_p=0.0), "top_p"),
+        (dict(max_new_tokens=4, top_p=1.5), "top_p"),
+        (dict(max_new_tokens=4, stop_tokens=(128,)), "stop token 128"),
+        (dict(prompts=[[1, 2], []], **ok), "prompt 1"),
+        (dict(prompts=[[1, 999]], **ok), "outside the vocabulary"),
+        (dict(prompts=[], **ok), "non-empty"),
+        (dict(num_samples=0, **ok), "num_samples"),
+    ]
+    for kw, match in bad:
+        prompts = kw.pop("prompts", [[1, 2, 3]])
+        with pytest.raises(ValueError, match=match):
+            sample(model, prompts, jax.random.key(0), **kw)
