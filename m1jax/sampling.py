@@ -176,7 +176,7 @@ def _prefill(graphdef, state, tokens, start, *, max_len: int, num_samples: int):
     """Left-padded prompts [P, n] -> (cache of P * G rows after the prompts, next-token logits [P * G, vocab])."""
     model = nnx.merge(graphdef, state)
     cache = model.init_cache(tokens.shape[0], max_len, start=start)
-    out = model.forward(tokens, cache=cache, cache_empty=True, last_logits=True)
+    out = model.forward(tokens, cache=cache, cache_empty=True, logits_slice=(tokens.shape[1] - 1, tokens.shape[1]))
     cache, logits = out.cache, out.logits[:, -1]
     if num_samples > 1:
         cache, logits = cache.repeat(num_samples), jnp.repeat(logits, num_samples, axis=0)

@@ -14,7 +14,8 @@ flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for jax
 flags.DEFINE_integer("num_processes", None, "Number of processes (hosts) for jax.distributed.")
 flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
 
-COMMANDS = {"generate": "m1jax.cli.generate", "train": "m1jax.cli.train", "convert": "m1jax.cli.convert"}
+COMMANDS = {"generate": "m1jax.cli.generate", "train": "m1jax.cli.train", "rl": "m1jax.cli.rl",
+            "convert": "m1jax.cli.convert"}
 
 
 def _usage() -> str:

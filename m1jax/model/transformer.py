@@ -50,15 +50,15 @@ class MiniMaxM1(nnx.Module):
         return init_cache(self.config, batch, max_len, dtype, start)
 
     def forward(self, tokens, *, segment_ids=None, positions=None, cache: Cache | None = None,
-                cache_empty: bool = False, last_logits: bool = False) -> ModelOutput:
+                cache_empty: bool = False, logits_slice: tuple[int, int] | None = None) -> ModelOutput:
         """Full forward, or with ``cache`` the next chunk of tokens (prefill or one decode step).
 
         segment_ids [b, n] (packed sequences; 0 marks padding, excluded from router statistics)
         makes tokens of different segments independent; positions default to 0..n-1, or with a cache
         to each token's slot minus its row's left padding (cache.start). With a cache, tokens in row r's
         padding slots (< cache.start[r]) are ignored by every later token. ``cache_empty`` (static) promises
-        that the cache holds nothing yet, so a prefill attends within its own tokens only. ``last_logits``
-        (static) runs the LM head on the last position only (logits [b, 1, vocab]).
+        that the cache holds nothing yet, so a prefill attends within its own tokens only. ``logits_slice``
+        (static (start, stop)) runs the LM head on those positions only (logits [b, stop - start, vocab]).
         """
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [batch, seq], got shape {tokens.shape}")
@@ -94,8 +94,8 @@ class MiniMaxM1(nnx.Module):
             entries.append(entry)
             stats.append(st)
         # M1's LM head runs in fp32 (final norm and matmul) to keep train/inference probabilities aligned.
-        if last_logits:
-            x = x[:, -1:]
+        if logits_slice is not None:
+            x = x[:, logits_slice[0]:logits_slice[1]]
         h = self.norm(x.astype(jnp.float32))
         head = jnp.dtype(c.lm_head_dtype)
         full = jax.lax.Precision.HIGHEST if head == jnp.float32 else None

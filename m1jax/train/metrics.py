@@ -79,11 +79,25 @@ def _fmt_time(s: float) -> str:
     return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-class Progress:
-    """Prints ``step i/N | loss | grad norm | lr | tokens/s | MFU | ETA`` every ``every`` steps."""
+def _fmt_mfu(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
 
-    def __init__(self, total_steps: int, every: int, stream=None):
+
+# (metric key, label, formatter) of train's progress line; RL passes its own.
+TRAIN_FIELDS = (
+    ("loss", "loss", "{:.4f}".format), ("accuracy", "acc", "{:.3f}".format), ("grad_norm", "gnorm", "{:.3g}".format),
+    ("lr", "lr", "{:.2e}".format), ("tokens_per_s", "tok/s", _fmt_count), ("mfu", "MFU", _fmt_mfu),
+    ("router/max_load", "load", "{:.2f}".format),
+)
+
+
+class Progress:
+    """Prints ``<prefix>step i/N | <label> <value> | ... | ETA`` every ``every`` steps (``fields``: tuples of
+    (metric key, label, formatter); missing metrics are skipped)."""
+
+    def __init__(self, total_steps: int, every: int, stream=None, fields=TRAIN_FIELDS, prefix: str = ""):
         self.total, self.every, self.stream = total_steps, every, stream or sys.stdout
+        self.fields, self.prefix = fields, prefix
         self._start, self._start_step = time.perf_counter(), None
 
     def update(self, step: int, m: dict):
@@ -93,10 +107,9 @@ class Progress:
             return
         done = step - self._start_step
         eta = (time.perf_counter() - self._start) / done * (self.total - step) if done else float("nan")
-        mfu = "n/a" if m.get("mfu") is None else f"{100 * m['mfu']:.1f}%"
-        line = (f"step {step}/{self.total} | loss {m['loss']:.4f} | acc {m['accuracy']:.3f} | "
-                f"gnorm {m['grad_norm']:.3g} | lr {m['lr']:.2e} | {_fmt_count(m['tokens_per_s'])} tok/s | "
-                f"MFU {mfu} | load {m['router/max_load']:.2f} | ETA {_fmt_time(eta) if done else '?'}")
+        parts = [f"{self.prefix}step {step}/{self.total}"]
+        parts += [f"{label} {fmt(m[key])}" for key, label, fmt in self.fields if key in m]
+        parts.append(f"ETA {_fmt_time(eta) if done else '?'}")
         if m.get("peak_memory_gib") is not None:
-            line += f" | peak mem {m['peak_memory_gib']:.1f} GiB"
-        print(line, file=self.stream, flush=True)
+            parts.append(f"peak mem {m['peak_memory_gib']:.1f} GiB")
+        print(" | ".join(parts), file=self.stream, flush=True)

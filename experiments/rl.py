@@ -1,0 +1,48 @@
+"""RL presets. Usage:
+
+    m1jax rl --config=experiments/rl.py:tiny --workdir=/tmp/rl [--config.loss.name=grpo ...]
+
+  tiny   CPU, minutes: the `add_warmstart` supervised warm start (experiments/pretrain.py) on multi-digit
+         addition, then CISPO with a verifier reward; held-out greedy accuracy every few steps.
+  1b     GPU: the ~1B-active shape of experiments/pretrain.py:1b with an fp32 LM head; pass a warm-started
+         checkpoint with --config.init_from=/path (a train workdir or params checkpoint).
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `experiments` importable
+
+from experiments import pretrain  # noqa: E402
+from m1jax.rl.config import default_config  # noqa: E402
+from m1jax.train.config import model_config  # noqa: E402
+
+
+def get_config(arg: str = "tiny"):
+    if arg == "tiny":
+        ws = pretrain.get_config("add_warmstart")
+        cfg = default_config(model_config(ws).replace(lm_head_dtype="float32"))
+        cfg.warm_start = ws
+        cfg.task, cfg.task_size = "addition", ws.data.task_size
+        cfg.steps = 60
+        cfg.rollout.update(prompts=16, group_size=8, max_new_tokens=ws.data.task_size + 3, temperature=1.0)
+        cfg.loss.update(name="cispo", eps_low=1.0, eps_high=4.0)
+        cfg.algo.update(updates_per_rollout=4)
+        cfg.optim.update(lr=1e-3, warmup_steps=0, clip_norm=1.0)
+        cfg.eval.update(every=10, problems=200, samples=4)
+        cfg.checkpoint.update(every=10, keep=2)
+        cfg.log.every = 5
+    elif arg == "1b":
+        ws = pretrain.get_config("1b")
+        cfg = default_config(model_config(ws).replace(lm_head_dtype="float32"))
+        cfg.task, cfg.task_size = "countdown", 6
+        cfg.steps = 500
+        cfg.rollout.update(prompts=32, group_size=8, max_new_tokens=512, temperature=1.0)
+        cfg.loss.update(name="cispo", eps_low=1.0, eps_high=4.0)
+        cfg.algo.update(updates_per_rollout=16, grad_accum_steps=2, dynamic_sampling=True)
+        cfg.optim.update(lr=1e-6, warmup_steps=0, clip_norm=1.0)
+        cfg.eval.update(every=20, problems=500, samples=4)
+        cfg.checkpoint.update(every=20, keep=2)
+    else:
+        raise ValueError(f"unknown preset {arg!r} for experiments/rl.py; choose from ['1b', 'tiny']")
+    return cfg

@@ -1,0 +1,133 @@
+"""The RL experiment config: defaults (``default_config``) and a check of every value (``validate``), run
+before any work, raising ValueError naming the offending key. Shares train's model / optim / mesh /
+kernels / checkpoint / log sections and their checks."""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+from m1jax.config import ModelConfig
+from m1jax.train.config import _check, _fail, _is_int, default_config as train_default_config
+from m1jax.train.config import model_config
+
+ADVANTAGE_SCALES = ("std", "none")
+OLD_LOGP = ("learner", "sampler")
+
+
+def default_config(model: ModelConfig) -> ml_collections.ConfigDict:
+    """Every key an RL run reads. ``warm_start`` is a supervised `m1jax train` config run first (in
+    workdir/warm_start) when ``init_from`` is empty and ``warm_start.steps`` > 0."""
+    base = train_default_config(model)
+    cfg = ml_collections.ConfigDict()
+    cfg.model = base.model
+    cfg.seed = 0
+    cfg.steps = 100  # rollout batches, each followed by `updates_per_rollout` optimizer steps
+    cfg.init_from = ""  # params checkpoint / train workdir to start from (else the warm start)
+    cfg.task = "addition"  # m1jax.rl.tasks: addition | countdown | reversal
+    cfg.task_size = 3
+    cfg.rollout = ml_collections.ConfigDict(dict(
+        prompts=16, group_size=8, max_new_tokens=8, temperature=1.0, top_k=0, top_p=1.0,
+        truncate_after=0, truncate_prob=0.99,  # M1's early truncation (0 = off)
+    ))
+    cfg.loss = ml_collections.ConfigDict(dict(
+        name="cispo",  # cispo | grpo | dapo
+        eps_low=1.0, eps_high=1.0,  # OFFSETS from 1: CISPO weight clipped to [1 - eps_low, 1 + eps_high]
+        trust_region_mask=False,  # CISPO Eq. 6-7
+        grpo_eps=0.2, beta=0.0,  # GRPO clip and KL coefficient (KL to the initial policy when beta > 0)
+    ))
+    cfg.algo = ml_collections.ConfigDict(dict(
+        updates_per_rollout=4,  # mu: minibatch updates per rollout batch (M1 used 16)
+        grad_accum_steps=1,  # micro-batches per update (gradients equal the whole minibatch's)
+        dynamic_sampling=False,  # DAPO: drop zero-variance groups, sample more prompts to refill
+        max_sampling_rounds=4,  # rollouts per step at most when refilling
+        advantage_scale="std",  # "std": (R - mean) / std per group; "none": R - mean (Dr. GRPO)
+        overlong_max=0, overlong_cache=0,  # DAPO soft overlong penalty: on when overlong_max > 0
+        length_penalty=0.0,  # reward -= length_penalty * length / max_new_tokens
+        old_logp="learner",  # "learner" recomputes old log-probs before the updates; "sampler" uses the sampler's
+        router_aux_loss_coef=0.0,  # MoE load-balancing loss in RL (0: only the reward moves the policy)
+    ))
+    cfg.reward = ml_collections.ConfigDict(dict(timeout_s=5.0))
+    cfg.eval = ml_collections.ConfigDict(dict(every=10, problems=200, samples=8))  # held-out greedy acc, mean@k
+    cfg.warm_start = base  # the supervised warm start (`m1jax train` config)
+    cfg.warm_start.steps = 0
+    cfg.optim = base.optim.copy_and_resolve_references()
+    cfg.optim.update(lr=1e-4, warmup_steps=0, min_lr_ratio=1.0, weight_decay=0.0)
+    cfg.mesh = base.mesh.copy_and_resolve_references()
+    cfg.kernels = base.kernels.copy_and_resolve_references()
+    cfg.checkpoint = ml_collections.ConfigDict(dict(every=20, keep=2, async_save=True))
+    cfg.log = ml_collections.ConfigDict(dict(every=1, tensorboard=True, plot=True))
+    return cfg
+
+
+def validate(cfg) -> ModelConfig:
+    """Check every RL value (and the warm start's, when it runs); returns the ModelConfig."""
+    from m1jax.model.attention import SOFTMAX_IMPLS
+    from m1jax.model.moe import MOE_IMPLS
+    from m1jax.rl.losses import LOSSES
+    from m1jax.rl.tasks import TASKS
+    from m1jax.sharding import MeshConfig
+    from pallas_kernels.lightning_attention.ops import IMPLS
+
+    finite = math.isfinite
+    pos_int = (lambda v: _is_int(v) and v > 0, "must be a positive int")
+    _check(cfg, "seed", _is_int, "must be an int")
+    for key in ("steps", "task_size", "rollout.prompts", "rollout.group_size", "rollout.max_new_tokens",
+                "algo.updates_per_rollout", "algo.grad_accum_steps", "algo.max_sampling_rounds", "eval.every",
+                "eval.problems", "eval.samples", "checkpoint.every", "checkpoint.keep", "log.every"):
+        _check(cfg, key, *pos_int)
+    _check(cfg, "task", lambda v: v in TASKS, f"unknown task; choose from {sorted(TASKS)}")
+    _check(cfg, "loss.name", lambda v: v in LOSSES, f"unknown loss; choose from {sorted(LOSSES)}")
+    _check(cfg, "rollout.temperature", lambda v: finite(v) and v > 0, "must be > 0 (RL samples; 0 is greedy)")
+    _check(cfg, "rollout.top_k", lambda v: _is_int(v) and v >= 0, "must be an int >= 0 (0 = off)")
+    _check(cfg, "rollout.top_p", lambda v: 0 < v <= 1, "must be in (0, 1]")
+    _check(cfg, "rollout.truncate_after", lambda v: _is_int(v) and v >= 0, "must be an int >= 0 (0 = off)")
+    _check(cfg, "rollout.truncate_prob", lambda v: 0 < v < 1, "must be in (0, 1)")
+    for key in ("loss.eps_low", "loss.eps_high", "loss.grpo_eps", "loss.beta", "algo.length_penalty",
+                "algo.router_aux_loss_coef", "reward.timeout_s"):
+        _check(cfg, key, lambda v: finite(v) and v >= 0, "must be a finite number >= 0")
+    _check(cfg, "reward.timeout_s", lambda v: v > 0, "must be > 0")
+    _check(cfg, "algo.advantage_scale", lambda v: v in ADVANTAGE_SCALES, f"must be one of {ADVANTAGE_SCALES}")
+    _check(cfg, "algo.old_logp", lambda v: v in OLD_LOGP, f"must be one of {OLD_LOGP}")
+    for key in ("algo.dynamic_sampling", "loss.trust_region_mask", "log.plot", "log.tensorboard"):
+        _check(cfg, key, lambda v: isinstance(v, bool), "must be True or False")
+    _check(cfg, "algo.overlong_max", lambda v: _is_int(v) and v >= 0, "must be an int >= 0 (0 = off)")
+    if cfg.algo.overlong_max and not 0 < cfg.algo.overlong_cache <= cfg.algo.overlong_max:
+        _fail("algo.overlong_cache", cfg.algo.overlong_cache, "must be in (0, algo.overlong_max]")
+    rows = cfg.rollout.prompts * cfg.rollout.group_size
+    per_update = cfg.algo.updates_per_rollout * cfg.algo.grad_accum_steps
+    if rows % per_update:
+        _fail("algo.updates_per_rollout", cfg.algo.updates_per_rollout,
+              f"updates_per_rollout x grad_accum_steps = {per_update} must divide the rollout's "
+              f"prompts x group_size = {rows} rows")
+    _check(cfg, "optim.lr", lambda v: finite(v) and v > 0, "must be a positive finite number")
+    for key in ("optim.b1", "optim.b2"):
+        _check(cfg, key, lambda v: 0 <= v < 1, "must be in [0, 1)")
+    for key in ("optim.eps", "optim.weight_decay", "optim.clip_norm"):
+        _check(cfg, key, lambda v: finite(v) and v >= 0, "must be a finite number >= 0")
+    _check(cfg, "optim.warmup_steps", lambda v: _is_int(v) and v >= 0, "must be an int >= 0")
+    _check(cfg, "kernels.moe", lambda v: v in MOE_IMPLS, f"must be one of {MOE_IMPLS}")
+    _check(cfg, "kernels.lightning", lambda v: v in IMPLS, f"must be one of {IMPLS}")
+    _check(cfg, "kernels.softmax", lambda v: v in SOFTMAX_IMPLS, f"must be one of {SOFTMAX_IMPLS}")
+    try:
+        import jax
+
+        MeshConfig(**cfg.mesh).resolve(jax.device_count())
+    except (TypeError, ValueError) as e:
+        _fail("mesh", cfg.mesh.to_dict(), str(e))
+    model = model_config(cfg)
+    if model.vocab_size < 258:
+        _fail("model.vocab_size", model.vocab_size, "the RL tasks use the byte tokenizer: needs >= 258")
+    need = 64 + cfg.rollout.max_new_tokens
+    if need > model.max_position_embeddings:
+        _fail("rollout.max_new_tokens", cfg.rollout.max_new_tokens,
+              f"prompts (up to 64 tokens) + completions exceed max_position_embeddings={model.max_position_embeddings}")
+    if not cfg.init_from and cfg.warm_start.steps > 0:
+        from m1jax.train.config import validate as validate_train
+
+        try:
+            validate_train(cfg.warm_start)
+        except ValueError as e:
+            raise ValueError(f"warm_start.{str(e).removeprefix('config.')}") from None
+    return model
