@@ -10,6 +10,8 @@ and "ok" at the end; exits non-zero on the first mismatch.
           gradients, with skewed routing (most pairs on one expert) and exact router ties, and with every
           pair sent to one device (its receive buffer filled to the worst case); the CPU exchange against
           ragged_all_to_all's documented semantics; the GPU/TPU exchange traces and lowers (fwd + bwd).
+  rl      one RL update (CISPO, 2 micro-batches) and the learner's log-probs of a ragged rollout batch on an
+          8-device data x fsdp x tensor mesh (params / Adam state placed by the rules table) against one device.
   layers  context-parallel lightning attention (4 devices) with packed segments and an initial
           state, outputs / final state / gradients; the fused qkv projection split over ``tensor``
           needs no communication (whole heads per shard); the H*D RMSNorm gets its all-reduce.
@@ -388,11 +390,60 @@ def check_layers():
         sys.exit(f"H*D RMSNorm under tensor parallelism: error {err}, collectives {comm}")
 
 
+def check_rl():
+    import ml_collections
+
+    from m1jax.rl.learner import learner_batch, make_logprob_fn, make_update_step
+    from m1jax.train.optimizer import make_optimizer
+    from m1jax.train.placement import train_state_shardings
+    from m1jax.train.step import abstract_train_state, init_train_state, model_graphdef
+
+    config = ModelConfig.tiny(num_hidden_layers=2, attn_type_list=(0, 1), vocab_size=64)
+    model = MiniMaxM1(config, rngs=nnx.Rngs(0))
+    graphdef, params = model_graphdef(model)
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    optim = ml_collections.ConfigDict(dict(lr=1e-2, warmup_steps=0, min_lr_ratio=1.0, b1=0.9, b2=0.95, eps=1e-15,
+                                           weight_decay=0.0, no_decay="norm", clip_norm=1.0))
+    tx, schedule = make_optimizer(optim, 10)
+    rng = np.random.default_rng(0)
+    rows, T = 16, 6
+    prompts = [rng.integers(0, 64, int(rng.integers(1, 12))).tolist() for _ in range(rows)]
+    batch = learner_batch(prompts, rng.integers(0, 64, (rows, T)), rng.integers(1, T + 1, rows),
+                          -rng.uniform(0.5, 3, (rows, T)), rng.standard_normal(rows))
+    batch.pop("sampler_logp")
+    batch["old_logp"] = np.asarray(make_logprob_fn(graphdef, 0.9)(params, batch)) + rng.uniform(-0.3, 0.3, (rows, T))
+    kw = dict(loss="cispo", loss_kwargs=dict(eps_high=0.2), temperature=0.9, grad_accum_steps=2)
+
+    fresh = init_train_state(jax.tree.map(jnp.copy, params), tx)  # the step donates its state
+    ref_state, ref_m = make_update_step(graphdef, tx, schedule, **kw)(fresh, batch)
+    ref_logp = make_logprob_fn(graphdef, 0.9, micro_batches=2)(ref_state["params"], batch)
+    ref = jax.device_get((ref_state["params"], ref_m, ref_logp))
+
+    mesh = sh.make_mesh(dict(data=2, fsdp=2, tensor=2))
+    shardings = train_state_shardings(model, abstract_train_state(params, tx), mesh)
+    with sh.use_mesh(mesh):
+        state = init_train_state(jax.device_put(params, shardings["params"]), tx, shardings)
+        state, m = make_update_step(graphdef, tx, schedule, state_shardings=shardings, **kw)(state, batch)
+        logp = make_logprob_fn(graphdef, 0.9, micro_batches=2)(state["params"], batch)
+        sharded_leaves = sum(len(x.sharding.device_set) > 1 and not x.sharding.is_fully_replicated
+                             for x in jax.tree.leaves(state["params"]))
+        got = jax.device_get((state["params"], m, logp))
+    errs = {"params": max(rel_err(g, r) for g, r in zip(jax.tree.leaves(got[0]), jax.tree.leaves(ref[0]), strict=True)),
+            "loss": rel_err(got[1]["loss"], ref[1]["loss"]), "grad_norm": rel_err(got[1]["grad_norm"], ref[1]["grad_norm"]),
+            "logp": rel_err(got[2], ref[2])}
+    print(json.dumps({"rl_update": "data2_fsdp2_tensor2", "sharded_param_leaves": int(sharded_leaves), **errs}),
+          flush=True)
+    if max(errs.values()) > TOL or not sharded_leaves:
+        sys.exit(f"sharded RL update differs from one device: {errs} ({sharded_leaves} sharded leaves)")
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "model":
         check_model(sys.argv[2])
     elif sys.argv[1] == "moe":
         check_moe()
+    elif sys.argv[1] == "rl":
+        check_rl()
     elif sys.argv[1] == "layers":
         check_layers()
     else:

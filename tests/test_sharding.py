@@ -128,3 +128,10 @@ def test_context_parallel_and_tensor_parallel_layers():
     initial state; qkv split over tensor keeps whole heads (no collectives); the H*D norm all-reduces."""
     lines = _run(["layers"], 8)
     assert sum("context_parallel" in x for x in lines) == 4
+
+
+def test_sharded_rl_update_matches_one_device():
+    """One CISPO update (2 micro-batches) and the learner's log-probs on an 8-device data x fsdp x tensor mesh
+    equal one device (params and Adam state placed by the rules table)."""
+    lines = _run(["rl"], 8)
+    assert any("rl_update" in x and x["sharded_param_leaves"] > 0 for x in lines)
