@@ -4,6 +4,11 @@
 
   tiny      CPU, minutes: a 4-layer model learns copy / reverse / sort / add from bytes (400 steps in
             ~3.5 min on 2 busy cores; loss 5.6 -> ~1.4).
+  add_warmstart  CPU, ~1 min: the RL warm start for task "addition" (m1jax.rl; RL with size=2): a tiny
+            hybrid model (L F L F) learns to add numbers of up to 2 digits only partly (answer-only loss, the RL
+            eval prompts left out), so that RL's exact-match reward has room to rise. 300 steps in 63 s on 2
+            cores (loss ~1.0); held-out greedy exact match 16% / 11.5% (seeds 0 / 1), mean reward of 8 samples
+            at T=1 ~11%.
   100m      GPU: ~100M active params (12 layers, 8 experts top-2), bf16 activations.
   1b        GPU: ~1B active params (16 layers, 8 experts top-2); ~2.7B total, ~40 GiB of fp32 train state.
   m1_456b   the full MiniMax-M1 shape (456B total, 45.9B active): --config.dry_run=True prints sizes and
@@ -47,6 +52,16 @@ def get_config(arg: str = "tiny"):
         cfg.optim.update(lr=3e-3, warmup_steps=20, weight_decay=0.01)
         cfg.checkpoint.update(every=100, keep=2)
         cfg.log.every = 20
+    elif arg == "add_warmstart":  # RL warm start: partial skill on held-out addition (see the docstring)
+        model = ModelConfig.tiny(vocab_size=258, num_hidden_layers=4, attn_type_list=(0, 1, 0, 1), block_size=16,
+                                 max_position_embeddings=512)
+        cfg = default_config(model)
+        cfg.steps = 300  # ~300 steps: held-out greedy ~10-20%; by 600 it is ~65%
+        cfg.data.update(batch_size=32, seq_len=64, tasks="add", task_size=2, loss_on="answer", split="train",
+                        split_documents=False)  # whole examples per row (~5 per 64 tokens)
+        cfg.optim.update(lr=3e-3, warmup_steps=20, weight_decay=0.01)
+        cfg.checkpoint.update(every=100, keep=3)
+        cfg.log.every = 20
     elif arg == "100m":
         model = _shape(12, 768, 12, 4, 64, 8, 1024, **GPU_MODEL)
         cfg = default_config(model)
@@ -69,6 +84,6 @@ def get_config(arg: str = "tiny"):
         cfg.checkpoint.every = 500
     else:
         raise ValueError(f"unknown preset {arg!r} for experiments/pretrain.py; choose from "
-                         "['100m', '1b', 'm1_456b', 'tiny']")
+                         "['100m', '1b', 'add_warmstart', 'm1_456b', 'tiny']")
     cfg.model.update(model_fields(model) if arg != "m1_456b" else {})
     return cfg

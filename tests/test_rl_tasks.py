@@ -81,6 +81,19 @@ def test_splits_are_disjoint_and_deterministic():
         get_task("addition").problem(0, split="test")
 
 
+def test_train_split_warm_start_data_never_shows_eval_problems():
+    import m1jax.data.tasks as data_tasks
+    import m1jax.rl.tasks as rl_tasks
+
+    assert rl_tasks.split_of is data_tasks.split_of and rl_tasks.EVAL_PERCENT == data_tasks.EVAL_PERCENT
+    task = get_task("addition", 2)
+    held = {p.prompt for p in task.problems(0, 0, 200, split="eval")}
+    seen = {split: {TaskSource("add", ByteTokenizer(), seed=0, size=2, split=split).example(i)[1] for i in range(2000)}
+            for split in ("all", "train")}
+    assert seen["all"] & held  # with tiny sizes unfiltered warm-start data does repeat eval prompts
+    assert not seen["train"] & held
+
+
 def test_unknown_task_names_the_choices():
     for bad in ("subtraction", ""):
         with pytest.raises(ValueError, match=rf"unknown task '{bad}'; choose from \['addition', 'countdown', "):

@@ -7,6 +7,7 @@ import pytest
 
 from m1jax.data import (ByteTokenizer, DataPipeline, Document, TaskSource, TextSource, load_tokenizer,
                         pack_batch, sample_task)
+from m1jax.data.tasks import split_of
 from m1jax.train.loss import next_token_targets
 
 
@@ -94,6 +95,44 @@ def test_task_documents_are_a_pure_function_of_seed_and_index():
     a, b = TaskSource("copy,sort,add", ByteTokenizer(), seed=1), TaskSource("copy,sort,add", ByteTokenizer(), seed=1)
     assert np.array_equal(a[123].tokens, b[123].tokens)  # no need to generate 0..122 first
     assert not np.array_equal(a[5].tokens, TaskSource("copy,sort,add", ByteTokenizer(), seed=2)[5].tokens)
+
+
+def test_train_split_leaves_out_eval_prompts_deterministically():
+    tok = ByteTokenizer()
+    every = TaskSource("add,copy", tok, seed=4, size=2)
+    train = TaskSource("add,copy", tok, seed=4, size=2, split="train")
+    replaced = 0
+    for i in range(400):
+        name, prompt, answer = train.example(i)
+        assert split_of(prompt) == "train" and train.example(i) == TaskSource(
+            "add,copy", tok, seed=4, size=2, split="train").example(i)  # a pure function of (seed, index)
+        first = every.example(i)
+        assert name == first[0]  # the task mixture is kept: a replacement is the same task
+        if split_of(first[1]) == "train":
+            assert np.array_equal(train[i].tokens, every[i].tokens)  # train documents are unchanged
+        else:
+            replaced += 1
+    assert 15 < replaced < 80  # ~EVAL_PERCENT % of 400
+    with pytest.raises(ValueError, match="split='eval'"):
+        TaskSource("add", tok, split="eval")
+
+
+def test_data_split_config_key():
+    from experiments import pretrain
+    from m1jax.data.pipeline import build_source
+    from m1jax.train.config import validate
+
+    cfg = pretrain.get_config("tiny")
+    assert cfg.data.split == "all" and build_source(cfg.data, 0).split == "all"
+    cfg.data.split = "train"
+    validate(cfg)
+    assert build_source(cfg.data, 0).split == "train"
+    cfg.data.split = "eval"
+    with pytest.raises(ValueError, match=r"config.data.split='eval': must be one of \('all', 'train'\)"):
+        validate(cfg)
+    cfg = pretrain.get_config("add_warmstart")
+    validate(cfg)
+    assert (cfg.data.tasks, cfg.data.loss_on, cfg.data.split) == ("add", "answer", "train")
 
 
 def _batches(pipe, n):

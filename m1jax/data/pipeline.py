@@ -138,7 +138,8 @@ def build_source(data_cfg, seed: int, tokenizer=None):
     tokenizer = tokenizer or load_tokenizer(data_cfg.tokenizer, bos_token=data_cfg.get("bos_token", ""),
                                             eos_token=data_cfg.get("eos_token", ""))
     if data_cfg.source == "tasks":
-        return TaskSource(data_cfg.tasks, tokenizer, seed=seed, size=data_cfg.task_size, loss_on=data_cfg.loss_on)
+        return TaskSource(data_cfg.tasks, tokenizer, seed=seed, size=data_cfg.task_size, loss_on=data_cfg.loss_on,
+                          split=data_cfg.get("split", "all"))
     if data_cfg.source == "text":
         return TextSource(data_cfg.paths, tokenizer, seed=seed, shuffle=data_cfg.shuffle, unit=data_cfg.text_unit,
                           jsonl_field=data_cfg.jsonl_field)

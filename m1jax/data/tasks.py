@@ -3,9 +3,16 @@ as an RL warm start. ``sample_task`` gives (prompt, answer) strings; ``TaskSourc
 
 Document i is drawn from its own generator seeded by (seed, i), so any document can be made again
 without generating the ones before it.
+
+Held-out prompts: ``split_of(prompt)`` puts ``EVAL_PERCENT`` % of all prompts (a CRC32 bucket of the text) in
+the "eval" split; m1jax.rl.tasks evaluates on those. ``TaskSource(split="train")`` never yields one: a document
+whose prompt is "eval" is replaced by the next draw of the same task from the same generator (so documents stay a
+pure function of (seed, index), and documents whose first draw is "train" are the same as with ``split="all"``).
 """
 
 from __future__ import annotations
+
+import zlib
 
 import numpy as np
 
@@ -80,6 +87,16 @@ def _countdown(rng, size):
     return "countdown " + " ".join(map(str, numbers)) + f" target {value}=", text
 
 
+EVAL_PERCENT = 10  # share of all prompts (by CRC32 of the text) held out for evaluation
+DATA_SPLITS = ("all", "train")  # TaskSource(split=...): every prompt, or only those outside the eval split
+MAX_DRAWS = 1000  # draws per document before TaskSource(split="train") gives up on a task/size
+
+
+def split_of(prompt: str) -> str:
+    """The split a prompt belongs to: "eval" for EVAL_PERCENT % of prompts (by CRC32 of the text), else "train"."""
+    return "eval" if zlib.crc32(prompt.encode("utf-8")) % 100 < EVAL_PERCENT else "train"
+
+
 TASKS = {"copy": _copy, "reverse": _reverse, "sort": _sort, "add": _add, "mul": _mul, "countdown": _countdown}
 
 
@@ -102,20 +119,30 @@ def parse_tasks(spec: str) -> tuple[str, ...]:
 
 
 class TaskSource:
-    """Endless task documents: BOS prompt answer EOS. ``loss_on="answer"`` predicts only answer + EOS."""
+    """Endless task documents: BOS prompt answer EOS. ``loss_on="answer"`` predicts only answer + EOS.
+    ``split="train"`` leaves out every prompt of the held-out eval split (``split_of``); "all" keeps them."""
 
     def __init__(self, tasks: str | tuple[str, ...], tokenizer, *, seed: int = 0, size: int = 6,
-                 loss_on: str = "all"):
+                 loss_on: str = "all", split: str = "all"):
         self.tasks = parse_tasks(tasks) if isinstance(tasks, str) else tuple(tasks)
         if loss_on not in ("all", "answer"):
             raise ValueError(f"loss_on={loss_on!r}: choose 'all' or 'answer'")
+        if split not in DATA_SPLITS:
+            raise ValueError(f"split={split!r}: choose from {DATA_SPLITS}")
         self.tokenizer, self.seed, self.size, self.loss_on = tokenizer, int(seed), int(size), loss_on
+        self.split = split
 
     def example(self, index: int) -> tuple[str, str, str]:
-        """Document ``index`` as (task name, prompt, answer)."""
+        """Document ``index`` as (task name, prompt, answer). With ``split="train"``, eval-split prompts are
+        redrawn (same task, same generator) until a train-split one comes."""
         rng = np.random.default_rng((self.seed, int(index)))
         name = self.tasks[int(rng.integers(len(self.tasks)))]
-        return (name, *sample_task(name, rng, self.size))
+        for _ in range(MAX_DRAWS):
+            prompt, answer = sample_task(name, rng, self.size)
+            if self.split == "all" or split_of(prompt) == "train":
+                return name, prompt, answer
+        raise RuntimeError(f"task {name!r} (size {self.size}) drew no train-split prompt in {MAX_DRAWS} draws; "
+                           "use a larger size or split='all'")
 
     def __getitem__(self, index: int) -> Document:
         _, prompt, answer = self.example(index)

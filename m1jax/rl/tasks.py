@@ -7,8 +7,9 @@ Each task draws its prompts with the same generator as its warm-start data task 
 Problem ``index`` of a split comes from its own generator seeded by (seed, split, index), so any problem can be
 made again without the ones before it. The split of a prompt is a fixed function of its text (a CRC32 bucket:
 ``EVAL_PERCENT`` % of all prompts are "eval"), and each split draws until it gets one of its own prompts, so
-held-out eval problems never appear among training problems, for any seeds. (Warm-start documents are not
-filtered: with a tiny ``size`` they do repeat eval prompts.)
+held-out eval problems never appear among training problems, for any seeds. ``split_of`` lives in
+m1jax.data.tasks: warm-start data made with ``--config.data.split=train`` leaves out the eval prompts too (with
+the default "all" it does not, and with a tiny ``size`` it does repeat eval prompts).
 
 A completion is the decoded text of the generated tokens before EOS. Trailing whitespace is ignored; anything
 else must be exactly right: addition and reversal compare the text with the answer, Countdown parses the text
@@ -19,17 +20,15 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import zlib
 from collections import Counter
 from collections.abc import Callable
 from fractions import Fraction
 
 import numpy as np
 
-from m1jax.data.tasks import sample_task
+from m1jax.data.tasks import EVAL_PERCENT, sample_task, split_of  # noqa: F401  (re-exported)
 
 SPLITS = ("train", "eval")
-EVAL_PERCENT = 10  # share of all prompts (by CRC32 of the text) held out for evaluation
 MAX_EXPRESSION = 100  # longer Countdown answers are wrong (bounds parser work and recursion depth)
 
 
@@ -41,11 +40,6 @@ class Problem:
     answer: str
     task: str
     meta: tuple
-
-
-def split_of(prompt: str) -> str:
-    """The split a prompt belongs to: "eval" for EVAL_PERCENT % of prompts (by CRC32 of the text), else "train"."""
-    return "eval" if zlib.crc32(prompt.encode("utf-8")) % 100 < EVAL_PERCENT else "train"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,6 +35,7 @@ def default_config(model: ModelConfig) -> ml_collections.ConfigDict:
     cfg.data = ml_collections.ConfigDict(dict(
         source="tasks",  # "tasks" (procedural) or "text" (text files / JSONL)
         tasks="copy,reverse,sort,add", task_size=6, loss_on="all",  # tasks: which, how big, "all"|"answer"
+        split="all",  # tasks: "all" prompts, or "train": leave out the RL eval split (m1jax.data.tasks.split_of)
         paths="", text_unit="file", jsonl_field="text", shuffle=True,  # text: files/globs, comma-separated
         tokenizer="bytes", bos_token="", eos_token="",  # "bytes" or a tokenizer.json (or its directory)
         batch_size=16, seq_len=128, split_documents=True, prefetch=2,
@@ -75,7 +76,7 @@ def _is_int(x):
 def validate(cfg) -> ModelConfig:
     """Check every training value; returns the ModelConfig. Raises ValueError naming the first bad key."""
     from m1jax.data.pipeline import SOURCES
-    from m1jax.data.tasks import parse_tasks
+    from m1jax.data.tasks import DATA_SPLITS, parse_tasks
     from m1jax.model.attention import SOFTMAX_IMPLS
     from m1jax.model.moe import MOE_IMPLS
     from pallas_kernels.grouped_matmul import IMPLS as GMM_IMPLS
@@ -105,6 +106,8 @@ def validate(cfg) -> ModelConfig:
     _check(cfg, "kernels.softmax", lambda v: v in SOFTMAX_IMPLS, f"must be one of {SOFTMAX_IMPLS}")
     _check(cfg, "data.source", lambda v: v in SOURCES, f"must be one of {SOURCES}")
     _check(cfg, "data.loss_on", lambda v: v in ("all", "answer"), "must be 'all' or 'answer'")
+    _check(cfg, "data.split", lambda v: v in DATA_SPLITS,
+           f"must be one of {DATA_SPLITS} ('train' leaves out the held-out eval prompts of m1jax.rl.tasks)")
     if cfg.data.source == "tasks":
         try:
             parse_tasks(cfg.data.tasks)
