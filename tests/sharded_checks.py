@@ -428,8 +428,10 @@ def check_rl():
         sharded_leaves = sum(len(x.sharding.device_set) > 1 and not x.sharding.is_fully_replicated
                              for x in jax.tree.leaves(state["params"]))
         got = jax.device_get((state["params"], m, logp))
-    errs = {"params": max(rel_err(g, r) for g, r in zip(jax.tree.leaves(got[0]), jax.tree.leaves(ref[0]), strict=True)),
-            "loss": rel_err(got[1]["loss"], ref[1]["loss"]), "grad_norm": rel_err(got[1]["grad_norm"], ref[1]["grad_norm"]),
+    pairs = zip(jax.tree.leaves(got[0]), jax.tree.leaves(ref[0]), strict=True)
+    errs = {"params": max(rel_err(g, r) for g, r in pairs),
+            "loss": rel_err(got[1]["loss"], ref[1]["loss"]),
+            "grad_norm": rel_err(got[1]["grad_norm"], ref[1]["grad_norm"]),
             "logp": rel_err(got[2], ref[2])}
     print(json.dumps({"rl_update": "data2_fsdp2_tensor2", "sharded_param_leaves": int(sharded_leaves), **errs}),
           flush=True)
