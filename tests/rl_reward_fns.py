@@ -21,3 +21,17 @@ def scripted(problem, completion):
     if completion == "true":
         return True
     return get_task(problem.task).verify(problem, completion)
+
+
+def _stream_prompt(index):
+    return get_task("addition", size=2).problem(index, seed=0).prompt
+
+
+def flaky_addition(problem, completion):
+    """The addition verifier, except: raises on the prompt stream's first problem and hangs (60 s) on its second
+    (seed 0), so a run's first rollout meets both failures, deterministically."""
+    if problem.prompt == _stream_prompt(0):
+        raise RuntimeError("flaky verifier")
+    if problem.prompt == _stream_prompt(1):
+        time.sleep(60)
+    return get_task("addition").verify(problem, completion)

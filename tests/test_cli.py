@@ -37,3 +37,16 @@ def test_cli_errors_name_the_problem(args, message):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert message in proc.stdout + proc.stderr
+
+
+def test_generate_text_prompts_are_decoded(tmp_path, capsys):
+    cfg = tiny.get_config("smoke")
+    with cfg.unlocked():
+        cfg.model.vocab_size = 258  # the byte tokenizer's
+        cfg.prompt, cfg.max_new_tokens, cfg.temperature, cfg.num_samples = "12+3=|héllo", 5, 1.0, 2
+    result = generate.main(cfg, str(tmp_path))
+    samples = result["samples"]
+    assert [(s["prompt"], s["sample"]) for s in samples] == [("12+3=", 0), ("12+3=", 1), ("héllo", 0), ("héllo", 1)]
+    assert all(isinstance(s["text"], str) and 1 <= s["tokens"] <= 5 for s in samples)
+    out = capsys.readouterr().out
+    assert "[0] 12+3=" in out and "[1] héllo" in out

@@ -16,12 +16,14 @@ from m1jax.train.metrics import read_jsonl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 8
-# The tiny preset, shrunk: a 2-layer (lightning + softmax) model, a 10-step warm start, 8 RL steps.
+# The tiny preset, shrunk: a 2-layer (lightning + softmax) model, a 10-step warm start, 8 RL steps; the verifier
+# raises on the first prompt of the stream and hangs on the second (tests/rl_reward_fns.py).
 ARGS = ["rl", "--config=experiments/rl.py:tiny", f"--config.steps={STEPS}", "--config.warm_start.steps=10",
         "--config.model.num_hidden_layers=2", "--config.model.attn_type_list=(0, 1)", "--config.model.hidden_size=32",
         "--config.model.intermediate_size=32", "--config.rollout.prompts=4", "--config.rollout.group_size=4",
         "--config.eval.every=4", "--config.eval.problems=16", "--config.eval.samples=2",
-        "--config.checkpoint.every=2", "--config.log.every=4", "--config.log.plot=False"]
+        "--config.checkpoint.every=2", "--config.log.every=4", "--config.log.plot=False",
+        "--config.reward.fn=tests.rl_reward_fns:flaky_addition", "--config.reward.timeout_s=0.5"]
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +67,10 @@ def test_rl_runs_logs_and_summarises(reference):
             "ratio_max", "entropy", "mismatch/prob_corr", "mismatch/mean_abs_logp", "verifier_failures",
             "tokens_per_s", "loss", "grad_norm", "kept_groups"}
     assert want <= set(rows[0]), want - set(rows[0])
+    # A raising and a hanging verifier: reward 0 for those rows, counted, logged, and the run goes on.
+    assert rows[0]["verifier_failures"] == 8 and rows[0]["verifier/error"] == 4 and rows[0]["verifier/timeout"] == 4
+    assert sum(r["verifier_failures"] for r in rows[1:]) == 0
+    assert "RuntimeError: flaky verifier" in out and "timeout after 0.5s" in out
     # The sampler reads the learner's params: fp32 on a CPU, log-probs agree to rounding.
     assert all(r["mismatch/mean_abs_logp"] < 1e-5 for r in rows)
     evals = [r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "eval/accuracy" in r]
@@ -97,6 +103,7 @@ def test_sigkill_then_rerun_reproduces_the_uninterrupted_run(env, reference, tmp
     (["--config.rollout.temperature=0.0"], "rollout.temperature"),
     (["--config.rollout.top_p=1.5"], "rollout.top_p"),
     (["--config.algo.updates_per_rollout=3"], "must divide"),
+    (["--config.reward.fn=tests.rl_reward_fns:nope"], "config.reward.fn='tests.rl_reward_fns:nope'"),
 ])
 def test_bad_config_fails_before_any_work(env, extra, message, tmp_path):
     code, out = run(env, tmp_path / "w", *extra)

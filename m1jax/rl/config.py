@@ -48,7 +48,10 @@ def default_config(model: ModelConfig) -> ml_collections.ConfigDict:
         old_logp="learner",  # "learner" recomputes old log-probs before the updates; "sampler" uses the sampler's
         router_aux_loss_coef=0.0,  # MoE load-balancing loss in RL (0: only the reward moves the policy)
     ))
-    cfg.reward = ml_collections.ConfigDict(dict(timeout_s=5.0))
+    cfg.reward = ml_collections.ConfigDict(dict(
+        fn="",  # "module:function" (any picklable callable(problem, completion) -> number); "" = the task's verifier
+        timeout_s=5.0,  # per call; a call that raises, hangs or returns a non-number scores 0 and is counted
+    ))
     cfg.eval = ml_collections.ConfigDict(dict(every=10, problems=200, samples=8))  # held-out greedy acc, mean@k
     cfg.warm_start = base  # the supervised warm start (`m1jax train` config)
     cfg.warm_start.steps = 0
@@ -59,6 +62,23 @@ def default_config(model: ModelConfig) -> ml_collections.ConfigDict:
     cfg.checkpoint = ml_collections.ConfigDict(dict(every=20, keep=2, async_save=True))
     cfg.log = ml_collections.ConfigDict(dict(every=1, tensorboard=True, plot=True))
     return cfg
+
+
+def reward_function(spec: str):
+    """``"module:function"`` -> that callable (None for ""). Raises ValueError / ImportError naming the problem."""
+    if not spec:
+        return None
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise ValueError("expected 'module:function'")
+    import importlib
+
+    fn = importlib.import_module(module)
+    for part in name.split("."):
+        fn = getattr(fn, part)
+    if not callable(fn):
+        raise ValueError(f"{spec} is not callable")
+    return fn
 
 
 def validate(cfg) -> ModelConfig:
@@ -88,6 +108,10 @@ def validate(cfg) -> ModelConfig:
                 "algo.router_aux_loss_coef", "reward.timeout_s"):
         _check(cfg, key, lambda v: finite(v) and v >= 0, "must be a finite number >= 0")
     _check(cfg, "reward.timeout_s", lambda v: v > 0, "must be > 0")
+    try:
+        reward_function(cfg.reward.fn)
+    except (ImportError, AttributeError, ValueError) as e:
+        _fail("reward.fn", cfg.reward.fn, str(e))
     _check(cfg, "algo.advantage_scale", lambda v: v in ADVANTAGE_SCALES, f"must be one of {ADVANTAGE_SCALES}")
     _check(cfg, "algo.old_logp", lambda v: v in OLD_LOGP, f"must be one of {OLD_LOGP}")
     for key in ("algo.dynamic_sampling", "loss.trust_region_mask", "log.plot", "log.tensorboard"):

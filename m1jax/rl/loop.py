@@ -27,7 +27,7 @@ import numpy as np
 
 from m1jax.data.tokenizer import ByteTokenizer
 from m1jax.rl import tasks as tasks_lib
-from m1jax.rl.config import validate
+from m1jax.rl.config import reward_function, validate
 from m1jax.rl.learner import learner_batch, make_logprob_fn, make_update_step, mismatch_metrics
 from m1jax.rl.losses import group_advantages, overlong_penalty
 from m1jax.rl.rewards import FAILURES, RewardRunner
@@ -75,11 +75,24 @@ def decode_completions(tokens, lengths, stopped, tokenizer) -> list[str]:
     return out
 
 
+def distinct_problems(task, count: int, split: str = "eval", seed: int = 0) -> list:
+    """The first ``count`` distinct prompts of a task's ``split`` stream (small tasks repeat prompts often; a
+    held-out accuracy over repeats would over-weight a few). Fewer if the split has fewer distinct prompts."""
+    seen, out, index = set(), [], 0
+    while len(out) < count and index < 50 * count:
+        p = task.problem(index, seed, split)
+        index += 1
+        if p.prompt not in seen:
+            seen.add(p.prompt)
+            out.append(p)
+    return out
+
+
 class Evaluator:
     """Held-out accuracy: greedy exact match and mean reward of k samples (mean@k) on fixed eval problems."""
 
     def __init__(self, task, count: int, samples: int, tokenizer, runner, rollout_cfg):
-        self.problems = task.problems(seed=0, start=0, count=count, split="eval")  # one set for every seed / arm
+        self.problems = distinct_problems(task, count)  # one set for every seed / arm
         self.prompts = [tasks_lib.encode_prompt(p, tokenizer) for p in self.problems]
         self.samples, self.tokenizer, self.runner, self.rollout = samples, tokenizer, runner, rollout_cfg
 
@@ -100,6 +113,15 @@ class Evaluator:
         return out
 
 
+def _log_failures(step, failures):
+    """One line per distinct failure reason (the first row that met it, and how many rows did)."""
+    seen: dict[str, list[int]] = {}
+    for i, reason in failures:
+        seen.setdefault(reason, []).append(i)
+    for reason, rows in seen.items():
+        _say(f"step {step}: verifier failed on {len(rows)} row(s), first row {rows[0]}: {reason}")
+
+
 def _shaped(rewards, lengths, cfg):
     """Verifier rewards + DAPO's overlong penalty + M1-style length penalty (as configured)."""
     r = np.asarray(rewards, np.float32).copy()
@@ -111,8 +133,11 @@ def _shaped(rewards, lengths, cfg):
     return r
 
 
-def rl(cfg, workdir: str) -> dict:
+def rl(cfg, workdir: str, *, reward_fn=None) -> dict:
     """Run RL per ``cfg`` in ``workdir``, resuming from its latest checkpoint; returns a summary dict.
+
+    The reward of a completion is ``reward_fn(problem, completion_text)`` (any picklable callable; default
+    ``cfg.reward.fn``, else the task's verifier), run in a worker process with ``cfg.reward.timeout_s`` per call.
 
     Writes workdir/config.json, metrics.jsonl (one record per step; eval records at step 0 and every
     eval.every steps), tb/, checkpoints/<step>/ and curves.png. Raises ValueError for a bad config (before
@@ -179,8 +204,10 @@ def rl(cfg, workdir: str) -> dict:
                      truncate_prob=ro.truncate_prob)
     writer = MetricWriter(workdir, tensorboard=cfg.log.tensorboard, resume_step=latest)
     progress = Progress(cfg.steps, cfg.log.every, fields=PROGRESS_FIELDS)
-    runner = RewardRunner(task.verify, timeout_s=cfg.reward.timeout_s)
-    evaluator = Evaluator(task, cfg.eval.problems, cfg.eval.samples, tokenizer, runner, ro)
+    runner = RewardRunner(reward_fn or reward_function(cfg.reward.fn) or task.verify, timeout_s=cfg.reward.timeout_s)
+    # Held-out accuracy is the task's own exact-match verifier, whatever reward the run trains on.
+    eval_runner = RewardRunner(task.verify, timeout_s=cfg.reward.timeout_s)
+    evaluator = Evaluator(task, cfg.eval.problems, cfg.eval.samples, tokenizer, eval_runner, ro)
     eval_key = jax.random.fold_in(jax.random.key(cfg.seed), 2**30)
     base_key = jax.random.key(cfg.seed)
     _say(f"task {cfg.task} (size {cfg.task_size}), loss {cfg.loss.name}, {P} prompts x {G} samples, "
@@ -215,8 +242,7 @@ def rl(cfg, workdir: str) -> dict:
                     trunc_n += int(truncated.sum())
                     texts = decode_completions(toks, lens, stopped, tokenizer)
                     rewards, failures = runner.score([p for p in problems for _ in range(G)], texts)
-                    for i, reason in failures[:3]:
-                        _say(f"step {step}: verifier failed on row {i}: {reason}")
+                    _log_failures(step, failures)
                     shaped = _shaped(rewards, lens, cfg)
                     all_rewards.append(rewards)
                     all_lengths.append(lens)
@@ -263,6 +289,7 @@ def rl(cfg, workdir: str) -> dict:
                              "lower config.optim.lr, then rerun to resume from it.") from None
     finally:
         runner.close()
+        eval_runner.close()
         checkpointer.close()
         writer.close()
     return _summary(cfg, workdir, interrupted)
