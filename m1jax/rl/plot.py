@@ -22,7 +22,7 @@ def plot_curves(rows: list[dict], path: str, *, title: str = "") -> str:
         w = min(10, len(reward))
         ax_r.plot(steps[w - 1:], np.convolve(reward, np.ones(w) / w, "valid"), color="C0", lw=2,
                   label=f"{w}-step mean")
-        ax_r.legend(loc="lower right")
+        ax_r.legend(loc="upper left")
     ax_r.set(xlabel="RL step", ylabel="reward (verifier)", title="training reward")
     evals = [r for r in rows if "eval/accuracy" in r]
     if evals:
@@ -32,8 +32,11 @@ def plot_curves(rows: list[dict], path: str, *, title: str = "") -> str:
         for k in mean_keys:
             pts = [(r["step"], r[k]) for r in evals if k in r]
             ax_a.plot(*zip(*pts, strict=True), "s--", color="C2", label=k.removeprefix("eval/"))
-        ax_a.legend(loc="lower right")
-    ax_a.set(xlabel="RL step", ylabel="held-out accuracy", title="held-out accuracy", ylim=(0, 1))
+        ax_a.legend(loc="upper left")
+        top = max(max(r["eval/accuracy"] for r in evals), max((r[k] for r in evals for k in mean_keys if k in r),
+                                                              default=0))
+        ax_a.set_ylim(0, max(0.05, 1.35 * top))
+    ax_a.set(xlabel="RL step", ylabel="held-out accuracy", title="held-out accuracy")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
