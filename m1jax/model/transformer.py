@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -84,7 +83,9 @@ class MiniMaxM1(nnx.Module):
         x = jnp.take(table, tokens, axis=0).astype(c.jnp_dtype)
         x = constrain(x, ("batch", "seq", "hidden"))
         entries, stats = [], []
-        call = functools.partial(_call_layer, cache_empty=cache_empty)  # static: bound, not traced by remat
+        def call(layer, *args):  # cache_empty is static: closed over, never an argument remat could trace
+            return _call_layer(layer, *args, cache_empty=cache_empty)
+
         call = nnx.remat(call) if self.remat and cache is None else call
         for i, layer in enumerate(self.layers):
             entry = None if cache is None else cache.layers[i]
