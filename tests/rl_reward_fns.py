@@ -35,3 +35,8 @@ def flaky_addition(problem, completion):
     if problem.prompt == _stream_prompt(1):
         time.sleep(60)
     return get_task("addition").verify(problem, completion)
+
+
+def starts_with_one(problem, completion):
+    """An easy reward any policy can learn fast (the loop's sanity check): the completion starts with '1'."""
+    return float(completion.startswith("1"))
