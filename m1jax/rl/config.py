@@ -9,8 +9,8 @@ import math
 import ml_collections
 
 from m1jax.config import ModelConfig
-from m1jax.train.config import _check, _fail, _is_int, default_config as train_default_config
-from m1jax.train.config import model_config
+from m1jax.train.config import check, check_kernels, check_mesh, check_optim, fail, is_int, model_config
+from m1jax.train.config import default_config as train_default_config
 
 ADVANTAGE_SCALES = ("std", "none")
 OLD_LOGP = ("learner", "sampler")
@@ -83,69 +83,53 @@ def reward_function(spec: str):
 
 def validate(cfg) -> ModelConfig:
     """Check every RL value (and the warm start's, when it runs); returns the ModelConfig."""
-    from m1jax.model.attention import SOFTMAX_IMPLS
-    from m1jax.model.moe import MOE_IMPLS
     from m1jax.rl.losses import LOSSES
     from m1jax.rl.tasks import TASKS
-    from m1jax.sharding import MeshConfig
-    from pallas_kernels.lightning_attention.ops import IMPLS
 
     finite = math.isfinite
-    pos_int = (lambda v: _is_int(v) and v > 0, "must be a positive int")
-    _check(cfg, "seed", _is_int, "must be an int")
+    pos_int = (lambda v: is_int(v) and v > 0, "must be a positive int")
+    check(cfg, "seed", is_int, "must be an int")
     for key in ("steps", "task_size", "rollout.prompts", "rollout.group_size", "rollout.max_new_tokens",
                 "algo.updates_per_rollout", "algo.grad_accum_steps", "algo.max_sampling_rounds", "eval.every",
                 "eval.problems", "eval.samples", "checkpoint.every", "checkpoint.keep", "log.every"):
-        _check(cfg, key, *pos_int)
-    _check(cfg, "task", lambda v: v in TASKS, f"unknown task; choose from {sorted(TASKS)}")
-    _check(cfg, "loss.name", lambda v: v in LOSSES, f"unknown loss; choose from {sorted(LOSSES)}")
-    _check(cfg, "rollout.temperature", lambda v: finite(v) and v > 0, "must be > 0 (RL samples; 0 is greedy)")
-    _check(cfg, "rollout.top_k", lambda v: _is_int(v) and v >= 0, "must be an int >= 0 (0 = off)")
-    _check(cfg, "rollout.top_p", lambda v: 0 < v <= 1, "must be in (0, 1]")
-    _check(cfg, "rollout.truncate_after", lambda v: _is_int(v) and v >= 0, "must be an int >= 0 (0 = off)")
-    _check(cfg, "rollout.truncate_prob", lambda v: 0 < v < 1, "must be in (0, 1)")
+        check(cfg, key, *pos_int)
+    check(cfg, "task", lambda v: v in TASKS, f"unknown task; choose from {sorted(TASKS)}")
+    check(cfg, "loss.name", lambda v: v in LOSSES, f"unknown loss; choose from {sorted(LOSSES)}")
+    check(cfg, "rollout.temperature", lambda v: finite(v) and v > 0, "must be > 0 (RL samples; 0 is greedy)")
+    check(cfg, "rollout.top_k", lambda v: is_int(v) and v >= 0, "must be an int >= 0 (0 = off)")
+    check(cfg, "rollout.top_p", lambda v: 0 < v <= 1, "must be in (0, 1]")
+    check(cfg, "rollout.truncate_after", lambda v: is_int(v) and v >= 0, "must be an int >= 0 (0 = off)")
+    check(cfg, "rollout.truncate_prob", lambda v: 0 < v < 1, "must be in (0, 1)")
     for key in ("loss.eps_low", "loss.eps_high", "loss.grpo_eps", "loss.beta", "algo.length_penalty",
                 "algo.router_aux_loss_coef", "reward.timeout_s"):
-        _check(cfg, key, lambda v: finite(v) and v >= 0, "must be a finite number >= 0")
-    _check(cfg, "reward.timeout_s", lambda v: v > 0, "must be > 0")
+        check(cfg, key, lambda v: finite(v) and v >= 0, "must be a finite number >= 0")
+    check(cfg, "reward.timeout_s", lambda v: v > 0, "must be > 0")
     try:
         reward_function(cfg.reward.fn)
     except (ImportError, AttributeError, ValueError) as e:
-        _fail("reward.fn", cfg.reward.fn, str(e))
-    _check(cfg, "algo.advantage_scale", lambda v: v in ADVANTAGE_SCALES, f"must be one of {ADVANTAGE_SCALES}")
-    _check(cfg, "algo.old_logp", lambda v: v in OLD_LOGP, f"must be one of {OLD_LOGP}")
+        fail("reward.fn", cfg.reward.fn, str(e))
+    check(cfg, "algo.advantage_scale", lambda v: v in ADVANTAGE_SCALES, f"must be one of {ADVANTAGE_SCALES}")
+    check(cfg, "algo.old_logp", lambda v: v in OLD_LOGP, f"must be one of {OLD_LOGP}")
     for key in ("algo.dynamic_sampling", "loss.trust_region_mask", "log.plot", "log.tensorboard"):
-        _check(cfg, key, lambda v: isinstance(v, bool), "must be True or False")
-    _check(cfg, "algo.overlong_max", lambda v: _is_int(v) and v >= 0, "must be an int >= 0 (0 = off)")
+        check(cfg, key, lambda v: isinstance(v, bool), "must be True or False")
+    check(cfg, "algo.overlong_max", lambda v: is_int(v) and v >= 0, "must be an int >= 0 (0 = off)")
     if cfg.algo.overlong_max and not 0 < cfg.algo.overlong_cache <= cfg.algo.overlong_max:
-        _fail("algo.overlong_cache", cfg.algo.overlong_cache, "must be in (0, algo.overlong_max]")
+        fail("algo.overlong_cache", cfg.algo.overlong_cache, "must be in (0, algo.overlong_max]")
     rows = cfg.rollout.prompts * cfg.rollout.group_size
     per_update = cfg.algo.updates_per_rollout * cfg.algo.grad_accum_steps
     if rows % per_update:
-        _fail("algo.updates_per_rollout", cfg.algo.updates_per_rollout,
+        fail("algo.updates_per_rollout", cfg.algo.updates_per_rollout,
               f"updates_per_rollout x grad_accum_steps = {per_update} must divide the rollout's "
               f"prompts x group_size = {rows} rows")
-    _check(cfg, "optim.lr", lambda v: finite(v) and v > 0, "must be a positive finite number")
-    for key in ("optim.b1", "optim.b2"):
-        _check(cfg, key, lambda v: 0 <= v < 1, "must be in [0, 1)")
-    for key in ("optim.eps", "optim.weight_decay", "optim.clip_norm"):
-        _check(cfg, key, lambda v: finite(v) and v >= 0, "must be a finite number >= 0")
-    _check(cfg, "optim.warmup_steps", lambda v: _is_int(v) and v >= 0, "must be an int >= 0")
-    _check(cfg, "kernels.moe", lambda v: v in MOE_IMPLS, f"must be one of {MOE_IMPLS}")
-    _check(cfg, "kernels.lightning", lambda v: v in IMPLS, f"must be one of {IMPLS}")
-    _check(cfg, "kernels.softmax", lambda v: v in SOFTMAX_IMPLS, f"must be one of {SOFTMAX_IMPLS}")
-    try:
-        import jax
-
-        MeshConfig(**cfg.mesh).resolve(jax.device_count())
-    except (TypeError, ValueError) as e:
-        _fail("mesh", cfg.mesh.to_dict(), str(e))
+    check_optim(cfg)
+    check_kernels(cfg)
+    check_mesh(cfg)
     model = model_config(cfg)
     if model.vocab_size < 258:
-        _fail("model.vocab_size", model.vocab_size, "the RL tasks use the byte tokenizer: needs >= 258")
+        fail("model.vocab_size", model.vocab_size, "the RL tasks use the byte tokenizer: needs >= 258")
     need = 64 + cfg.rollout.max_new_tokens
     if need > model.max_position_embeddings:
-        _fail("rollout.max_new_tokens", cfg.rollout.max_new_tokens,
+        fail("rollout.max_new_tokens", cfg.rollout.max_new_tokens,
               f"prompts (up to 64 tokens) + completions exceed max_position_embeddings={model.max_position_embeddings}")
     if not cfg.init_from and cfg.warm_start.steps > 0:
         from m1jax.train.config import validate as validate_train

@@ -34,7 +34,7 @@ from m1jax.rl.rewards import FAILURES, RewardRunner
 from m1jax.sampling import sample
 from m1jax.sharding import use_mesh
 from m1jax.train import checkpoint as ckpt_lib
-from m1jax.train.loop import NonFiniteError, _check_and_write_config, _peak_memory_gib, stop_signals
+from m1jax.train.run import NonFiniteError, check_and_write_config, peak_memory_gib, stop_signals
 from m1jax.train.metrics import MetricWriter, Progress, read_jsonl
 from m1jax.train.optimizer import make_optimizer
 from m1jax.train.placement import batch_sharding, train_mesh, train_state_shardings, with_shardings
@@ -46,6 +46,8 @@ PROGRESS_FIELDS = (
     ("entropy", "ent", "{:.3f}".format), ("mismatch/prob_corr", "corr", "{:.4f}".format),
     ("tokens_per_s", "gen tok/s", "{:.0f}".format),
 )
+# What defines an RL run: a resumed run must not change these (the rest, e.g. eval / log / steps, may change).
+FIXED = ("model", "seed", "task", "task_size", "init_from", "rollout", "loss", "algo", "reward")
 _MEAN_KEYS = ("loss", "clip_fraction", "active_clip_fraction", "ratio_mean", "entropy", "grad_norm", "lr")
 
 
@@ -171,7 +173,7 @@ def rl(cfg, workdir: str, *, reward_fn=None) -> dict:
         init_from = warm_start(cfg, workdir)
     elif not init_from and cfg.warm_start.steps > 0:
         init_from = os.path.join(workdir, "warm_start")
-    _check_and_write_config(cfg, workdir, resuming=latest is not None)
+    check_and_write_config(cfg, workdir, resuming=latest is not None, fixed=FIXED)
 
     def initial_params():
         if init_from:
@@ -215,7 +217,7 @@ def rl(cfg, workdir: str, *, reward_fn=None) -> dict:
          f"mesh {dict(mesh.shape)}")
     saved_step, interrupted = latest, None
     try:
-        with stop_signals() as stop, use_mesh(mesh):
+        with stop_signals("rl") as stop, use_mesh(mesh):
             policy = (graphdef, state["params"])
             if start == 0:
                 m = evaluator(policy, eval_key)
@@ -272,7 +274,7 @@ def rl(cfg, workdir: str, *, reward_fn=None) -> dict:
                 if step % cfg.eval.every == 0 or step == cfg.steps:
                     metrics.update(evaluator((graphdef, state["params"]), eval_key))
                 metrics["step_time"] = time.perf_counter() - t_step
-                metrics["peak_memory_gib"] = _peak_memory_gib()
+                metrics["peak_memory_gib"] = peak_memory_gib()
                 writer.write(step, metrics)
                 progress.update(step, metrics)
                 if step % cfg.checkpoint.every == 0 or step == cfg.steps or stop["signum"] is not None:

@@ -53,11 +53,12 @@ def default_config(model: ModelConfig) -> ml_collections.ConfigDict:
     return cfg
 
 
-def _fail(key, value, msg):
+def fail(key, value, msg):
     raise ValueError(f"config.{key}={value!r}: {msg}")
 
 
-def _check(cfg, key, ok, msg):
+def check(cfg, key, ok, msg):
+    """Raise ValueError('config.<key>=<value>: <msg>') unless ok(value) (a TypeError in ok counts as not ok)."""
     node = cfg
     for part in key.split("."):
         node = node[part]
@@ -66,10 +67,10 @@ def _check(cfg, key, ok, msg):
     except TypeError:
         good = False
     if not good:
-        _fail(key, node, msg)
+        fail(key, node, msg)
 
 
-def _is_int(x):
+def is_int(x):
     return isinstance(x, int) and not isinstance(x, bool)
 
 
@@ -77,60 +78,73 @@ def validate(cfg) -> ModelConfig:
     """Check every training value; returns the ModelConfig. Raises ValueError naming the first bad key."""
     from m1jax.data.pipeline import SOURCES
     from m1jax.data.tasks import DATA_SPLITS, parse_tasks
-    from m1jax.model.attention import SOFTMAX_IMPLS
-    from m1jax.model.moe import MOE_IMPLS
-    from pallas_kernels.grouped_matmul import IMPLS as GMM_IMPLS
-    from pallas_kernels.lightning_attention.ops import IMPLS
-
     finite = math.isfinite
-    _check(cfg, "seed", _is_int, "must be an int")
-    _check(cfg, "steps", lambda v: _is_int(v) and v > 0, "must be a positive int")
-    _check(cfg, "remat", lambda v: isinstance(v, bool), "must be True or False")
+    check(cfg, "seed", is_int, "must be an int")
+    check(cfg, "steps", lambda v: is_int(v) and v > 0, "must be a positive int")
+    check(cfg, "remat", lambda v: isinstance(v, bool), "must be True or False")
     for key in ("data.batch_size", "data.seq_len", "optim.grad_accum_steps", "checkpoint.every",
                 "checkpoint.keep", "log.every", "data.task_size"):
-        _check(cfg, key, lambda v: _is_int(v) and v > 0, "must be a positive int")
-    _check(cfg, "data.prefetch", lambda v: _is_int(v) and v >= 0, "must be an int >= 0")
-    _check(cfg, "optim.lr", lambda v: finite(v) and v > 0, "must be a positive finite number")
-    _check(cfg, "optim.warmup_steps", lambda v: _is_int(v) and v >= 0, "must be an int >= 0")
-    _check(cfg, "optim.min_lr_ratio", lambda v: 0 <= v <= 1, "must be in [0, 1]")
-    for key in ("optim.b1", "optim.b2"):
-        _check(cfg, key, lambda v: 0 <= v < 1, "must be in [0, 1)")
-    for key in ("optim.eps", "optim.weight_decay", "optim.clip_norm", "log.peak_tflops"):
-        _check(cfg, key, lambda v: finite(v) and v >= 0, "must be a finite number >= 0")
+        check(cfg, key, lambda v: is_int(v) and v > 0, "must be a positive int")
+    check(cfg, "data.prefetch", lambda v: is_int(v) and v >= 0, "must be an int >= 0")
+    check_optim(cfg)
+    check(cfg, "log.peak_tflops", lambda v: finite(v) and v >= 0, "must be a finite number >= 0")
     if cfg.data.batch_size % cfg.optim.grad_accum_steps:
-        _fail("optim.grad_accum_steps", cfg.optim.grad_accum_steps,
+        fail("optim.grad_accum_steps", cfg.optim.grad_accum_steps,
               f"must divide data.batch_size={cfg.data.batch_size}")
-    _check(cfg, "kernels.moe", lambda v: v in MOE_IMPLS, f"must be one of {MOE_IMPLS}")
-    _check(cfg, "kernels.lightning", lambda v: v in IMPLS, f"must be one of {IMPLS}")
-    _check(cfg, "kernels.expert_matmul", lambda v: v in GMM_IMPLS, f"must be one of {GMM_IMPLS}")
-    _check(cfg, "kernels.softmax", lambda v: v in SOFTMAX_IMPLS, f"must be one of {SOFTMAX_IMPLS}")
-    _check(cfg, "data.source", lambda v: v in SOURCES, f"must be one of {SOURCES}")
-    _check(cfg, "data.loss_on", lambda v: v in ("all", "answer"), "must be 'all' or 'answer'")
-    _check(cfg, "data.split", lambda v: v in DATA_SPLITS,
+    check_kernels(cfg)
+    check(cfg, "data.source", lambda v: v in SOURCES, f"must be one of {SOURCES}")
+    check(cfg, "data.loss_on", lambda v: v in ("all", "answer"), "must be 'all' or 'answer'")
+    check(cfg, "data.split", lambda v: v in DATA_SPLITS,
            f"must be one of {DATA_SPLITS} ('train' leaves out the held-out eval prompts of m1jax.rl.tasks)")
     if cfg.data.source == "tasks":
         try:
             parse_tasks(cfg.data.tasks)
         except ValueError as e:
-            _fail("data.tasks", cfg.data.tasks, str(e))
+            fail("data.tasks", cfg.data.tasks, str(e))
     if cfg.data.source == "text":
         from m1jax.data.sources import TEXT_UNITS, expand_paths
 
-        _check(cfg, "data.text_unit", lambda v: v in TEXT_UNITS, f"must be one of {TEXT_UNITS}")
+        check(cfg, "data.text_unit", lambda v: v in TEXT_UNITS, f"must be one of {TEXT_UNITS}")
         try:
             expand_paths(cfg.data.paths)
         except (FileNotFoundError, ValueError) as e:
-            _fail("data.paths", cfg.data.paths, str(e))
-    _check_mesh(cfg)
+            fail("data.paths", cfg.data.paths, str(e))
+    check_mesh(cfg)
     model = model_config(cfg)
     tokenizer = load_data_tokenizer(cfg.data)
     if tokenizer.vocab_size > model.vocab_size:
-        _fail("model.vocab_size", model.vocab_size, f"smaller than the tokenizer's vocabulary "
+        fail("model.vocab_size", model.vocab_size, f"smaller than the tokenizer's vocabulary "
               f"({tokenizer.vocab_size}, data.tokenizer={cfg.data.tokenizer!r})")
     return model
 
 
-def _check_mesh(cfg):
+def check_optim(cfg):
+    """config.optim: learning rate, schedule, AdamW and clipping values."""
+    finite = math.isfinite
+    check(cfg, "optim.lr", lambda v: finite(v) and v > 0, "must be a positive finite number")
+    check(cfg, "optim.warmup_steps", lambda v: is_int(v) and v >= 0, "must be an int >= 0")
+    check(cfg, "optim.min_lr_ratio", lambda v: 0 <= v <= 1, "must be in [0, 1]")
+    for key in ("optim.b1", "optim.b2"):
+        check(cfg, key, lambda v: 0 <= v < 1, "must be in [0, 1)")
+    for key in ("optim.eps", "optim.weight_decay", "optim.clip_norm"):
+        check(cfg, key, lambda v: finite(v) and v >= 0, "must be a finite number >= 0")
+
+
+def check_kernels(cfg):
+    """config.kernels: each path one of its implementations."""
+    from m1jax.model.attention import SOFTMAX_IMPLS
+    from m1jax.model.moe import MOE_IMPLS
+    from pallas_kernels.grouped_matmul import IMPLS as GMM_IMPLS
+    from pallas_kernels.lightning_attention.ops import IMPLS
+
+    check(cfg, "kernels.moe", lambda v: v in MOE_IMPLS, f"must be one of {MOE_IMPLS}")
+    check(cfg, "kernels.lightning", lambda v: v in IMPLS, f"must be one of {IMPLS}")
+    check(cfg, "kernels.expert_matmul", lambda v: v in GMM_IMPLS, f"must be one of {GMM_IMPLS}")
+    check(cfg, "kernels.softmax", lambda v: v in SOFTMAX_IMPLS, f"must be one of {SOFTMAX_IMPLS}")
+
+
+def check_mesh(cfg):
+    """config.mesh resolves over the devices present."""
     import jax
 
     from m1jax.sharding import MeshConfig
@@ -138,7 +152,7 @@ def _check_mesh(cfg):
     try:
         MeshConfig(**cfg.mesh).resolve(jax.device_count())
     except (TypeError, ValueError) as e:
-        _fail("mesh", cfg.mesh.to_dict(), str(e))
+        fail("mesh", cfg.mesh.to_dict(), str(e))
 
 
 def load_data_tokenizer(data_cfg):
@@ -148,4 +162,4 @@ def load_data_tokenizer(data_cfg):
     try:
         return load_tokenizer(data_cfg.tokenizer, bos_token=data_cfg.bos_token, eos_token=data_cfg.eos_token)
     except (OSError, ValueError) as e:
-        _fail("data.tokenizer", data_cfg.tokenizer, str(e))
+        fail("data.tokenizer", data_cfg.tokenizer, str(e))

@@ -5,11 +5,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import threading
 import time
 
 import jax
@@ -21,6 +19,7 @@ from m1jax.train.flops import device_peak_flops, flops_per_token, mfu, param_cou
 from m1jax.train.metrics import MetricWriter, Progress
 from m1jax.train.optimizer import make_optimizer
 from m1jax.sharding import use_mesh
+from m1jax.train.run import NonFiniteError, check_and_write_config, peak_memory_gib, stop_signals
 from m1jax.train.placement import (
     batch_sharding, gather_data_state, global_batch, process_rows, train_mesh, train_state_shardings, with_shardings,
 )
@@ -28,78 +27,8 @@ from m1jax.train.step import (
     abstract_model, abstract_train_state, init_params, init_train_state, make_train_step, model_graphdef,
 )
 
-# Sections of the config that define what is being trained: a resumed run must not change them.
-_FIXED = ("model", "data", "seed")
-_FREE_DATA_KEYS = ("prefetch",)
-
-
-class NonFiniteError(FloatingPointError):
-    """The loss or the gradient norm became NaN / Inf."""
-
-
 def _say(msg: str):
     print(f"m1jax train: {msg}", flush=True)
-
-
-@contextlib.contextmanager
-def stop_signals():
-    """Record SIGTERM / SIGINT instead of dying, so the loop can checkpoint and stop cleanly.
-
-    Yields a dict whose "signum" is set when a signal arrived. A second signal acts immediately.
-    """
-    got = {"signum": None}
-    if threading.current_thread() is not threading.main_thread():
-        yield got
-        return
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-
-    def handler(signum, frame):
-        if got["signum"] is not None:  # asked twice: stop now
-            signal.signal(signum, previous[signum])
-            signal.raise_signal(signum)
-        got["signum"] = signum
-        _say(f"got {signal.Signals(signum).name}: saving a checkpoint after this step, then stopping")
-
-    for s in previous:
-        signal.signal(s, handler)
-    try:
-        yield got
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-def _fixed_part(cfg_dict: dict) -> dict:
-    out = {k: cfg_dict.get(k) for k in _FIXED}
-    out["data"] = {k: v for k, v in (out["data"] or {}).items() if k not in _FREE_DATA_KEYS}
-    return out
-
-
-def _check_and_write_config(cfg, workdir: str, resuming: bool):
-    """Refuse to resume a run with a different model / data / seed; then record the current config."""
-    path = os.path.join(workdir, "config.json")
-    current = json.loads(cfg.to_json_best_effort())
-    if resuming and os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
-        old, new = _fixed_part(saved), _fixed_part(current)
-        diffs = [f"{sec}.{k}: {old[sec].get(k)!r} -> {new[sec].get(k)!r}" for sec in ("model", "data")
-                 for k in sorted(set(old[sec]) | set(new[sec])) if old[sec].get(k) != new[sec].get(k)]
-        if old["seed"] != new["seed"]:
-            diffs.append(f"seed: {old['seed']} -> {new['seed']}")
-        if diffs:
-            raise ValueError(f"{workdir} holds a run with a different config ({'; '.join(diffs)}); "
-                             "use a new --workdir to start another run")
-    with open(path + ".tmp", "w") as f:
-        f.write(cfg.to_json_best_effort(indent=1))
-    os.replace(path + ".tmp", path)
-
-
-def _peak_memory_gib() -> float | None:
-    """Peak memory allocated on the first device so far (None where the backend does not say, e.g. CPU)."""
-    stats = jax.devices()[0].memory_stats() or {}
-    peak = stats.get("peak_bytes_in_use")
-    return None if peak is None else peak / 2**30
 
 
 def describe(cfg, model_config) -> dict:
@@ -145,7 +74,7 @@ def train(cfg, workdir: str) -> dict:
     checkpointer = ckpt_lib.TrainCheckpointer(os.path.join(workdir, "checkpoints"), keep=cfg.checkpoint.keep,
                                               async_save=cfg.checkpoint.async_save)
     latest = checkpointer.latest_step()
-    _check_and_write_config(cfg, workdir, resuming=latest is not None)
+    check_and_write_config(cfg, workdir, resuming=latest is not None)
     # Fresh or resumed, the state is committed to the same shardings, so the step compiles once to the
     # same executable either way (what makes a resumed run bit-identical).
     if latest is not None:
@@ -173,7 +102,7 @@ def train(cfg, workdir: str) -> dict:
     summary = {"workdir": workdir, "start_step": start, "step": start, "interrupted": None}
     saved_step = latest
     try:
-        with stop_signals() as stop, use_mesh(mesh):
+        with stop_signals("train") as stop, use_mesh(mesh):
             last = time.perf_counter()
             for step in range(start + 1, cfg.steps + 1):
                 batch = global_batch(next(data), batch_shard, cfg.data.batch_size, rows)
@@ -190,7 +119,7 @@ def train(cfg, workdir: str) -> dict:
                 m["step_time"] = dt
                 m["tokens_per_s"] = info["tokens_per_step"] / dt
                 m["mfu"] = mfu(m["tokens_per_s"] * info["train_flops_per_token"], peak, mesh.size)
-                m["peak_memory_gib"] = _peak_memory_gib()
+                m["peak_memory_gib"] = peak_memory_gib()
                 writer.write(step, m)
                 progress.update(step, m)
                 summary.update(step=step, loss=m["loss"])
