@@ -7,12 +7,12 @@ from m1jax.train.config import validate
 from m1jax.train.loop import describe
 
 
-@pytest.mark.parametrize("preset", ["tiny", "100m", "1b", "m1_456b"])
+@pytest.mark.parametrize("preset", ["tiny", "add_warmstart", "countdown_warmstart", "100m", "1b", "m1_456b"])
 def test_presets_validate_and_have_the_intended_size(preset):
     cfg = pretrain.get_config(preset)
     info = describe(cfg, validate(cfg))
     active = info["params_active_non_embedding"]
-    expect = {"tiny": (1e4, 1e6), "100m": (0.7e8, 1.3e8), "1b": (0.8e9, 1.2e9), "m1_456b": (45.5e9, 46.5e9)}[preset]
+    expect = {"tiny": (1e4, 1e6), "add_warmstart": (1e4, 1e6), "countdown_warmstart": (1e4, 1e6), "100m": (0.7e8, 1.3e8), "1b": (0.8e9, 1.2e9), "m1_456b": (45.5e9, 46.5e9)}[preset]
     assert expect[0] < active < expect[1], active
 
 
@@ -55,3 +55,14 @@ def test_text_source_needs_existing_paths(tmp_path):
 def test_unknown_preset():
     with pytest.raises(ValueError, match="unknown preset 'huge'"):
         pretrain.get_config("huge")
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny_countdown", "1b"])
+def test_rl_presets_validate(preset):
+    from experiments import rl
+    from m1jax.rl.config import validate as validate_rl
+
+    cfg = rl.get_config(preset)
+    model = validate_rl(cfg)
+    assert model.lm_head_dtype == "float32"  # M1's RL head
+    assert cfg.loss.name == "cispo" and cfg.rollout.temperature == 1.0
