@@ -50,3 +50,13 @@ def test_generate_text_prompts_are_decoded(tmp_path, capsys):
     assert all(isinstance(s["text"], str) and 1 <= s["tokens"] <= 5 for s in samples)
     out = capsys.readouterr().out
     assert "[0] 12+3=" in out and "[1] héllo" in out
+
+
+@pytest.mark.parametrize("args", [[], ["--help"], ["-h"], ["help"]])
+def test_top_level_help_lists_the_commands(args):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    proc = subprocess.run([sys.executable, "-m", "m1jax.cli.main", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    for command in ("train", "rl", "generate", "convert"):
+        assert f"\n  {command} " in proc.stdout and f"m1jax {command} " in proc.stdout

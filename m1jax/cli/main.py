@@ -16,15 +16,36 @@ flags.DEFINE_integer("process_id", None, "This process's index in [0, num_proces
 
 COMMANDS = {"generate": "m1jax.cli.generate", "train": "m1jax.cli.train", "rl": "m1jax.cli.rl",
             "convert": "m1jax.cli.convert"}
+ABOUT = {
+    "train": ("supervised (pre)training with checkpoints, metrics and resume",
+              "m1jax train --config=experiments/pretrain.py:tiny --workdir=/tmp/tiny"),
+    "rl": ("RL (CISPO / GRPO / DAPO) with a verifier reward, after an optional supervised warm start",
+           "m1jax rl --config=experiments/rl.py:tiny --workdir=/tmp/rl"),
+    "generate": ("sample text from a run, an orbax or a Hugging Face checkpoint (or a random model)",
+                 "m1jax generate --config=experiments/tiny.py --config.checkpoint=/tmp/rl --config.prompt='12+34='"),
+    "convert": ("convert checkpoints between Hugging Face, orbax and PyTorch",
+                "m1jax convert hf-to-orbax /ckpt/hf /ckpt/orbax"),
+}
 
 
 def _usage() -> str:
     return f"usage: m1jax {{{','.join(COMMANDS)}}} --config=experiments/FILE.py[:PRESET] [--config.KEY=VALUE ...]"
 
 
+def _help() -> str:
+    lines = ["m1jax: MiniMax-M1 in JAX (train, RL, generate, convert).", "", _usage(), "", "commands:"]
+    for name, (what, example) in ABOUT.items():
+        lines += [f"  {name:<9} {what}", f"  {'':<9} e.g. {example}"]
+    lines += ["", "Override any config key with --config.KEY=VALUE; presets live in experiments/*.py."]
+    return "\n".join(lines)
+
+
 def run():
     """Console entry point: dispatch on the first argument, then let absl parse the flags."""
-    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help", "help"):
+        print(_help())
+        sys.exit(0)
+    if sys.argv[1] not in COMMANDS:
         got = sys.argv[1] if len(sys.argv) > 1 else "nothing"
         sys.exit(f"m1jax: unknown command {got!r}\n{_usage()}")
     command = sys.argv.pop(1)
