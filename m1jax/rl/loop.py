@@ -271,9 +271,11 @@ def rl(cfg, workdir: str, *, reward_fn=None) -> dict:
                     "verifier_failures": sum(runner.counters[k] - counts_before.get(k, 0) for k in FAILURES),
                     **{f"verifier/{k}": runner.counters[k] for k in FAILURES},
                 })
+                metrics["step_time"] = time.perf_counter() - t_step  # rollout + rewards + updates (not the eval)
                 if step % cfg.eval.every == 0 or step == cfg.steps:
+                    t_eval = time.perf_counter()
                     metrics.update(evaluator((graphdef, state["params"]), eval_key))
-                metrics["step_time"] = time.perf_counter() - t_step
+                    metrics["eval_s"] = time.perf_counter() - t_eval
                 metrics["peak_memory_gib"] = peak_memory_gib()
                 writer.write(step, metrics)
                 progress.update(step, metrics)
