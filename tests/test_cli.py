@@ -60,3 +60,17 @@ def test_top_level_help_lists_the_commands(args):
     assert proc.returncode == 0, proc.stderr
     for command in ("train", "rl", "generate", "convert"):
         assert f"\n  {command} " in proc.stdout and f"m1jax {command} " in proc.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--config=experiments/pretrain.py:tiny", "--config.optim.learning_rate=1e-3"],
+     "m1jax train: --config.optim.learning_rate: config.optim has no key 'learning_rate'; config.optim has b1"),
+    (["rl", "--config=experiments/rl.py:tiny", "--config.los.name=grpo"],
+     "m1jax rl: --config.los.name: config has no key 'los'; did you mean config.loss"),
+])
+def test_mistyped_config_key_is_one_line_with_suggestions(args, message):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    proc = subprocess.run([sys.executable, "-m", "m1jax.cli.main", *args, "--workdir=/nonexistent/never"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith(message), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr

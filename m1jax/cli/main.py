@@ -64,7 +64,46 @@ def run():
         initialize_distributed(F.coordinator_address, F.num_processes, F.process_id)  # before any other jax call
         module.main(_CONFIG.value, F.workdir)
 
+    bad = _unknown_config_key(command, sys.argv[1:])
+    if bad:  # a user error: one line, exit status 2 (absl would print a 56-line chained traceback)
+        print(bad, file=sys.stderr)
+        sys.exit(2)
     app.run(main)
+
+
+def _unknown_config_key(command: str, args: list[str]) -> str | None:
+    """A one-line error for the first ``--config.a.b=...`` override that names no key of the config file
+    (with the closest keys), or None. Config files that fail to load are left to absl's own message."""
+    import difflib
+    import importlib.util
+    import os
+
+    spec = next((a.split("=", 1)[1] for a in args if a.startswith("--config=")), None)
+    if spec is None:
+        return None
+    path, _, preset = spec.partition(":")
+    try:
+        loader = importlib.util.spec_from_file_location("_m1jax_config_file", os.path.abspath(path))
+        module = importlib.util.module_from_spec(loader)
+        loader.loader.exec_module(module)
+        cfg = module.get_config(preset) if preset else module.get_config()
+    except Exception:  # noqa: BLE001 - a broken config file gets absl's full report
+        return None
+    for arg in args:
+        if not arg.startswith("--config.") or "=" not in arg:
+            continue
+        key = arg[len("--config."):].split("=", 1)[0]
+        node, walked = cfg, []
+        for part in key.split("."):
+            keys = list(node.keys()) if hasattr(node, "keys") else []
+            if part not in keys:
+                near = difflib.get_close_matches(part, keys, n=3, cutoff=0.5)
+                where = "config" + "".join(f".{w}" for w in walked)
+                hint = f"; did you mean {', '.join(where + '.' + n for n in near)}?" if near else \
+                    f"; {where} has {', '.join(sorted(keys)) or 'no keys'}"
+                return f"m1jax {command}: --config.{key}: {where} has no key {part!r}{hint}"
+            node, walked = node[part], walked + [part]
+    return None
 
 
 if __name__ == "__main__":
