@@ -201,7 +201,12 @@ class ModelConfig:
             kw["rope_theta"] = float(d["rope_theta"])
         elif "rope_theta" in rope:
             kw["rope_theta"] = float(rope["rope_theta"])
-        head_dim = d.get("head_dim") or d["hidden_size"] // d["num_attention_heads"]
+        head_dim = d.get("head_dim")
+        if not head_dim:  # transformers' default: hidden_size / heads, which must divide exactly
+            if d["hidden_size"] % d["num_attention_heads"]:
+                raise ValueError(f"config.json has no head_dim and num_attention_heads={d['num_attention_heads']} "
+                                 f"does not divide hidden_size={d['hidden_size']}: add head_dim to the config")
+            head_dim = d["hidden_size"] // d["num_attention_heads"]
         # Native transformers rotates the whole head; remote code only rotary_dim of it.
         kw["rotary_dim"] = int(d.get("rotary_dim") or head_dim)
         kw["head_dim"] = int(head_dim)

@@ -101,3 +101,11 @@ def test_unknown_layer_type_string_and_preset():
 
 def test_hybrid_layout():
     assert hybrid_layout(16) == (0,) * 7 + (1,) + (0,) * 7 + (1,)
+
+
+def test_from_hf_without_head_dim_needs_heads_to_divide_hidden():
+    d = ModelConfig.tiny().to_hf()
+    d.pop("head_dim")
+    d.update(hidden_size=60, num_attention_heads=8)
+    with pytest.raises(ValueError, match="no head_dim and num_attention_heads=8 does not divide hidden_size=60"):
+        ModelConfig.from_hf(d)

@@ -68,3 +68,10 @@ def test_rl_presets_validate(preset):
     model = validate_rl(cfg)
     assert model.lm_head_dtype == "float32"  # M1's RL head
     assert cfg.loss.name == "cispo" and cfg.rollout.temperature == 1.0
+
+
+def test_warmup_longer_than_the_run_is_named():
+    cfg = pretrain.get_config("tiny")
+    cfg.optim.warmup_steps = cfg.steps + 1
+    with pytest.raises(ValueError, match=r"config.optim.warmup_steps=401: must be an int in \[0, steps=400\]"):
+        validate(cfg)

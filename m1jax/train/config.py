@@ -81,6 +81,8 @@ def validate(cfg) -> ModelConfig:
     finite = math.isfinite
     check(cfg, "seed", is_int, "must be an int")
     check(cfg, "steps", lambda v: is_int(v) and v > 0, "must be a positive int")
+    check(cfg, "optim.warmup_steps", lambda v: is_int(v) and 0 <= v <= cfg.steps,
+          f"must be an int in [0, steps={cfg.steps}] (the schedule would never reach the peak lr)")
     check(cfg, "remat", lambda v: isinstance(v, bool), "must be True or False")
     for key in ("data.batch_size", "data.seq_len", "optim.grad_accum_steps", "checkpoint.every",
                 "checkpoint.keep", "log.every", "data.task_size"):
