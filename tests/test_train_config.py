@@ -75,3 +75,21 @@ def test_warmup_longer_than_the_run_is_named():
     cfg.optim.warmup_steps = cfg.steps + 1
     with pytest.raises(ValueError, match=r"config.optim.warmup_steps=401: must be an int in \[0, steps=400\]"):
         validate(cfg)
+
+
+def test_a_workdir_that_is_a_file_is_named(tmp_path):
+    from m1jax.rl.loop import rl
+    from m1jax.train import train
+
+    path = tmp_path / "notes.txt"
+    path.write_text("keep me")
+    for run, cfg in ((train, pretrain.get_config("tiny")), (rl, _rl_config("tiny"))):
+        with pytest.raises(ValueError, match="notes.txt is a file, not a directory"):
+            run(cfg, str(path))
+    assert path.read_text() == "keep me"
+
+
+def _rl_config(preset):
+    from experiments import rl
+
+    return rl.get_config(preset)

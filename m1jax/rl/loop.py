@@ -34,7 +34,7 @@ from m1jax.rl.rewards import FAILURES, RewardRunner
 from m1jax.sampling import sample
 from m1jax.sharding import use_mesh
 from m1jax.train import checkpoint as ckpt_lib
-from m1jax.train.run import NonFiniteError, check_and_write_config, peak_memory_gib, stop_signals
+from m1jax.train.run import NonFiniteError, check_and_write_config, make_workdir, peak_memory_gib, stop_signals
 from m1jax.train.metrics import MetricWriter, Progress, read_jsonl
 from m1jax.train.optimizer import make_optimizer
 from m1jax.train.placement import batch_sharding, train_mesh, train_state_shardings, with_shardings
@@ -149,7 +149,7 @@ def rl(cfg, workdir: str, *, reward_fn=None) -> dict:
     if not workdir:
         raise ValueError("RL needs a --workdir")
     workdir = os.path.abspath(os.path.expanduser(workdir))
-    os.makedirs(workdir, exist_ok=True)
+    make_workdir(workdir)
     if model_config.lm_head_dtype != "float32":
         _say(f"WARNING: LM head in {model_config.lm_head_dtype} by explicit choice (model.lm_head_dtype); M1 runs "
              "it in float32 to keep sampler and learner probabilities aligned")

@@ -19,7 +19,7 @@ from m1jax.train.flops import device_peak_flops, flops_per_token, mfu, param_cou
 from m1jax.train.metrics import MetricWriter, Progress
 from m1jax.train.optimizer import make_optimizer
 from m1jax.sharding import use_mesh
-from m1jax.train.run import NonFiniteError, check_and_write_config, peak_memory_gib, stop_signals
+from m1jax.train.run import NonFiniteError, check_and_write_config, make_workdir, peak_memory_gib, stop_signals
 from m1jax.train.placement import (
     batch_sharding, gather_data_state, global_batch, process_rows, train_mesh, train_state_shardings, with_shardings,
 )
@@ -62,7 +62,7 @@ def train(cfg, workdir: str) -> dict:
     if not workdir:
         raise ValueError("training needs a --workdir")
     workdir = os.path.abspath(os.path.expanduser(workdir))
-    os.makedirs(workdir, exist_ok=True)
+    make_workdir(workdir)
 
     tx, schedule = make_optimizer(cfg.optim, cfg.steps)
     mesh = train_mesh(cfg.mesh)

@@ -84,6 +84,13 @@ def check_and_write_config(cfg, workdir: str, resuming: bool, fixed=("model", "d
     os.replace(path + ".tmp", path)
 
 
+def make_workdir(workdir: str) -> None:
+    """Create the run directory (and its parents); a path that exists and is not a directory is a user error."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"--workdir={workdir} is a file, not a directory; pass a directory for the run's outputs")
+    os.makedirs(workdir, exist_ok=True)
+
+
 def peak_memory_gib() -> float | None:
     """Peak memory allocated on the first device so far (None where the backend does not say, e.g. CPU)."""
     stats = jax.devices()[0].memory_stats() or {}
