@@ -74,3 +74,16 @@ def test_mistyped_config_key_is_one_line_with_suggestions(args, message):
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.strip().startswith(message), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("command, presets", [("train", "add_warmstart"), ("rl", "tiny_countdown"),
+                                              ("generate", "smoke"), ("convert", None)])
+def test_command_help_says_what_it_does_its_presets_and_keys(command, presets):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    proc = subprocess.run([sys.executable, "-m", "m1jax.cli.main", command, "--help"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert f"example: m1jax {command}" in proc.stdout
+    if presets:
+        assert "presets (" in proc.stdout and presets in proc.stdout
+        assert "config keys" in proc.stdout and "seed = " in proc.stdout

@@ -40,10 +40,69 @@ def _help() -> str:
     return "\n".join(lines)
 
 
+# Each config-driven command's presets file (its default preset's keys are listed by --help).
+PRESET_FILES = {"train": "experiments/pretrain.py", "rl": "experiments/rl.py", "generate": "experiments/tiny.py"}
+
+
+def _command_help(command: str) -> str:
+    """What a command does (its module docstring), its presets and its config sections with their keys."""
+    import importlib
+    import os
+
+    module = importlib.import_module(COMMANDS[command])
+    lines = [(module.__doc__ or ABOUT[command][0]).strip(), "", f"example: {ABOUT[command][1]}"]
+    path = PRESET_FILES.get(command)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if path and os.path.exists(os.path.join(root, path)):
+        presets = _presets(os.path.join(root, path))
+        lines += ["", f"presets ({path}, --config={path}:PRESET): {', '.join(presets)}"]
+        cfg = _load_config(os.path.join(root, path), "")
+        if cfg is not None:
+            lines += ["", "config keys (--config.KEY=VALUE; defaults of the first preset):"]
+            for key, value in cfg.items():
+                if hasattr(value, "keys"):
+                    lines.append(f"  {key}.{{{', '.join(value.keys())}}}")
+                else:
+                    lines.append(f"  {key} = {value!r}")
+    return "\n".join(lines)
+
+
+def _presets(path: str) -> list[str]:
+    """A config file's presets, as its get_config names them when asked for one it does not have."""
+    import re
+
+    try:
+        _load_config(path, "\0", raise_errors=True)
+    except ValueError as e:
+        return re.findall(r"'([^']+)'", str(e).partition("choose from")[2])
+    except Exception:  # noqa: BLE001
+        pass
+    return []
+
+
+def _load_config(path: str, preset: str, *, raise_errors: bool = False):
+    """get_config(preset) of a config file, or None if it cannot be loaded."""
+    import importlib.util
+
+    try:
+        loader = importlib.util.spec_from_file_location("_m1jax_config_file", path)
+        module = importlib.util.module_from_spec(loader)
+        loader.loader.exec_module(module)
+        return module.get_config(preset) if preset else module.get_config()
+    except Exception:  # noqa: BLE001 - a broken config file gets absl's full report later
+        if raise_errors:
+            raise
+        return None
+
+
 def run():
     """Console entry point: dispatch on the first argument, then let absl parse the flags."""
     if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help", "help"):
         print(_help())
+        sys.exit(0)
+    asks_help = any(a in ("-h", "--help", "--helpshort") for a in sys.argv[2:])
+    if len(sys.argv) > 2 and sys.argv[1] in COMMANDS and asks_help:
+        print(_command_help(sys.argv[1]))
         sys.exit(0)
     if sys.argv[1] not in COMMANDS:
         got = sys.argv[1] if len(sys.argv) > 1 else "nothing"
@@ -75,19 +134,14 @@ def _unknown_config_key(command: str, args: list[str]) -> str | None:
     """A one-line error for the first ``--config.a.b=...`` override that names no key of the config file
     (with the closest keys), or None. Config files that fail to load are left to absl's own message."""
     import difflib
-    import importlib.util
     import os
 
     spec = next((a.split("=", 1)[1] for a in args if a.startswith("--config=")), None)
     if spec is None:
         return None
     path, _, preset = spec.partition(":")
-    try:
-        loader = importlib.util.spec_from_file_location("_m1jax_config_file", os.path.abspath(path))
-        module = importlib.util.module_from_spec(loader)
-        loader.loader.exec_module(module)
-        cfg = module.get_config(preset) if preset else module.get_config()
-    except Exception:  # noqa: BLE001 - a broken config file gets absl's full report
+    cfg = _load_config(os.path.abspath(path), preset)
+    if cfg is None:
         return None
     for arg in args:
         if not arg.startswith("--config.") or "=" not in arg:
