@@ -87,3 +87,37 @@ def test_command_help_says_what_it_does_its_presets_and_keys(command, presets):
     if presets:
         assert "presets (" in proc.stdout and presets in proc.stdout
         assert "config keys" in proc.stdout and "seed = " in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def truncated_checkpoint(tmp_path_factory):
+    from flax import nnx
+
+    import m1jax
+    from m1jax.convert import save_hf
+
+    path = tmp_path_factory.mktemp("ckpt") / "hf"
+    save_hf(m1jax.MiniMaxM1(m1jax.ModelConfig.tiny(), rngs=nnx.Rngs(0)), str(path))
+    weights = path / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(weights.stat().st_size // 2)
+    return path
+
+
+@pytest.mark.parametrize("case", ["direction", "truncated", "destination", "temperature"])
+def test_user_errors_are_one_line_with_exit_status_2(case, truncated_checkpoint, tmp_path):
+    args, message = {
+        "direction": (["convert", "sideways", "a", "b"], "m1jax convert: unknown direction 'sideways'"),
+        "truncated": (["convert", "hf-to-orbax", str(truncated_checkpoint), str(tmp_path / "out")],
+                      "m1jax convert: " + str(truncated_checkpoint / "model.safetensors") + ": truncated"),
+        "destination": (["convert", "hf-to-hf", str(truncated_checkpoint), str(tmp_path)],
+                        f"m1jax convert: destination {tmp_path} exists; pass --overwrite"),
+        "temperature": (["generate", "--config=experiments/tiny.py", "--config.temperature=-1"],
+                        "m1jax generate: temperature must be a finite number >= 0"),
+    }[case]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    proc = subprocess.run([sys.executable, "-m", "m1jax.cli.main", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[0].startswith(message), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags
@@ -30,6 +31,10 @@ ABOUT = {
 
 def _usage() -> str:
     return f"usage: m1jax {{{','.join(COMMANDS)}}} --config=experiments/FILE.py[:PRESET] [--config.KEY=VALUE ...]"
+
+
+# Errors a command raises for bad input (a setting, a path, a file): reported in one line, not a traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
 
 
 def _help() -> str:
@@ -111,6 +116,15 @@ def run():
     module = __import__(COMMANDS[command], fromlist=["main"])
 
     def main(argv):
+        try:
+            return run_command(argv)
+        except USER_ERRORS as e:  # what the user can fix: one line, exit 2 (M1JAX_DEBUG=1 shows the traceback)
+            if os.environ.get("M1JAX_DEBUG"):
+                raise
+            print(f"m1jax {command}: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    def run_command(argv):
         if getattr(module, "POSITIONAL", False):
             return module.main_argv(argv[1:])
         if len(argv) > 1:
