@@ -19,6 +19,7 @@ STEPS = 8
 # The tiny preset, shrunk: a 2-layer (lightning + softmax) model, a 10-step warm start, 8 RL steps; the verifier
 # raises on the first prompt of the stream and hangs on the second (tests/rl_reward_fns.py).
 ARGS = ["rl", "--config=experiments/rl.py:tiny", f"--config.steps={STEPS}", "--config.warm_start.steps=10",
+        "--config.warm_start.optim.warmup_steps=2",
         "--config.model.num_hidden_layers=2", "--config.model.attn_type_list=(0, 1)", "--config.model.hidden_size=32",
         "--config.model.intermediate_size=32", "--config.rollout.prompts=4", "--config.rollout.group_size=4",
         "--config.eval.every=4", "--config.eval.problems=16", "--config.eval.samples=2",

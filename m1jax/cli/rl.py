@@ -2,8 +2,8 @@
 
 Runs the warm start (when configured and no init_from is given), then RL; rerunning the same command
 resumes. Prints one JSON line at the end: warm_start_accuracy, final_accuracy, plot, ...
-Exit status: 0 when done, 1 for a bad config (before any work) or a diverged run, 128 + signal number when
-stopped by SIGTERM / SIGINT (after saving a checkpoint).
+Exit status: 0 when done; 2 for a bad config or workdir (one line, before any work); 1 for a diverged run;
+128 + signal number when stopped by SIGTERM / SIGINT (after saving a checkpoint; rerun the same command to resume).
 """
 
 from __future__ import annotations
@@ -26,14 +26,12 @@ def main(cfg, workdir: str | None) -> dict:
         validate(cfg)
         if not workdir:
             raise ValueError("--workdir is required (it holds checkpoints, metrics and the config)")
-    except ValueError as e:
-        sys.exit(f"m1jax rl: invalid config: {e}")
+    except ValueError as e:  # m1jax.cli.main prints it as one line, exit status 2
+        raise ValueError(f"invalid config: {e}") from None
     try:
         summary = rl(cfg, workdir)
     except NonFiniteError as e:
         sys.exit(f"m1jax rl: training diverged: {e}")
-    except ValueError as e:
-        sys.exit(f"m1jax rl: {e}")
     print(json.dumps(summary), flush=True)
     if summary.get("interrupted"):
         sys.exit(128 + int(signal.Signals[summary["interrupted"]]))

@@ -1,7 +1,7 @@
 """`m1jax train --config=experiments/pretrain.py:tiny --workdir=DIR [--config.optim.lr=3e-4 ...]`.
 
-Exit status: 0 when done, 1 for a bad config (before any work) or a diverged run, 128 + signal number
-when stopped by SIGTERM / SIGINT (after saving a checkpoint; rerun the same command to resume).
+Exit status: 0 when done; 2 for a bad config or workdir (one line, before any work); 1 for a diverged run;
+128 + signal number when stopped by SIGTERM / SIGINT (after saving a checkpoint; rerun the same command to resume).
 """
 
 from __future__ import annotations
@@ -22,14 +22,12 @@ def main(cfg, workdir: str | None) -> dict:
         validate(cfg)  # every value checked before any work
         if not workdir and not cfg.dry_run:
             raise ValueError("--workdir is required (it holds checkpoints, metrics and the config)")
-    except ValueError as e:
-        sys.exit(f"m1jax train: invalid config: {e}")
+    except ValueError as e:  # m1jax.cli.main prints it as one line, exit status 2
+        raise ValueError(f"invalid config: {e}") from None
     try:
         summary = train(cfg, workdir)
     except NonFiniteError as e:
         sys.exit(f"m1jax train: training diverged: {e}")
-    except ValueError as e:  # e.g. resuming a workdir with a different model / data config
-        sys.exit(f"m1jax train: {e}")
     print(json.dumps(summary), flush=True)
     if summary.get("interrupted"):
         sys.exit(128 + int(signal.Signals[summary["interrupted"]]))
