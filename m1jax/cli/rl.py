@@ -8,31 +8,10 @@ Exit status: 0 when done; 2 for a bad config or workdir (one line, before any wo
 
 from __future__ import annotations
 
-import json
-import signal
-import sys
-
-from absl import flags, logging
-
+from m1jax.cli.train import run_training
 from m1jax.rl.config import validate
 from m1jax.rl.loop import rl
-from m1jax.train import NonFiniteError
 
 
 def main(cfg, workdir: str | None) -> dict:
-    if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
-        logging.set_verbosity(logging.WARNING)
-    try:
-        validate(cfg)
-        if not workdir:
-            raise ValueError("--workdir is required (it holds checkpoints, metrics and the config)")
-    except ValueError as e:  # m1jax.cli.main prints it as one line, exit status 2
-        raise ValueError(f"invalid config: {e}") from None
-    try:
-        summary = rl(cfg, workdir)
-    except NonFiniteError as e:
-        sys.exit(f"m1jax rl: training diverged: {e}")
-    print(json.dumps(summary), flush=True)
-    if summary.get("interrupted"):
-        sys.exit(128 + int(signal.Signals[summary["interrupted"]]))
-    return summary
+    return run_training("rl", validate, rl, cfg, workdir)
