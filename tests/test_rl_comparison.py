@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from experiments import rl_comparison as rc
+from experiments import rl_comparison_analysis as ra
+from experiments import rl_comparison_report as rr
 
 
 def _rows(accs, every=2, tokens=100, step_time=0.5, compile_s=10.0, eval_s=0.3):
@@ -28,17 +30,17 @@ def _rows(accs, every=2, tokens=100, step_time=0.5, compile_s=10.0, eval_s=0.3):
 
 def _run(accs, **kw):
     rows = _rows(accs, **kw)
-    return {"rows": rows, "curves": rc.run_curves(rows), "lr": 5e-5, "seconds": 1.0, "config": {}, "command": None}
+    return {"rows": rows, "curves": ra.run_curves(rows), "lr": 5e-5, "seconds": 1.0, "config": {}, "command": None}
 
 
 def test_run_curves_and_numbers():
-    c = rc.run_curves(_rows([0.1, 0.1, 0.2, 0.3], every=2, tokens=100, step_time=0.5))
+    c = ra.run_curves(_rows([0.1, 0.1, 0.2, 0.3], every=2, tokens=100, step_time=0.5))
     np.testing.assert_array_equal(c["step"], [0, 2, 4, 6])
     np.testing.assert_array_equal(c["tokens"], [0, 200, 400, 600])
     # training clock: compilation (step 1) and evals (steps 2, 4, 6) count as the median of the other steps
     np.testing.assert_allclose(c["wall"], [0, 1.0, 2.0, 3.0])
     assert c["wall_s"] == pytest.approx(6 * 0.5 + 10.0 + 3 * 0.3)
-    n = rc.run_numbers(c, {"0.12": 0.12, "0.15": 0.15, "0.5": 0.5})
+    n = ra.run_numbers(c, {"0.12": 0.12, "0.15": 0.15, "0.5": 0.5})
     assert n["final_accuracy"] == 0.3
     assert n["auc"] == pytest.approx(np.trapezoid([0.1, 0.1, 0.2, 0.3], [0, 2, 4, 6]) / 6)
     assert n["steps_to"] == {"0.12": 4, "0.15": 4, "0.5": None}
@@ -46,8 +48,8 @@ def test_run_curves_and_numbers():
 
 
 def test_threshold_hit_exactly_counts():
-    c = rc.run_curves(_rows([0.075, 0.095], every=1))
-    assert rc.run_numbers(c, {"0.095": 0.075 + 0.02})["steps_to"]["0.095"] == 1
+    c = ra.run_curves(_rows([0.075, 0.095], every=1))
+    assert ra.run_numbers(c, {"0.095": 0.075 + 0.02})["steps_to"]["0.095"] == 1
 
 
 def test_aggregate_pairs_mu1_and_summary(tmp_path):
@@ -57,7 +59,7 @@ def test_aggregate_pairs_mu1_and_summary(tmp_path):
             "grpo_b0": {s: _run(a) for s, a in enumerate(flat)},
             "mu1_cispo": {s: _run(a) for s, a in enumerate(flat)},
             "mu1_grpo_tok": {s: _run(a) for s, a in enumerate(flat[:2] + [[0.1, 0.1, 0.1, 0.14]])}}
-    agg = rc.aggregate_task(arms, n_boot=200)
+    agg = ra.aggregate_task(arms, n_boot=200)
     assert agg["warm_start_accuracy"] == pytest.approx(0.1)
     assert list(agg["thresholds"]) == ["0.12", "0.15"]
     pa = agg["per_arm"]["cispo_e4"]
@@ -69,16 +71,16 @@ def test_aggregate_pairs_mu1_and_summary(tmp_path):
     pair = agg["pairs"]["cispo_e4 vs grpo_b0"]
     assert pair["n"] == 3 and pair["final_accuracy"]["p_improve"].estimate == 1.0
     assert pair["final_accuracy"]["diff"].lo > 0
-    mu1 = rc.mu1_check(arms)
+    mu1 = ra.mu1_check(arms)
     assert mu1["n"] == 3 and mu1["identical_seeds"] == 2
     assert mu1["max_abs_acc"] == pytest.approx(0.01)
-    summary = rc.summary_json({"addition": agg})
+    summary = ra.summary_json({"addition": agg})
     rec = summary["addition"]["cispo_e4"][0]
     assert set(rec) == {"seed", "final_accuracy", "auc", "steps_to", "generated_tokens", "wall_s"}
     assert rec["steps_to"] == {"0.12": 2, "0.15": 2}
     assert summary["addition"]["grpo_b0"][0]["steps_to"]["0.15"] is None
     json.dumps(summary)
-    strat = rc.stratified({"addition": agg, "countdown": agg}, n_boot=100)
+    strat = ra.stratified({"addition": agg, "countdown": agg}, n_boot=100)
     assert strat["pairs"]["cispo_e4 vs grpo_b0"]["final_accuracy"]["diff"].estimate == pytest.approx(
         pair["final_accuracy"]["diff"].estimate)
 
@@ -93,7 +95,7 @@ def test_report_writes_files_and_flags_partial(tmp_path):
                 f.writelines(json.dumps(r) + "\n" for r in _rows(accs))
             with open(os.path.join(wd, "summary.json"), "w") as f:
                 json.dump({"steps": 4, "interrupted": None}, f)
-    rc.report(out, n_boot=50, plots=False)
+    rr.report(out, n_boot=50, plots=False)
     with open(os.path.join(out, "summary.json")) as f:
         assert set(json.load(f)["addition"]) == {"cispo_e4", "dapo"}
     with open(os.path.join(out, "README.md")) as f:
