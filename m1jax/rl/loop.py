@@ -257,9 +257,8 @@ def rl(cfg, workdir: str, *, reward_fn=None) -> dict:
                         break
                 kept = kept[:P]
                 batch, n_groups = _assemble(kept, P, G, ro.max_new_tokens, algo.advantage_scale)
-                m = _learn_step(state, batch, n_groups, update, logprobs, ref_params, cfg, step, mb_rows,
-                                shardings, mesh)
-                state, metrics = m
+                state, metrics = _learn_step(state, batch, n_groups, update, logprobs, ref_params, cfg, step, mb_rows,
+                                             mesh)
                 rewards = np.concatenate(all_rewards)
                 lengths = np.concatenate(all_lengths)
                 metrics.update({
@@ -319,7 +318,7 @@ def _assemble(kept, P, G, T, scale):
     return batch, len(kept)
 
 
-def _learn_step(state, batch, n_groups, update, logprobs, ref_params, cfg, step, mb_rows, shardings, mesh):
+def _learn_step(state, batch, n_groups, update, logprobs, ref_params, cfg, step, mb_rows, mesh):
     """Old / reference log-probs, mismatch metrics, then mu minibatch updates. Returns (state, metrics)."""
     rows = batch["tokens"].shape[0]
     dev = jax.device_put(batch)
