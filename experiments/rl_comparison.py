@@ -8,7 +8,8 @@ never uses, then every arm on the same paired seeds, then the report); rerunning
     python experiments/rl_comparison.py --report-only                # tables / plots from whatever finished
 
 Options: --seeds 0-9 (comparison seeds), --arms a,b|all, --steps N (default: the preset's), --parallel 2
-(runs at once), --out experiments/results/rl_comparison, --sweep (run the lr sweep first, if not done),
+(runs at once), --gpus N (runs on N GPUs, several per GPU, instead of one CPU thread each),
+--out experiments/results/rl_comparison, --sweep (run the lr sweep first, if not done),
 --sweep-only (stop after it), --warm-start-preset (default add_warmstart / countdown_warmstart),
 --extra='--config.rollout.prompts=8 ...' (further `m1jax rl` overrides for every run, applied last),
 --warm-start-extra='--config.steps=400' (overrides for the warm start's `m1jax train`), --ignore-warm-range (by
@@ -170,15 +171,37 @@ def overrides(settings: dict) -> list[str]:
 # Running
 
 
-def run_env(out: str) -> dict:
+def run_env(out: str, gpus: int = 0) -> dict:
+    """The runs' environment: one CPU thread each on a CPU; with ``gpus`` > 0, JAX on CUDA without preallocation
+    (several runs share a GPU; run_jobs pins each to one GPU through CUDA_VISIBLE_DEVICES)."""
     env = dict(os.environ)
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
                         " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
-    env.setdefault("JAX_PLATFORMS", "cpu")
+    if gpus:
+        env["JAX_PLATFORMS"] = "cuda"
+        env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+        env["CUDA_VISIBLE_DEVICES"] = "0"  # the warm start and the probe; run_jobs picks one per run
+    else:
+        env.setdefault("JAX_PLATFORMS", "cpu")
     env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(os.path.abspath(out), ".jax_cache")
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return env
+
+
+def record_run_env(out: str, task: str, env: dict, gpus: int, parallel: int):
+    """Write <out>/<task>/run_env.json: the device and versions the runs see (probed in a process with their env),
+    so a report written elsewhere (say on a laptop from a GPU machine's runs) names the right hardware."""
+    code = ("import json, sys; sys.path.insert(0, '.'); from experiments.rl_comparison_report import environment; "
+            "print(json.dumps(environment()))")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"rl_comparison: probing the runs' device failed: {res.stderr.strip().splitlines()[-1:]}")
+    info = json.loads(res.stdout.strip().splitlines()[-1])
+    info.update(gpus=gpus, parallel=parallel, host=platform.node())
+    with open(os.path.join(out, task, "run_env.json"), "w") as f:
+        json.dump(info, f, indent=1)
+    return info
 
 
 def write_gitignore(out: str):
@@ -306,8 +329,9 @@ def _saved_lr(workdir: str):
         return None
 
 
-def run_jobs(jobs: list[dict], parallel: int, env: dict, steps: int, gate=None) -> list[dict]:
-    """Run the jobs ({"workdir", "cmd", "lr"}) up to ``parallel`` at once, skipping finished ones. A job whose
+def run_jobs(jobs: list[dict], parallel: int, env: dict, steps: int, gate=None, gpus: int = 0) -> list[dict]:
+    """Run the jobs ({"workdir", "cmd", "lr"}) up to ``parallel`` at once, skipping finished ones; with ``gpus``
+    > 0 each run is pinned to the GPU running the fewest runs. A job whose
     workdir holds a run with another lr is refused (delete that directory to rerun it). SIGINT / SIGTERM are
     passed on to the runs (they checkpoint and stop), then this stops. ``gate(job)`` is asked after the first
     run that ends well: a message back stops the runs (they checkpoint) and this exits with it."""
@@ -340,7 +364,12 @@ def run_jobs(jobs: list[dict], parallel: int, env: dict, steps: int, gate=None) 
                 log = open(os.path.join(job["workdir"], "log.txt"), "a")  # noqa: SIM115 - closed when the run ends
                 log.write(f"\n# {datetime.datetime.now().isoformat(timespec='seconds')} {shlex.join(job['cmd'])}\n")
                 log.flush()
-                p = subprocess.Popen(job["cmd"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                job_env = env
+                if gpus:
+                    load = [sum(j.get("gpu") == g for _, j in running.values()) for g in range(gpus)]
+                    job = {**job, "gpu": load.index(min(load))}
+                    job_env = {**env, "CUDA_VISIBLE_DEVICES": str(job["gpu"])}
+                p = subprocess.Popen(job["cmd"], cwd=ROOT, env=job_env, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)  # signals reach it only through this process
                 running[p.pid] = (p, {**job, "log": log, "t0": time.time()})
             time.sleep(0.5)
@@ -380,7 +409,8 @@ def _record_attempt(job: dict, rc: int, seconds: float):
             info = json.load(f)
     info.update(command=job["cmd"], lr=job["lr"])
     info["attempts"].append({"started": datetime.datetime.fromtimestamp(job["t0"]).isoformat(timespec="seconds"),
-                             "seconds": round(seconds, 2), "rc": rc, "host": platform.node()})
+                             "seconds": round(seconds, 2), "rc": rc, "host": platform.node(),
+                             **({"gpu": job["gpu"]} if "gpu" in job else {})})
     with open(path, "w") as f:
         json.dump(info, f, indent=1)
 
@@ -437,7 +467,7 @@ def sweep(args, out, task, settings, notes, env, ws_dir, extra) -> dict:
         jobs.append({"workdir": wd, "lr": lr, "cmd": rl_command(
             task, {**settings, **arm_settings(arm, settings["rollout.max_new_tokens"])}, lr, seed, args.steps, wd,
             extra)})
-    run_jobs(jobs, args.parallel, env, args.steps, gate=args.gate)
+    run_jobs(jobs, args.parallel, env, args.steps, gate=args.gate, gpus=args.gpus)
     result = {"task": task, "lrs": lrs, "seeds": list(SWEEP_SEEDS), "steps": args.steps,
               "criterion": "mean over seeds of the AUC of held-out greedy accuracy vs RL steps (stats.auc)",
               "preset_lr": notes["preset_lr"], "arms": {}}
@@ -488,6 +518,8 @@ def main(argv=None):
     p.add_argument("--arms", default="all")
     p.add_argument("--steps", type=int, default=None, help="RL steps per run (default: the preset's)")
     p.add_argument("--parallel", type=int, default=2)
+    p.add_argument("--gpus", type=int, default=0,
+                   help="run on this many GPUs (JAX on CUDA, runs spread over them, --parallel in all); 0: CPU")
     p.add_argument("--out", default=os.path.join("experiments", "results", "rl_comparison"))
     p.add_argument("--sweep", action="store_true", help="run the lr sweep first (skips what is done)")
     p.add_argument("--sweep-only", action="store_true", help="run the lr sweep, then stop")
@@ -518,7 +550,8 @@ def main(argv=None):
     with open(os.path.join(out, task, "commands.log"), "a") as f:
         f.write(f"python {_rel(os.path.abspath(__file__))} {shlex.join(sys.argv[1:] if argv is None else argv)}"
                 f"  # {datetime.datetime.now().isoformat(timespec='seconds')}\n")
-    env = run_env(out)
+    env = run_env(out, args.gpus)
+    record_run_env(out, task, env, args.gpus, args.parallel)
     t0 = time.time()
     ws_dir = ensure_warm_start(out, task, args.warm_start_preset or TASKS[task]["warm_start"], env,
                                shlex.split(args.warm_start_extra))
@@ -561,7 +594,7 @@ def main(argv=None):
             jobs.append({"workdir": wd, "lr": lr, "cmd": rl_command(
                 task, {**settings, **arm_settings(arm, settings["rollout.max_new_tokens"])}, lr, seed, args.steps,
                 wd, extra)})
-    failed = run_jobs(jobs, args.parallel, env, args.steps, gate=args.gate)
+    failed = run_jobs(jobs, args.parallel, env, args.steps, gate=args.gate, gpus=args.gpus)
     _say(f"{task}: runs done in {(time.time() - t0) / 60:.1f} min" + (f"; {len(failed)} failed" if failed else ""))
     agg = report(out, n_boot=args.n_boot)
     ws = agg["tasks"].get(task, {}).get("warm_start_accuracy")
