@@ -16,6 +16,7 @@ from flax import nnx
 
 from m1jax.config import ModelConfig
 from m1jax.convert import names
+from m1jax.convert.hf_files import export_files, has_tokenizer
 from m1jax.convert.safetensors_io import SafetensorsReader, TensorSpec, write_safetensors
 from m1jax.model import MiniMaxM1
 from m1jax.model.lightning import lightning_decay
@@ -173,7 +174,8 @@ def native_buffer_specs(config: ModelConfig, out_dtype) -> list[TensorSpec]:
         }
         for name, value in buffers.items():
             value = value.astype(out_dtype)
-            specs.append(TensorSpec(f"model.layers.{i}.self_attn.{name}", value.shape, out_dtype, lambda v=value: v))
+            key = names.BUFFER_KEY.format(i=i, name=name)
+            specs.append(TensorSpec(key, value.shape, out_dtype, lambda v=value: v))
     return specs
 
 
@@ -218,11 +220,14 @@ def load_hf(path: str | os.PathLike, *, dtype: str | None = None, sharding: Call
 
 
 def convert_hf(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str | None = None,
-               shard_size: int | str = "5GB", overwrite: bool = False, native_buffers: bool = False) -> str:
+               shard_size: int | str = "5GB", overwrite: bool = False, native_buffers: bool = False,
+               tokenizer: str | None = "source") -> str:
     """Re-write a checkpoint (cast dtype, re-shard, normalise the config) without building the model.
 
     Validates every tensor against the config like load_hf, then streams tensor by tensor: peak
-    host memory is about one tensor (plus its cast), whatever the model size.
+    host memory is about one tensor (plus its cast), whatever the model size. The source's
+    generation_config.json is carried over; ``tokenizer="source"`` copies its tokenizer files (if any),
+    else see save_hf.
     """
     config = ModelConfig.from_hf(src)
     reader = CheckpointReader(src)
@@ -233,8 +238,10 @@ def convert_hf(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: str | N
             specs.append(TensorSpec(key, reader.shape(key), out, lambda key=key, out=out: reader.read(key).astype(out)))
     if native_buffers:
         specs += native_buffer_specs(config, specs[0].dtype)
-    config = config.replace(param_dtype=np.dtype(specs[0].dtype).name)
-    return _write_checkpoint(specs, config, dst, shard_size=shard_size, overwrite=overwrite)
+    if tokenizer == "source":
+        tokenizer = os.fspath(src) if has_tokenizer(src) else None
+    files, config = export_files(config.replace(param_dtype=np.dtype(specs[0].dtype).name), tokenizer, source=src)
+    return _write_checkpoint(specs, config, dst, shard_size=shard_size, overwrite=overwrite, files=files)
 
 
 def parse_size(size: int | str) -> int:
@@ -253,7 +260,8 @@ def parse_size(size: int | str) -> int:
 
 
 def save_hf(model: MiniMaxM1, path: str | os.PathLike, *, shard_size: int | str = "5GB", dtype: str | None = None,
-            overwrite: bool = False, native_buffers: bool = False) -> str:
+            overwrite: bool = False, native_buffers: bool = False, tokenizer: str | None = None,
+            bos_token: str = "", eos_token: str = "") -> str:
     """Write ``model`` as a Hugging Face checkpoint directory (original MiniMax tensor names).
 
     config.json carries the remote-code fields and those native transformers reads. Tensors are
@@ -262,15 +270,20 @@ def save_hf(model: MiniMaxM1, path: str | os.PathLike, *, shard_size: int | str 
     temporary name and renamed when complete: an interrupted save never leaves a valid-looking
     directory, and an existing checkpoint is only replaced (with overwrite=True) after success.
     ``native_buffers`` adds native transformers' derived decay buffers (see native_buffer_specs).
+    ``tokenizer``: None, "bytes" (m1jax's byte tokenizer) or a tokenizer.json / tokenizer directory
+    (``bos_token`` / ``eos_token`` name its special tokens when no tokenizer_config.json does); its
+    BOS / EOS ids fill the config's where unset. A generation_config.json is always written.
     """
     specs = export_specs(model, dtype=dtype)
     if native_buffers:
         specs += native_buffer_specs(model.config, specs[0].dtype)
     config = model.config.replace(param_dtype=np.dtype(specs[0].dtype).name)
-    return _write_checkpoint(specs, config, path, shard_size=shard_size, overwrite=overwrite)
+    files, config = export_files(config, tokenizer, bos_token=bos_token, eos_token=eos_token)
+    return _write_checkpoint(specs, config, path, shard_size=shard_size, overwrite=overwrite, files=files)
 
 
-def _write_checkpoint(specs, config: ModelConfig, path, *, shard_size, overwrite) -> str:
+def _write_checkpoint(specs, config: ModelConfig, path, *, shard_size, overwrite, files=None) -> str:
+    """Write the tensors, config.json and ``files`` ({name: bytes}, e.g. the tokenizer) atomically."""
     limit = parse_size(shard_size)
     shards: list[list[TensorSpec]] = [[]]
     size = 0
@@ -284,6 +297,9 @@ def _write_checkpoint(specs, config: ModelConfig, path, *, shard_size, overwrite
     def write(tmp):
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(config.to_hf(), f, indent=2)
+        for name, data in (files or {}).items():
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(data)
         if len(shards) == 1:
             write_safetensors(os.path.join(tmp, SINGLE_FILE), shards[0])
             return
