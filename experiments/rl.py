@@ -9,14 +9,9 @@
          checkpoint with --config.init_from=/path (a train workdir or params checkpoint).
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `experiments` importable
-
-from experiments import pretrain  # noqa: E402
-from m1jax.rl.config import default_config  # noqa: E402
-from m1jax.train.config import model_config  # noqa: E402
+from experiments import pretrain  # an installed package beside m1jax (setup.cfg), importable from any directory
+from m1jax.rl.config import default_config
+from m1jax.train.config import model_config
 
 
 def get_config(arg: str = "tiny"):

@@ -21,7 +21,7 @@ Conventions
 MiniMax-M1 (ModelConfig), per generated token at position t
 -----------------------------------------------------------
 Sources: MiniMax-M1 report (arXiv 2506.13585), MiniMax-01 report (arXiv 2501.08313), the checkpoint
-config (docs/minimax_m1_spec.md); parameter counts are m1jax.train.flops.param_counts /
+config (docs/model.md); parameter counts are m1jax.train.flops.param_counts /
 flops_per_token (reused, not re-derived: per-layer values are differences of 1- and 2-layer configs).
 
 * dense = 2 x (attention projections + router + top-k experts' FFN + LM head) params:

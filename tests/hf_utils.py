@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import MiniMaxConfig, MiniMaxForCausalLM
 
-SPEC_TINY = dict(  # minimax_m1_spec.md §7
+SPEC_TINY = dict(  # docs/model.md §7
     vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
     num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_local_experts=4,
     num_experts_per_tok=2, max_position_embeddings=512,

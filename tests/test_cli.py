@@ -121,3 +121,61 @@ def test_user_errors_are_one_line_with_exit_status_2(case, truncated_checkpoint,
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[0].startswith(message), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ configs from any directory, quiet logs
+
+def _user_env() -> dict:
+    """A user's shell: m1jax and experiments found through the installation (`pip install -e .`, what `make`
+    runs), not through PYTHONPATH."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return {**env, "JAX_PLATFORMS": "cpu"}
+
+
+def test_config_path_resolves_from_another_directory_and_dry_run_prints_once(tmp_path):
+    # tmp_path has no experiments/: the file is found in the checkout m1jax is installed from.
+    proc = subprocess.run([sys.executable, "-m", "m1jax.cli.main", "train", "--config=experiments/pretrain.py:m1_456b",
+                           "--config.dry_run=True"], cwd=tmp_path, env=_user_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert out.count("dry run") == 1 and "{" not in out, out  # once, and no raw JSON
+    assert "80 layers (70 lightning, 10 softmax)" in out
+    assert "456.1B total, 48.4B active per token (45.9B without the embedding and LM head)" in out
+    assert "288.8 GFLOP per token" in out and "3.3 TiB" in out
+
+
+def test_missing_config_file_is_one_line_naming_the_places_looked(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "m1jax.cli.main", "train", "--config=experiments/nope.py:tiny"],
+                          cwd=tmp_path, env=_user_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("m1jax train: --config=experiments/nope.py: no such config file (looked for "), err
+    assert str(tmp_path / "experiments" / "nope.py") in err and os.path.join(REPO, "experiments", "nope.py") in err
+
+
+def test_experiments_import_from_the_notebooks_directory():
+    code = "from experiments.pretrain import get_config; from experiments import rl; print(get_config('tiny').steps)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=os.path.join(REPO, "notebooks"), env=_user_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "400"
+
+
+def test_commands_do_not_print_jax_and_orbax_info_logs(tmp_path):
+    # Convert a checkpoint with no JAX_PLATFORMS, so that jax probes for backends it does not have ("Unable to
+    # initialize backend 'tpu'", logged at INFO) and orbax logs its save.
+    from flax import nnx
+
+    import m1jax
+    from m1jax.convert import save_hf
+
+    src = save_hf(m1jax.MiniMaxM1(m1jax.ModelConfig.tiny(), rngs=nnx.Rngs(0)), str(tmp_path / "hf"))
+    env = {k: v for k, v in _user_env().items() if k != "JAX_PLATFORMS"}
+    proc = subprocess.run([sys.executable, "-m", "m1jax.cli.main", "convert", "hf-to-orbax", src,
+                           str(tmp_path / "orbax")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "Unable to initialize backend" not in proc.stderr
+    assert not [line for line in proc.stderr.splitlines() if line[:1] == "I" and line[1:5].isdigit()], proc.stderr

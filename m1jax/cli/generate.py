@@ -72,12 +72,7 @@ def generate_text(model: MiniMaxM1, prompts: list[str], tokenizer, key, **sampli
 
 
 def main(cfg, workdir: str | None) -> dict:
-    from absl import flags, logging
-
     from m1jax.data.tokenizer import load_tokenizer
-
-    if flags.FLAGS.is_parsed() and not flags.FLAGS["verbosity"].present:  # orbax logs every restore at INFO
-        logging.set_verbosity(logging.WARNING)
 
     model = model_from_config(cfg)
     c = model.config

@@ -1,4 +1,9 @@
-"""`m1jax <command> --config=experiments/<file>.py:<preset> [--config.x=y ...]`: thin absl entry points."""
+"""`m1jax <command> --config=experiments/<file>.py:<preset> [--config.x=y ...]`: thin absl entry points.
+
+A relative ``--config`` path is looked up in the working directory first, then in the m1jax checkout
+(``REPO_ROOT``, the directory holding the installed ``m1jax`` package and ``experiments/``), so
+``--config=experiments/pretrain.py:tiny`` works from any directory.
+"""
 
 from __future__ import annotations
 
@@ -48,20 +53,56 @@ def _help() -> str:
 # Each config-driven command's presets file (its default preset's keys are listed by --help).
 PRESET_FILES = {"train": "experiments/pretrain.py", "rl": "experiments/rl.py", "generate": "experiments/tiny.py"}
 
+# The checkout m1jax is installed from (`pip install -e .`): it holds experiments/ (with a regular install,
+# site-packages, where setup.cfg puts the `experiments` package beside `m1jax`).
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def config_path_candidates(path: str) -> list[str]:
+    """Where a ``--config`` file path is looked for, in order: as given (relative to the working directory),
+    then, for a relative path, under REPO_ROOT."""
+    path = os.path.expanduser(path)
+    places = [os.path.abspath(path)]
+    if not os.path.isabs(path) and os.path.abspath(os.path.join(REPO_ROOT, path)) not in places:
+        places.append(os.path.abspath(os.path.join(REPO_ROOT, path)))
+    return places
+
+
+def resolve_config_path(path: str) -> str:
+    """The absolute path of a ``--config`` file (see ``config_path_candidates``); FileNotFoundError naming
+    every place looked at when there is none."""
+    places = config_path_candidates(path)
+    for place in places:
+        if os.path.isfile(place):
+            return place
+    raise FileNotFoundError(f"--config={path}: no such config file (looked for {' and '.join(places)})")
+
+
+def _resolve_config_arg(args: list[str]) -> list[str]:
+    """``args`` with the ``--config`` file (``--config=PATH[:PRESET]`` or ``--config PATH[:PRESET]``) made
+    absolute, so that absl finds it from any working directory."""
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg.startswith("--config="):
+            path, sep, preset = arg[len("--config="):].partition(":")
+            out[i] = f"--config={resolve_config_path(path)}{sep}{preset}"
+        elif arg == "--config" and i + 1 < len(out):
+            path, sep, preset = out[i + 1].partition(":")
+            out[i + 1] = f"{resolve_config_path(path)}{sep}{preset}"
+    return out
+
 
 def _command_help(command: str) -> str:
     """What a command does (its module docstring), its presets and its config sections with their keys."""
     import importlib
-    import os
 
     module = importlib.import_module(COMMANDS[command])
     lines = [(module.__doc__ or ABOUT[command][0]).strip(), "", f"example: {ABOUT[command][1]}"]
     path = PRESET_FILES.get(command)
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    if path and os.path.exists(os.path.join(root, path)):
-        presets = _presets(os.path.join(root, path))
+    if path and os.path.exists(os.path.join(REPO_ROOT, path)):
+        presets = _presets(os.path.join(REPO_ROOT, path))
         lines += ["", f"presets ({path}, --config={path}:PRESET): {', '.join(presets)}"]
-        cfg = _load_config(os.path.join(root, path), "")
+        cfg = _load_config(os.path.join(REPO_ROOT, path), "")
         if cfg is not None:
             lines += ["", "config keys (--config.KEY=VALUE; defaults of the first preset):"]
             for key, value in cfg.items():
@@ -113,9 +154,15 @@ def run():
         got = sys.argv[1] if len(sys.argv) > 1 else "nothing"
         sys.exit(f"m1jax: unknown command {got!r}\n{_usage()}")
     command = sys.argv.pop(1)
+    try:
+        sys.argv[1:] = _resolve_config_arg(sys.argv[1:])
+    except FileNotFoundError as e:  # one line, exit status 2, like every other user error
+        print(f"m1jax {command}: {e}", file=sys.stderr)
+        sys.exit(2)
     module = __import__(COMMANDS[command], fromlist=["main"])
 
     def main(argv):
+        _quiet_logs()
         try:
             return run_command(argv)
         except USER_ERRORS as e:  # what the user can fix: one line, exit 2 (M1JAX_DEBUG=1 shows the traceback)
@@ -144,17 +191,26 @@ def run():
     app.run(main)
 
 
+def _quiet_logs() -> None:
+    """Show warnings and errors only. absl logs at INFO by default, which prints jax probing for backends
+    it does not have ("Unable to initialize backend 'tpu'") and orbax's lines for every save and restore;
+    ``--verbosity`` / ``-v`` or M1JAX_DEBUG=1 keep absl's level."""
+    from absl import logging
+
+    if not (os.environ.get("M1JAX_DEBUG") or flags.FLAGS["verbosity"].present):
+        logging.set_verbosity(logging.WARNING)
+
+
 def _unknown_config_key(command: str, args: list[str]) -> str | None:
     """A one-line error for the first ``--config.a.b=...`` override that names no key of the config file
     (with the closest keys), or None. Config files that fail to load are left to absl's own message."""
     import difflib
-    import os
 
     spec = next((a.split("=", 1)[1] for a in args if a.startswith("--config=")), None)
     if spec is None:
         return None
     path, _, preset = spec.partition(":")
-    cfg = _load_config(os.path.abspath(path), preset)
+    cfg = _load_config(path, preset)  # already resolved by _resolve_config_arg
     if cfg is None:
         return None
     for arg in args:

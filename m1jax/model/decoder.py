@@ -1,4 +1,4 @@
-"""The postnorm decoder layer (minimax_m1_spec.md §5): the residual branch is the NORMED input."""
+"""The postnorm decoder layer (docs/model.md §5): the residual branch is the NORMED input."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The lightning (decayed linear) attention layer of MiniMax-M1 (minimax_m1_spec.md §2)."""
+"""The lightning (decayed linear) attention layer of MiniMax-M1 (docs/model.md §2)."""
 
 from __future__ import annotations
 

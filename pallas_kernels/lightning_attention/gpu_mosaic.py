@@ -2,7 +2,7 @@
 
 One CTA (a single warpgroup) per (value block, head, batch); it walks the sequence in blocks of C = 64
 tokens, keeps the fp32 state S [dk, block_v] in registers (WGMMA accumulator layout) for the whole
-sequence, and per block does (LA2 forward, minimax_m1_spec.md §2.5):
+sequence, and per block does (LA2 forward, docs/model.md §2, item 5):
 
     A   = Q K^T                                   wgmma, SMEM x SMEM^T         [C, C]
     Oi  = Q S_bf16                                wgmma, SMEM x SMEM           [C, block_v]

@@ -47,8 +47,9 @@ Measured (one H200, JAX 0.11.2, bf16, H=64, D=128, MiniMax slopes, defaults: C=6
 3 stages; median wall time of a jitted call, so launch overhead included):
     B1 T4K fwd 0.29-0.31 ms, fwd+bwd 0.74 ms;  B1 T16K 0.68-0.78 / 2.3-2.5 ms;  B1 T64K 2.2 / 8.3-8.4 ms;
     B4 T16K 2.4-3.0 / 9.0-9.6 ms (ranges over runs; 2 forward stages were faster at B4, 3 at B1).
-    num_warps 8, C=128 or full-width 128 tiles were slower. Compare fla on the same GPU model in
-    shared/docs/kernels.md (fwd 0.44 / 0.74 / 3.04 / 3.13 ms; fwd+bwd 1.25 / 3.29 / 13.2 / 13.8 ms).
+    num_warps 8, C=128 or full-width 128 tiles were slower. fla on the same GPU model, measured separately:
+    fwd 0.44 / 0.74 / 3.04 / 3.13 ms, fwd+bwd 1.25 / 3.29 / 13.2 / 13.8 ms (side by side in one process:
+    experiments/results/lightning_attention_bench_part1_h200.md).
 
 Gradient w.r.t. ``decay``: zeros. The decay rates are a fixed buffer in MiniMax (never trained).
 
