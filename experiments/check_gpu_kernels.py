@@ -13,6 +13,7 @@ checks
   * that ``impl="auto"`` resolves to "mosaic_gpu" on Hopper (compute capability 9.x) and gives the
     same output as impl="mosaic_gpu";
   * decode.lightning_attention_decode(impl="triton") (one step, chained steps, in-place state),
+  * pallas_kernels.decode_attention's split-K softmax decode kernel (ragged rows, GQA) vs its fp32 oracle,
 against reference.chunked / reference.step / reference.recurrent computed in fp32 (HIGHEST precision)
 on the same (bf16-rounded) inputs, printing relative Frobenius and max abs errors. Quick timings
 (median of a few repeats; forward kernels, fwd+bwd through the op, decode) are printed too unless
@@ -489,6 +490,29 @@ def check_grouped_matmul(args):
     guarded("grouped_matmul", lambda: one(4096, 768, 1024, rng.multinomial(4096, np.ones(8) / 8)))
 
 
+def check_decode_attention(args):
+    print("\n== pallas_kernels.decode_attention (softmax decode over a KV cache, split-K) vs the fp32 oracle ==")
+    from pallas_kernels.decode_attention import gpu_triton as dec_triton
+    from pallas_kernels.decode_attention import reference as dec_ref
+
+    def one(b, H, K, D, S, splits):
+        key = jax.random.key(b * S + H)
+        kq, kk, kv, kl = jax.random.split(key, 4)
+        q = jax.random.normal(kq, (b, H, D), F32).astype(jnp.bfloat16)
+        k = jax.random.normal(kk, (b, S, K, D), F32).astype(jnp.bfloat16)
+        v = jax.random.normal(kv, (b, S, K, D), F32).astype(jnp.bfloat16)
+        length = jax.random.randint(kl, (b,), 1, S + 1).at[0].set(S)
+        start = (length // 7).at[-1].set(0)
+        out = dec_triton.decode_attention(q, k, v, start, length, splits=splits, interpret=args.interpret)
+        ref = dec_ref.decode_attention(*(a.astype(F32) for a in (q, k, v)), start, length)
+        record("decode_attention", f"B{b} H{H} K{K} D{D} S{S} x{splits}", "o", out, ref, 1e-2)
+
+    shapes = [(3, 8, 2, 64, 256, 2)] if args.interpret else [(16, 16, 4, 128, 8192, None),
+                                                              (2, 64, 8, 128, 65536, None), (64, 16, 4, 128, 4096, 4)]
+    for shape in shapes:
+        guarded("decode_attention", lambda shape=shape: one(*shape))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--interpret", action="store_true", help="CPU: small shapes in interpret mode")
@@ -496,7 +520,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer correctness shapes")
     ap.add_argument("--out", default=None, help="write the markdown summary here")
     ap.add_argument("--only", default="", help="comma-separated subset of: forward,op,segments,auto,decode,"
-                    "grouped_matmul,timings")
+                    "decode_attention,grouped_matmul,timings")
     args = ap.parse_args()
     if args.interpret:
         from jax.experimental.pallas import mosaic_gpu as plgpu
@@ -517,7 +541,8 @@ def main():
           f"python {platform.python_version()}")
     t0 = time.time()
     parts = {"forward": check_forward, "op": check_op, "segments": check_segments, "auto": check_auto,
-             "decode": check_decode, "grouped_matmul": check_grouped_matmul, "timings": timings}
+             "decode": check_decode, "decode_attention": check_decode_attention,
+             "grouped_matmul": check_grouped_matmul, "timings": timings}
     only = [p for p in args.only.split(",") if p] or list(parts)
     for name in only:
         if name not in parts:
