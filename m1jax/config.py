@@ -20,6 +20,7 @@ _NATIVE_TYPE = {LINEAR: "linear_attention", FULL: "full_attention"}
 _TYPE_CODE = {"linear_attention": LINEAR, "full_attention": FULL, 0: LINEAR, 1: FULL}
 DTYPES = ("float32", "bfloat16", "float16")
 DECAY_RULES = ("remote", "native")
+LM_HEAD_PRECISIONS = ("highest", "bf16x3", "bf16x6", "tf32")  # see m1jax/model/head.py
 
 
 def hybrid_layout(num_layers: int, period: int = 8) -> tuple[int, ...]:
@@ -68,6 +69,9 @@ class ModelConfig:
     # (train and inference probabilities stay aligned, which RL needs); "bfloat16" multiplies in bf16
     # with fp32 accumulation (pretraining throughput: full-precision fp32 runs at ~1/6 of bf16 on a GPU).
     lm_head_dtype: str = "float32"
+    # Products of the fp32 head (m1jax/model/head.py): "highest" IEEE fp32; "bf16x3" / "bf16x6" split-precision
+    # bf16 products (~1e-5 / ~3e-6 relative logit error at a fraction of fp32's cost on GPUs / TPUs); "tf32".
+    lm_head_precision: str = "highest"
 
     def __post_init__(self):
         object.__setattr__(self, "attn_type_list", tuple(int(t) for t in self.attn_type_list))
@@ -110,6 +114,7 @@ class ModelConfig:
         need(self.dtype in DTYPES, "dtype", f"must be one of {DTYPES}")
         need(self.param_dtype in DTYPES, "param_dtype", f"must be one of {DTYPES}")
         need(self.lm_head_dtype in DTYPES, "lm_head_dtype", f"must be one of {DTYPES}")
+        need(self.lm_head_precision in LM_HEAD_PRECISIONS, "lm_head_precision", f"must be one of {LM_HEAD_PRECISIONS}")
         need(not self.tie_word_embeddings, "tie_word_embeddings", "MiniMax-M1 unties the LM head")
 
     # ------------------------------------------------------------------------------------ derived

@@ -11,6 +11,7 @@ from flax import nnx
 from m1jax.config import ModelConfig
 from m1jax.model.cache import Cache, init_cache
 from m1jax.model.decoder import DecoderLayer
+from m1jax.model.head import lm_head_logits
 from m1jax.model.layers import RMSNorm, param
 from m1jax.model.moe import RouterStats
 from m1jax.sharding import constrain
@@ -98,10 +99,7 @@ class MiniMaxM1(nnx.Module):
         if logits_slice is not None:
             x = x[:, logits_slice[0]:logits_slice[1]]
         h = self.norm(x.astype(jnp.float32))
-        head = jnp.dtype(c.lm_head_dtype)
-        full = jax.lax.Precision.HIGHEST if head == jnp.float32 else None
-        logits = jnp.einsum("bnd,dv->bnv", h.astype(head), self.lm_head[...].astype(head), precision=full,
-                            preferred_element_type=jnp.float32)
+        logits = lm_head_logits(h, self.lm_head[...], dtype=c.lm_head_dtype, precision=c.lm_head_precision)
         logits = constrain(logits, ("batch", "seq", "vocab"))
         new_cache = None if cache is None else Cache(index=cache.index + n, start=cache.start, layers=tuple(entries))
         router = jax.tree.map(lambda *xs: jnp.stack(xs), *stats)

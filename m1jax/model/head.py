@@ -1,0 +1,45 @@
+"""The LM head's matmul precision: M1 runs its head in fp32 (train / inference probabilities stay aligned, which
+RL needs); a split-precision dot gives fp32-level accuracy at a fraction of IEEE fp32's cost on GPUs and TPUs.
+
+``lm_head_precision`` (ModelConfig; used only with ``lm_head_dtype="float32"``):
+  "highest" IEEE fp32 products (Precision.HIGHEST): exact, ~11x a bf16 head on an H200;
+  "bf16x3"  each fp32 operand split into bf16 hi + lo, hi*hi + hi*lo + lo*hi with fp32 accumulation
+            (DotAlgorithmPreset.BF16_BF16_F32_X3): ~1e-5 relative logit error (vs 2e-3 for a bf16 head), ~2.8x
+            a bf16 head's time (issue 14's H200 table);
+  "bf16x6"  six bf16 products: ~3e-6;
+  "tf32"    TF32 products: ~3e-4 (JAX's DEFAULT for fp32 on GPUs).
+On a CPU every choice computes IEEE fp32 products (XLA:CPU ignores the bf16 algorithms and rejects TF32), so CPU
+runs and tests are exact whatever is chosen.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from m1jax.config import LM_HEAD_PRECISIONS
+
+_P = jax.lax.DotAlgorithmPreset
+HEAD_PRECISIONS = {
+    "highest": jax.lax.Precision.HIGHEST,
+    "bf16x3": _P.BF16_BF16_F32_X3,
+    "bf16x6": _P.BF16_BF16_F32_X6,
+    "tf32": _P.TF32_TF32_F32,
+}
+assert tuple(HEAD_PRECISIONS) == LM_HEAD_PRECISIONS
+
+
+def lm_head_logits(h, w, *, dtype: str = "float32", precision: str = "highest"):
+    """h [..., d] (fp32 after the final norm), w [d, vocab] -> fp32 logits [..., vocab].
+
+    ``dtype`` "float32": the products follow ``precision`` (HEAD_PRECISIONS); a 16-bit ``dtype`` multiplies in that
+    dtype with fp32 accumulation (pretraining throughput)."""
+    head = jnp.dtype(dtype)
+    if head == jnp.float32:
+        if precision not in HEAD_PRECISIONS:
+            raise ValueError(f"lm_head_precision must be one of {sorted(HEAD_PRECISIONS)}, got {precision!r}")
+        prec = HEAD_PRECISIONS["highest" if jax.default_backend() == "cpu" else precision]
+    else:
+        prec = None
+    return jnp.einsum("...d,dv->...v", h.astype(head), w.astype(head), precision=prec,
+                      preferred_element_type=jnp.float32)
