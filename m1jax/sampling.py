@@ -11,6 +11,8 @@
            the device until the end (no host round trip per token).
 
 Both compile once per shape bucket (prompts, prompt bucket, G, max_new_tokens, sampling settings).
+With ``batch_slots=K`` and more rows than K, rows go through K decode slots instead (continuous batching,
+m1jax.continuous): the same prefill per prompt, bucket and keys, so the same results row for row.
 Randomness: row i*G + g draws step t from fold_in(fold_in(fold_in(key, i), g), t), so a row's tokens
 depend only on its prompt, its (i, g) and the parameters, never on the other rows or the padding.
 
@@ -85,9 +87,47 @@ def _split(model):
     return nnx.split(model)
 
 
+class _Graph:
+    """A graphdef as a jit static argument: hashed once, compared by identity first.
+
+    nnx's GraphDef rehashes its whole node list at every jitted call (~1 ms for a 16-layer model); the slot
+    engine calls its programs at every refill, so ``sample`` passes the interned ``_static_graph`` instead.
+    """
+
+    __slots__ = ("graphdef", "_hash")
+
+    def __init__(self, graphdef, h: int):
+        self.graphdef, self._hash = graphdef, h
+
+    def __hash__(self):
+        return self._hash
+
+    def __eq__(self, other):
+        return self is other or (isinstance(other, _Graph) and self.graphdef == other.graphdef)
+
+
+_GRAPHS: dict[int, list[_Graph]] = {}
+
+
+def _static_graph(graphdef) -> _Graph:
+    """The one _Graph of all graphdefs equal to this one (so jit's cache lookups hit by identity)."""
+    h = hash(graphdef)
+    for g in _GRAPHS.setdefault(h, []):
+        if g.graphdef == graphdef:
+            return g
+    _GRAPHS[h].append(g := _Graph(graphdef, h))
+    return g
+
+
+def merge(graphdef, state):
+    """nnx.merge for a graphdef or its _Graph."""
+    return nnx.merge(graphdef.graphdef if isinstance(graphdef, _Graph) else graphdef, state)
+
+
 def sample(model, prompts, key, *, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
            top_p: float = 1.0, stop_tokens=(), num_samples: int = 1, pad_id: int = 0, truncate_after: int = 0,
-           truncate_prob: float = 0.99, max_len: int | None = None) -> SampleOutput:
+           truncate_prob: float = 0.99, max_len: int | None = None, batch_slots: int | None = None,
+           refill_min: int | None = None) -> SampleOutput:
     """Sample ``num_samples`` completions of each prompt (token-id lists of any lengths).
 
     model: a MiniMaxM1, or (graphdef, state) from nnx.split (e.g. the RL learner's live parameters: they
@@ -95,22 +135,35 @@ def sample(model, prompts, key, *, max_new_tokens: int, temperature: float = 1.0
     top_k 0 and top_p 1 are off. stop_tokens end a row (the stop token is kept and counted in its
     length). Early truncation (M1 report §4): with truncate_after = N > 0, a row stops after N
     consecutive tokens each sampled with probability > truncate_prob. max_len bounds prompt +
-    completion (default the model's max_position_embeddings). Bad arguments raise ValueError before
-    any work. Returns a SampleOutput.
+    completion (default, and at most, the model's max_position_embeddings). batch_slots = K (None: all
+    rows at once): with more rows than K, decode K rows at a time and give a row's slot to the next row
+    as soon as it ends (continuous batching, m1jax.continuous); every row's result is the one the
+    static batch gives (same keys, positions and cache layout). refill_min: with batch_slots, refill
+    once this many slots have ended (default max(1, K // 8); speed only, never results). Bad arguments
+    raise ValueError before any work. Returns a SampleOutput.
     """
     config = model.config if hasattr(model, "config") else nnx.merge(*model).config
     graphdef, state = _split(model)
+    graphdef = _static_graph(graphdef)
     settings, lengths = _validate(config, prompts, max_new_tokens, temperature, top_k, top_p, stop_tokens, num_samples,
                                   pad_id, truncate_after, truncate_prob, max_len)
+    slots = _validate_slots(batch_slots, refill_min)
     limit = int(max_len or config.max_position_embeddings)
     bucket = max(int(lengths.max()), min(prompt_bucket(int(lengths.max())), limit - max_new_tokens))
     tokens = np.full((len(lengths), bucket), settings.pad_id, np.int32)
     for i, p in enumerate(prompts):
         tokens[i, bucket - len(p):] = np.asarray(p, np.int32)
     start = (bucket - lengths).astype(np.int32)
-    cache, logits = _prefill(graphdef, state, jnp.asarray(tokens), jnp.asarray(start),
-                             max_len=bucket + max_new_tokens, num_samples=num_samples)
-    out, _ = _decode(graphdef, state, cache, logits, _key_data(key), settings=settings, num_samples=num_samples)
+    if slots is not None and slots[0] < len(lengths) * num_samples:
+        from m1jax.continuous import default_refill_min, sample_in_slots
+
+        K, refill = slots[0], slots[1] or default_refill_min(slots[0])
+        out = sample_in_slots(graphdef, state, config, tokens, start, _key_data(key), settings, num_samples,
+                              slots=K, refill_min=refill)
+    else:
+        cache, logits = _prefill(graphdef, state, jnp.asarray(tokens), jnp.asarray(start),
+                                 max_len=bucket + max_new_tokens, num_samples=num_samples)
+        out, _ = _decode(graphdef, state, cache, logits, _key_data(key), settings=settings, num_samples=num_samples)
     toks, logps, lens, stopped, truncated, steps = out
     return SampleOutput(tokens=toks, logprobs=logps, lengths=lens, stopped=stopped, truncated=truncated, steps=steps,
                         prompt_lengths=lengths, num_samples=num_samples)
@@ -123,13 +176,27 @@ def _key_data(key):
     return jnp.asarray(key, jnp.uint32)
 
 
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _validate_slots(batch_slots, refill_min):
+    """-> None (static batch) or (K, refill_min or None)."""
+    if batch_slots is None:
+        if refill_min is not None:
+            raise ValueError(f"refill_min={refill_min!r} needs batch_slots (continuous batching)")
+        return None
+    if not _is_int(batch_slots) or batch_slots < 1:
+        raise ValueError(f"batch_slots must be an int >= 1 (None: every row at once), got {batch_slots!r}")
+    if refill_min is not None and (not _is_int(refill_min) or not 1 <= refill_min <= batch_slots):
+        raise ValueError(f"refill_min must be an int in [1, batch_slots={batch_slots}], got {refill_min!r}")
+    return int(batch_slots), None if refill_min is None else int(refill_min)
+
+
 def _validate(config, prompts, max_new_tokens, temperature, top_k, top_p, stop_tokens, num_samples, pad_id,
               truncate_after, truncate_prob, max_len):
     vocab = config.vocab_size
-
-    def is_int(x):
-        return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
+    is_int = _is_int
     if not is_int(max_new_tokens) or max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
@@ -151,7 +218,11 @@ def _validate(config, prompts, max_new_tokens, temperature, top_k, top_p, stop_t
         raise ValueError(f"truncate_prob must be in (0, 1), got {truncate_prob!r}")
     if isinstance(prompts, (str, bytes)) or not hasattr(prompts, "__len__") or len(prompts) == 0:
         raise ValueError("prompts must be a non-empty list of token-id lists")
-    limit = int(max_len or config.max_position_embeddings)
+    positions = config.max_position_embeddings
+    if max_len is not None and (not is_int(max_len) or not 0 < max_len <= positions):
+        raise ValueError(f"max_len must be an int in [1, max_position_embeddings={positions}], got {max_len!r}")
+    limit = int(max_len or positions)
+    what = f"max_len={limit}" if max_len is not None else f"max_position_embeddings={limit}"
     lengths = []
     for i, p in enumerate(prompts):
         p = np.asarray(p)
@@ -161,8 +232,7 @@ def _validate(config, prompts, max_new_tokens, temperature, top_k, top_p, stop_t
             raise ValueError(f"prompt {i} holds token ids outside the vocabulary [0, {vocab})")
         if len(p) + max_new_tokens > limit:
             raise ValueError(f"prompt {i} has {len(p)} tokens: with max_new_tokens={max_new_tokens} it needs "
-                             f"{len(p) + max_new_tokens} positions, more than the cache's {limit} (max_len, default "
-                             "max_position_embeddings)")
+                             f"{len(p) + max_new_tokens} positions, more than the cache holds ({what})")
         lengths.append(len(p))
     settings = SamplingSettings(
         max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
@@ -174,7 +244,7 @@ def _validate(config, prompts, max_new_tokens, temperature, top_k, top_p, stop_t
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_len", "num_samples"))
 def _prefill(graphdef, state, tokens, start, *, max_len: int, num_samples: int):
     """Left-padded prompts [P, n] -> (cache of P * G rows after the prompts, next-token logits [P * G, vocab])."""
-    model = nnx.merge(graphdef, state)
+    model = merge(graphdef, state)
     cache = model.init_cache(tokens.shape[0], max_len, start=start)
     out = model.forward(tokens, cache=cache, cache_empty=True, logits_slice=(tokens.shape[1] - 1, tokens.shape[1]))
     cache, logits = out.cache, out.logits[:, -1]
@@ -214,7 +284,7 @@ def pick(logits, keys, settings: SamplingSettings):
 def _decode(graphdef, state, cache, logits, key, *, settings: SamplingSettings, num_samples: int):
     """The decode loop: (cache, first logits) -> tokens, log-probs, lengths, stopped, truncated, steps."""
     rows, T = logits.shape[0], settings.max_new_tokens
-    model = nnx.merge(graphdef, state)
+    model = merge(graphdef, state)
     ids = jnp.arange(rows)
     base = jax.random.wrap_key_data(key)
     row_keys = jax.vmap(lambda i, g: jax.random.key_data(jax.random.fold_in(jax.random.fold_in(base, i), g)))(

@@ -132,3 +132,83 @@ def test_bucket_and_bad_arguments(model):
         prompts = kw.pop("prompts", [[1, 2, 3]])
         with pytest.raises(ValueError, match=match):
             sample(model, prompts, jax.random.key(0), **kw)
+
+
+# ---------------------------------------------------------------------------------------- continuous batching
+
+FIELDS = ("tokens", "lengths", "stopped", "truncated")
+STOPS = tuple(range(0, 128, 8))  # 1 token in 8: rows of the random model end after 1 to 10 steps
+
+
+def _assert_same_rows(got, ref):
+    for f in FIELDS:
+        np.testing.assert_array_equal(np.asarray(got[f]), np.asarray(ref[f]), err_msg=f)
+    np.testing.assert_allclose(np.asarray(got.logprobs), np.asarray(ref.logprobs), atol=1e-5)
+
+
+def _slot_steps(lengths, slots, refill_min):
+    """Decode iterations the slot engine runs for rows of these lengths, admitted in order (its host loop)."""
+    left, nxt, steps = [0] * slots, 0, 0
+    while True:
+        for s in [s for s in range(slots) if not left[s]][: len(lengths) - nxt]:
+            left[s], nxt = int(lengths[nxt]), nxt + 1
+        pending = len(lengths) - nxt
+        need = min(refill_min, pending) if pending else slots + 1
+        while any(left) and left.count(0) < need:
+            left, steps = [max(n - 1, 0) for n in left], steps + 1
+        if not pending:
+            return steps
+
+
+def test_continuous_batching_greedy_equals_static_batch(model, rng):
+    # Ragged prompts, stop tokens ending rows at very different steps, 8 rows through 3 slots. Bucket 16 and
+    # T = 10 everywhere here: the slots' one- and two-prompt prefills are the programs other tests compile.
+    prompts = _prompts(rng, (2, 16, 1, 11))
+    kw = dict(max_new_tokens=T, temperature=0.0, num_samples=2, stop_tokens=STOPS)
+    static = sample(model, prompts, jax.random.key(0), **kw)
+    cont = sample(model, prompts, jax.random.key(0), batch_slots=3, **kw)
+    _assert_same_rows(cont, static)
+    lengths = np.asarray(static.lengths)
+    assert lengths.min() <= 2 and lengths.max() >= 6, lengths  # rows of very different lengths
+    # Slots were refilled as rows ended: exactly the host loop's step count, fewer than 3-row static batches.
+    steps = _slot_steps(lengths, 3, 1)
+    assert int(cont.steps) == steps < sum(lengths[i : i + 3].max() for i in range(0, 8, 3))
+
+
+def test_continuous_batching_sampled_equals_static_batch(model, rng):
+    # T = 1 with 3 samples per prompt: each row's keys fold_in(key, i, g, t) follow it into whichever slot.
+    prompts = _prompts(rng, (5, 12, 3))
+    kw = dict(max_new_tokens=T, temperature=1.0, num_samples=3, stop_tokens=STOPS)
+    static = sample(model, prompts, jax.random.key(1), **kw)
+    lengths = np.asarray(static.lengths)
+    assert lengths.min() < lengths.max() and len({tuple(np.asarray(static.tokens[r])) for r in range(3)}) > 1
+    for refill in (None, 3):  # refill_min changes the schedule (default 1 for 4 slots), never the results
+        cont = sample(model, prompts, jax.random.key(1), batch_slots=4, refill_min=refill, **kw)
+        _assert_same_rows(cont, static)
+        assert int(cont.steps) == _slot_steps(lengths, 4, refill or 1)
+
+
+def test_bad_batch_slots_and_overlong_contexts(model):
+    bad = [
+        (dict(batch_slots=0), "batch_slots must be an int >= 1"),
+        (dict(batch_slots=-2), "batch_slots must be an int >= 1"),
+        (dict(batch_slots=2.0), "batch_slots must be an int >= 1"),
+        (dict(batch_slots=True), "batch_slots must be an int >= 1"),
+        (dict(batch_slots=2, refill_min=3), "refill_min must be an int in \\[1, batch_slots=2\\]"),
+        (dict(refill_min=1), "needs batch_slots"),
+        # A context longer than the cache / max_position_embeddings (512): static and slots alike.
+        (dict(prompts=[[1, 2], [1] * 500], max_new_tokens=13), "prompt 1 has 500 tokens.*max_position_embeddings=512"),
+        (dict(prompts=[[1, 2], [1] * 500], max_new_tokens=13, batch_slots=1), "prompt 1 has 500 tokens"),
+        (dict(prompts=[[1] * 60], max_len=64, max_new_tokens=5), "prompt 0 has 60 tokens.*max_len=64"),
+        (dict(max_len=513), "max_len must be an int in \\[1, max_position_embeddings=512\\]"),
+        (dict(max_len=0), "max_len must be"),
+    ]
+    for kw, match in bad:
+        kw = {"max_new_tokens": 4, **kw}
+        prompts = kw.pop("prompts", [[1, 2, 3], [4, 5]])
+        with pytest.raises(ValueError, match=match) as err:
+            sample(model, prompts, jax.random.key(0), **kw)
+        assert "\n" not in str(err.value)
+    # The model itself refuses a chunk longer than its cache (the write would be clamped: wrong logits).
+    with pytest.raises(ValueError, match="40 tokens do not fit a cache of 32 slots"):
+        model.forward(jnp.zeros((1, 40), jnp.int32), cache=model.init_cache(1, 32))

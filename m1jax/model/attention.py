@@ -61,25 +61,31 @@ class SoftmaxAttention(nnx.Module):
             mask = None if segment_ids is None else (segment_ids[:, :, None] == segment_ids[:, None, :])
             return dense(self._sdpa(q, k, v, mask).reshape(b, n, H * D), self.o_proj[...], self.dtype), None
 
-        q_pos = jnp.arange(n) if cache_index is None else cache_index + jnp.arange(n)
+        # Query slots [1, n], or [b, n] when the cache index is per row ([b]: continuous batching).
+        q_pos = jnp.arange(n)[None, :] if cache_index is None else jnp.reshape(cache_index, (-1, 1)) + jnp.arange(n)
         new_cache = None
         if kv_cache is None:
             k_pos = q_pos
-            mask = jnp.broadcast_to(q_pos[:, None] >= k_pos[None, :], (b, n, n))
+            mask = jnp.broadcast_to(q_pos[:, :, None] >= k_pos[:, None, :], (b, n, n))
             if segment_ids is not None:
                 mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
         else:
             ck, cv = kv_cache
-            ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache_index, 0, 0))
-            cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache_index, 0, 0))
+            if jnp.ndim(cache_index) == 0:
+                ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache_index, 0, 0))
+                cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache_index, 0, 0))
+            else:  # each row writes at its own slot
+                write = jax.vmap(lambda c, x, i: jax.lax.dynamic_update_slice(c, x, (i, 0, 0)))
+                ck = write(ck, k.astype(ck.dtype), cache_index)
+                cv = write(cv, v.astype(cv.dtype), cache_index)
             new_cache = (ck, cv)
             if not cache_empty:
                 k, v = ck, cv
-            k_pos = q_pos if cache_empty else jnp.arange(ck.shape[1])
-            mask = jnp.broadcast_to(q_pos[:, None] >= k_pos[None, :], (b, n, k_pos.shape[0]))
+            k_pos = q_pos if cache_empty else jnp.arange(ck.shape[1])[None, :]
+            mask = jnp.broadcast_to(q_pos[:, :, None] >= k_pos[:, None, :], (b, n, k_pos.shape[-1]))
             if kv_start is not None:  # left padding is never a key (a padding query sees itself: no empty row)
-                valid = k_pos[None, :] >= kv_start[:, None]
-                mask = mask & (valid[:, None, :] | (q_pos[:, None] == k_pos[None, :])[None])
+                valid = k_pos >= kv_start[:, None]
+                mask = mask & (valid[:, None, :] | (q_pos[:, :, None] == k_pos[:, None, :]))
             if cache_empty and self._use_sdpa():
                 o = self._sdpa(q, k, v, mask)
                 return dense(o.reshape(b, n, H * D), self.o_proj[...], self.dtype), new_cache

@@ -13,8 +13,10 @@ from m1jax.config import ModelConfig
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class Cache:
-    """index: cache slots already written (shared by the batch); start [batch]: each row's first valid slot.
+    """index: cache slots already written; start [batch]: each row's first valid slot.
 
+    ``index`` is a scalar shared by the batch, or [batch] when rows advance independently (continuous
+    batching: a decode slot refilled with a new sequence restarts at its own index).
     Rows of different lengths are LEFT-padded so that they all end at ``index``: row r holds padding in
     slots [0, start[r]) and its tokens from start[r] on, at positions 0, 1, ... (slot - start[r]).
     Padding never reaches a valid token: softmax layers mask those keys and lightning layers add
@@ -41,7 +43,8 @@ class Cache:
     def repeat(self, n: int) -> Cache:
         """Every row repeated ``n`` times, consecutively (row r -> rows r*n .. r*n+n-1)."""
         rep = lambda a: jnp.repeat(a, n, axis=0)  # noqa: E731
-        return Cache(index=self.index, start=rep(self.start), layers=jax.tree.map(rep, self.layers))
+        index = self.index if jnp.ndim(self.index) == 0 else rep(self.index)
+        return Cache(index=index, start=rep(self.start), layers=jax.tree.map(rep, self.layers))
 
 
 def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None, start=None) -> Cache:

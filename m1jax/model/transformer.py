@@ -66,15 +66,17 @@ class MiniMaxM1(nnx.Module):
             raise ValueError("segment_ids (packed sequences) cannot be combined with a decoding cache")
         b, n = tokens.shape
         c = self.config
+        if cache is not None and n > cache.max_len:  # the write would be clamped: wrong logits, silently
+            raise ValueError(f"{n} tokens do not fit a cache of {cache.max_len} slots")
         index = None if cache is None else cache.index
         token_mask = None if segment_ids is None else segment_ids != 0
         pad_mask = None
         if cache is not None:
-            slots = index + jnp.arange(n)
+            slots = jnp.reshape(index, (-1, 1)) + jnp.arange(n)  # [1, n], or [b, n] with a per-row index
             if positions is None:
-                positions = jnp.maximum(slots[None, :] - cache.start[:, None], 0)
+                positions = jnp.maximum(slots - cache.start[:, None], 0)
             if n > 1:  # a decode step's slot is never padding
-                pad_mask = token_mask = slots[None, :] >= cache.start[:, None]
+                pad_mask = token_mask = slots >= cache.start[:, None]
         elif positions is None:
             positions = jnp.broadcast_to(jnp.arange(n), (b, n))
 
