@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from m1jax.model.cache import Cache, init_cache
-from m1jax.sampling import SamplingSettings, _prefill, merge, pick
+from m1jax.sampling import SamplingSettings, _prefill, cache_length, merge, pick
 
 
 def default_refill_min(slots: int) -> int:
@@ -52,16 +52,17 @@ def _bucket(n: int, cap: int) -> int:
 
 
 def sample_in_slots(graphdef, state, config, tokens: np.ndarray, start: np.ndarray, key_data,
-                    settings: SamplingSettings, num_samples: int, *, slots: int, refill_min: int) -> tuple:
+                    settings: SamplingSettings, num_samples: int, *, slots: int, refill_min: int,
+                    limit: int) -> tuple:
     """Left-padded prompts tokens [P, B] (start [P]: padding per row), raw key data -> the static ``_decode``'s
     outputs (tokens, logprobs, lengths, stopped, truncated, steps), decoding ``slots`` rows at once.
 
     Rows are prompt-major (row r = sample r % G of prompt r // G) and are admitted in that order; steps is
-    the number of decode iterations run over all exits.
+    the number of decode iterations run over all exits. ``limit`` bounds the cache length (sampling.cache_length).
     """
     P, B = tokens.shape
     G, K, T = num_samples, slots, settings.max_new_tokens
-    R, S = P * G, B + T
+    R, S = P * G, cache_length(B + T, limit)
     slot_state = _empty_slots(config, K, S)
     out = _empty_outputs(R, T, settings.pad_id)
     done = np.ones(K, bool)  # host view of which slots may take a row (all, at first)

@@ -159,14 +159,24 @@ def sample(model, prompts, key, *, max_new_tokens: int, temperature: float = 1.0
 
         K, refill = slots[0], slots[1] or default_refill_min(slots[0])
         out = sample_in_slots(graphdef, state, config, tokens, start, _key_data(key), settings, num_samples,
-                              slots=K, refill_min=refill)
+                              slots=K, refill_min=refill, limit=limit)
     else:
         cache, logits = _prefill(graphdef, state, jnp.asarray(tokens), jnp.asarray(start),
-                                 max_len=bucket + max_new_tokens, num_samples=num_samples)
+                                 max_len=cache_length(bucket + max_new_tokens, limit), num_samples=num_samples)
         out, _ = _decode(graphdef, state, cache, logits, _key_data(key), settings=settings, num_samples=num_samples)
     toks, logps, lens, stopped, truncated, steps = out
     return SampleOutput(tokens=toks, logprobs=logps, lengths=lens, stopped=stopped, truncated=truncated, steps=steps,
                         prompt_lengths=lengths, num_samples=num_samples)
+
+
+CACHE_ALIGN = 64  # cache slots are allocated in multiples of this (the decode kernel's block), within the limit
+
+
+def cache_length(needed: int, limit: int) -> int:
+    """KV-cache slots for ``needed`` positions: rounded up to CACHE_ALIGN unless that passes ``limit`` (the
+    position limit); slots past the last written one are never attended to, so results do not depend on it."""
+    aligned = -(-needed // CACHE_ALIGN) * CACHE_ALIGN
+    return aligned if aligned <= limit else needed
 
 
 def _key_data(key):

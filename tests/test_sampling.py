@@ -212,3 +212,19 @@ def test_bad_batch_slots_and_overlong_contexts(model):
     # The model itself refuses a chunk longer than its cache (the write would be clamped: wrong logits).
     with pytest.raises(ValueError, match="40 tokens do not fit a cache of 32 slots"):
         model.forward(jnp.zeros((1, 40), jnp.int32), cache=model.init_cache(1, 32))
+
+
+def test_decode_kernel_path_equals_xla_path(model, rng):
+    """The softmax layers' split-K decode kernel (interpret mode here) reads only each row's valid slots: the
+    same rows as the XLA path that scores the whole cache, static (left padding) and with slots (per-row index)."""
+    from m1jax.train.step import set_kernels
+
+    prompts = _prompts(rng, (2, 16, 1, 11))
+    kw = dict(max_new_tokens=T, temperature=1.0, num_samples=2, stop_tokens=STOPS, max_len=64)
+    ref = sample(model, prompts, jax.random.key(2), **kw)
+    try:
+        set_kernels(model, decode="triton")
+        for extra in ({}, {"batch_slots": 3}):
+            _assert_same_rows(sample(model, prompts, jax.random.key(2), **kw, **extra), ref)
+    finally:
+        set_kernels(model, decode="auto")

@@ -13,12 +13,21 @@ from m1jax.model.layers import dense, param
 from m1jax.model.rope import apply_partial_rope, rope_cos_sin
 from m1jax.sharding import constrain
 from m1jax.sharding.rules import active_mesh, logical_to_spec, mesh_axes
+from pallas_kernels.decode_attention import decode_attention
+
+DECODE_BLOCK = 64  # cache slots per block of the decode kernel
 
 # "einsum": explicit scores in XLA (any dtype, any device; the KV-cache path always uses it).
 # "sdpa": jax.nn.dot_product_attention, cuDNN's fused flash attention on GPU (bf16 / fp16 only),
 #         its XLA implementation elsewhere; segment ids become a [b, 1, n, n] mask.
 # "auto": "sdpa" on GPU for bf16 / fp16 activations, "einsum" otherwise.
 SOFTMAX_IMPLS = ("auto", "einsum", "sdpa")
+# One-token decode steps over the KV cache (pallas_kernels.decode_attention):
+# "xla": the einsum path above (scores every slot of the cache);
+# "triton": the split-K Pallas kernel that reads only each row's valid slots (GPU; interpret mode on a CPU);
+# "auto": "triton" on one GPU (not under a multi-device mesh: a Pallas call is not partitioned) when the shapes
+#         suit it (head_dim a power of two >= 16, cache length a multiple of its block), else "xla".
+DECODE_IMPLS = ("auto", "xla", "triton")
 
 
 class SoftmaxAttention(nnx.Module):
@@ -34,6 +43,7 @@ class SoftmaxAttention(nnx.Module):
         self.rotary_dim, self.rope_theta = c.rotary_dim, c.rope_theta
         self.dtype = c.jnp_dtype
         self.impl = "auto"
+        self.decode_impl = "auto"
 
     def __call__(self, x, *, positions, segment_ids=None, kv_cache=None, cache_index=None, kv_start=None,
                  cache_empty: bool = False):
@@ -79,6 +89,11 @@ class SoftmaxAttention(nnx.Module):
                 ck = write(ck, k.astype(ck.dtype), cache_index)
                 cv = write(cv, v.astype(cv.dtype), cache_index)
             new_cache = (ck, cv)
+            if n == 1 and not cache_empty and self._use_decode_kernel(ck.shape[1]):
+                start = jnp.zeros((b,), jnp.int32) if kv_start is None else kv_start
+                o = decode_attention(q[:, 0], ck, cv, start, jnp.broadcast_to(q_pos[:, 0] + 1, (b,)), impl="triton",
+                                     block_k=DECODE_BLOCK, interpret=jax.default_backend() != "gpu")
+                return dense(o.reshape(b, 1, H * D), self.o_proj[...], self.dtype), new_cache
             if not cache_empty:
                 k, v = ck, cv
             k_pos = q_pos if cache_empty else jnp.arange(ck.shape[1])[None, :]
@@ -99,6 +114,16 @@ class SoftmaxAttention(nnx.Module):
                        preferred_element_type=jnp.float32)
         o = o.reshape(b, n, H * D).astype(self.dtype)
         return dense(o, self.o_proj[...], self.dtype), new_cache
+
+    def _use_decode_kernel(self, cache_len: int) -> bool:
+        if self.decode_impl not in DECODE_IMPLS:
+            raise ValueError(f"softmax attention decode_impl must be one of {DECODE_IMPLS}, got {self.decode_impl!r}")
+        if self.decode_impl == "auto":
+            mesh = active_mesh()
+            D = self.head_dim
+            return (jax.default_backend() == "gpu" and (mesh is None or mesh.size == 1) and D >= 16
+                    and not D & (D - 1) and cache_len % DECODE_BLOCK == 0)
+        return self.decode_impl == "triton"
 
     def _cudnn(self) -> bool:
         """cuDNN's fused attention applies: a GPU and 16-bit activations."""

@@ -17,9 +17,9 @@ from m1jax.train.loss import cross_entropy_sums, next_token_targets
 
 
 def set_kernels(model: MiniMaxM1, *, moe: str = "grouped", expert_matmul: str = "auto", lightning: str = "auto",
-                softmax: str = "auto") -> MiniMaxM1:
+                softmax: str = "auto", decode: str = "auto") -> MiniMaxM1:
     """Choose the MoE path (and its grouped-matmul impl), the lightning-attention and the softmax-attention
-    implementations of every layer (static attributes)."""
+    implementations of every layer, and the softmax layers' one-token decode path (static attributes)."""
     for layer in model.layers:
         layer.block_sparse_moe.impl = moe
         layer.block_sparse_moe.matmul_impl = expert_matmul
@@ -27,6 +27,7 @@ def set_kernels(model: MiniMaxM1, *, moe: str = "grouped", expert_matmul: str = 
             layer.self_attn.kernel_impl = lightning
         else:
             layer.self_attn.impl = softmax
+            layer.self_attn.decode_impl = decode
     return model
 
 
