@@ -228,3 +228,21 @@ def test_decode_kernel_path_equals_xla_path(model, rng):
             _assert_same_rows(sample(model, prompts, jax.random.key(2), **kw, **extra), ref)
     finally:
         set_kernels(model, decode="auto")
+
+
+def test_prefill_memory_grows_with_the_prompt_not_the_cache():
+    """The compiled prefill's scratch memory (XLA's memory analysis; the cache itself is the output) is the same
+    for a 256-token prompt into a 1K or a 16K cache, and grows with the prompt."""
+    from m1jax.sampling import _prefill
+
+    cfg = ModelConfig.tiny(num_hidden_layers=2, attn_type_list=(0, 1), max_position_embeddings=16384)
+    graphdef, state = nnx.split(MiniMaxM1(cfg, rngs=nnx.Rngs(0)))
+
+    def temp(n, max_len):
+        tokens, start = jnp.zeros((2, n), jnp.int32), jnp.zeros((2,), jnp.int32)
+        compiled = _prefill.lower(graphdef, state, tokens, start, max_len=max_len, num_samples=1).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    small = temp(256, 1024)
+    assert temp(256, 16384) <= 1.01 * small
+    assert temp(1024, 16384) > 2 * small
