@@ -20,9 +20,10 @@ from m1jax.sharding import constrain
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class ModelOutput:
-    logits: jax.Array  # [b, n, vocab] float32
+    logits: jax.Array | None  # [b, n, vocab] float32 (None with forward(head=False))
     cache: Cache | None
     router: RouterStats  # stacked over layers: fields [num_layers, E]
+    hidden: jax.Array | None = None  # [b, n, hidden] fp32 after the final norm, with forward(head=False)
 
     @property
     def aux_loss(self):
@@ -50,7 +51,8 @@ class MiniMaxM1(nnx.Module):
         return init_cache(self.config, batch, max_len, dtype, start)
 
     def forward(self, tokens, *, segment_ids=None, positions=None, cache: Cache | None = None,
-                cache_empty: bool = False, logits_slice: tuple[int, int] | None = None) -> ModelOutput:
+                cache_empty: bool = False, logits_slice: tuple[int, int] | None = None,
+                head: bool = True) -> ModelOutput:
         """Full forward, or with ``cache`` the next chunk of tokens (prefill or one decode step).
 
         segment_ids [b, n] (packed sequences; 0 marks padding, excluded from router statistics)
@@ -59,6 +61,8 @@ class MiniMaxM1(nnx.Module):
         padding slots (< cache.start[r]) are ignored by every later token. ``cache_empty`` (static) promises
         that the cache holds nothing yet, so a prefill attends within its own tokens only. ``logits_slice``
         (static (start, stop)) runs the LM head on those positions only (logits [b, stop - start, vocab]).
+        ``head=False`` (static) skips the LM head and returns the final-normed fp32 ``hidden`` instead (for a
+        loss that applies the head in chunks: m1jax.train.loss.chunked_cross_entropy_sums).
         """
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [batch, seq], got shape {tokens.shape}")
@@ -101,10 +105,12 @@ class MiniMaxM1(nnx.Module):
         if logits_slice is not None:
             x = x[:, logits_slice[0]:logits_slice[1]]
         h = self.norm(x.astype(jnp.float32))
-        logits = lm_head_logits(h, self.lm_head[...], dtype=c.lm_head_dtype, precision=c.lm_head_precision)
-        logits = constrain(logits, ("batch", "seq", "vocab"))
         new_cache = None if cache is None else Cache(index=cache.index + n, start=cache.start, layers=tuple(entries))
         router = jax.tree.map(lambda *xs: jnp.stack(xs), *stats)
+        if not head:
+            return ModelOutput(logits=None, cache=new_cache, router=router, hidden=h)
+        logits = lm_head_logits(h, self.lm_head[...], dtype=c.lm_head_dtype, precision=c.lm_head_precision)
+        logits = constrain(logits, ("batch", "seq", "vocab"))
         return ModelOutput(logits=logits, cache=new_cache, router=router)
 
 

@@ -13,7 +13,7 @@ from flax import nnx
 
 from m1jax.config import ModelConfig
 from m1jax.model import MiniMaxM1
-from m1jax.train.loss import cross_entropy_sums, next_token_targets
+from m1jax.train.loss import chunked_cross_entropy_sums, cross_entropy_sums, next_token_targets
 
 
 def set_kernels(model: MiniMaxM1, *, moe: str = "grouped", expert_matmul: str = "auto", lightning: str = "auto",
@@ -89,7 +89,7 @@ def _micro_batches(batch, n: int):
 _STATS = ("nll", "correct", "aux_loss", "router/max_load", "router/min_load")
 
 
-def make_loss_and_grads(graphdef, config: ModelConfig, *, grad_accum_steps: int = 1):
+def make_loss_and_grads(graphdef, config: ModelConfig, *, grad_accum_steps: int = 1, ce_chunk: int = 0):
     """(params, batch) -> (loss, stats, grads, n_targets), traceable (call it under jit).
 
     loss = sum of target NLLs / number of targets (over the whole global batch)
@@ -98,14 +98,22 @@ def make_loss_and_grads(graphdef, config: ModelConfig, *, grad_accum_steps: int 
     their gradients summed in fp32: exactly the full-batch gradient of the NLL term (the aux term
     uses per-micro-batch router statistics). stats: summed nll / correct, mean aux loss and router load
     (max / min over experts of tokens-per-expert relative to perfect balance, averaged over layers).
+    ``ce_chunk`` > 0 applies the LM head ``ce_chunk`` positions at a time inside the loss (never holding
+    [b, n, vocab] fp32 logits, recomputing each chunk's in the backward pass); 0 runs the model's full head.
     """
     A = int(grad_accum_steps)
     aux_loss_coef, top_k = float(config.router_aux_loss_coef), int(config.num_experts_per_tok)
 
     def micro_loss(params, mb, n_targets):
-        out = nnx.merge(graphdef, params).forward(mb["tokens"], segment_ids=mb["segment_ids"],
-                                                  positions=mb["positions"])
-        nll, _, correct = cross_entropy_sums(out.logits, mb)
+        model = nnx.merge(graphdef, params)
+        out = model.forward(mb["tokens"], segment_ids=mb["segment_ids"], positions=mb["positions"],
+                            head=not ce_chunk)
+        if ce_chunk:
+            nll, _, correct = chunked_cross_entropy_sums(
+                out.hidden, model.lm_head[...], mb, chunk=int(ce_chunk), dtype=config.lm_head_dtype,
+                precision=config.lm_head_precision)
+        else:
+            nll, _, correct = cross_entropy_sums(out.logits, mb)
         aux = out.aux_loss
         load = out.router.tokens_per_expert * out.router.tokens_per_expert.shape[-1] / top_k  # [L, E]
         stats = {"nll": nll, "correct": correct, "aux_loss": aux,
@@ -136,13 +144,14 @@ def make_loss_and_grads(graphdef, config: ModelConfig, *, grad_accum_steps: int 
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.Schedule, config: ModelConfig,
-                    *, grad_accum_steps: int = 1, state_shardings: dict | None = None, batch_sharding=None):
+                    *, grad_accum_steps: int = 1, state_shardings: dict | None = None, batch_sharding=None,
+                    ce_chunk: int = 0):
     """jit(state, batch) -> (state, metrics), the state donated; the loss is make_loss_and_grads'.
 
     With shardings the state keeps its placement (trace and call it under ``m1jax.sharding.use_mesh``).
     A step whose loss or gradient norm is not finite leaves the state unchanged (metrics["finite"] = 0).
     """
-    loss_and_grads = make_loss_and_grads(graphdef, config, grad_accum_steps=grad_accum_steps)
+    loss_and_grads = make_loss_and_grads(graphdef, config, grad_accum_steps=grad_accum_steps, ce_chunk=ce_chunk)
 
     def step(state, batch):
         params = state["params"]
