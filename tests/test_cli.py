@@ -160,7 +160,7 @@ def test_experiments_import_from_the_notebooks_directory():
     proc = subprocess.run([sys.executable, "-c", code], cwd=os.path.join(REPO, "notebooks"), env=_user_env(),
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "400"
+    assert proc.stdout.strip() == "600"
 
 
 def test_commands_do_not_print_jax_and_orbax_info_logs(tmp_path):

@@ -20,8 +20,10 @@ STEPS = 60
 # The tiny preset, shrunk so each step takes milliseconds on a CPU.
 ARGS = ["train", "--config=experiments/pretrain.py:tiny", f"--config.steps={STEPS}",
         "--config.model.num_hidden_layers=2", "--config.model.attn_type_list=(0, 1)", "--config.model.hidden_size=32",
-        "--config.model.intermediate_size=32", "--config.data.batch_size=8", "--config.data.seq_len=64",
-        "--config.checkpoint.every=10", "--config.checkpoint.keep=2", "--config.log.every=20"]
+        "--config.model.head_dim=16", "--config.model.rotary_dim=8", "--config.model.intermediate_size=32",
+        "--config.data.batch_size=8", "--config.data.seq_len=64",
+        "--config.checkpoint.every=10", "--config.checkpoint.keep=2", "--config.log.every=20",
+        "--config.eval.every=30", "--config.eval.problems=3"]  # held-out exact match at steps 30 and 60
 
 
 def python_path():
@@ -80,6 +82,10 @@ def test_tiny_preset_learns_and_logs(reference):
     rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
     assert {"lr", "tokens_per_s", "mfu", "router/max_load", "aux_loss", "accuracy"} <= set(rows[0])
     assert rows[0]["mfu"] is None  # CPU: no peak to compare against
+    em = [f"eval/exact_match/{t}" for t in ("copy", "reverse", "sort", "add", "mean")]
+    assert [r["step"] for r in rows if set(em + ["eval_s"]) <= set(r)] == [30, 60]
+    assert all(0 <= rows[59][k] <= 1 for k in em) and not set(em) & set(rows[0])
+    assert "step 60 held-out exact match: copy " in out and "| eval EM " in out
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["50", "60"]  # keep-last-2
     with open(os.path.join(workdir, "config.json")) as f:
         assert json.load(f)["steps"] == STEPS

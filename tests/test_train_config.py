@@ -35,6 +35,10 @@ def test_presets_validate_and_have_the_intended_size(preset):
     ("model.lm_head_dtype", "int8", "ModelConfig.lm_head_dtype='int8'"),
     ("model.vocab_size", 200, "config.model.vocab_size=200: smaller than the tokenizer's vocabulary (258"),
     ("model.rotary_dim", 7, "ModelConfig.rotary_dim=7"),
+    ("data.loss_on", "prompt", "config.data.loss_on='prompt': must be one of ('answer', 'all')"),
+    ("eval.every", -1, "config.eval.every=-1: must be an int >= 0 (0 = off)"),
+    ("eval.problems", 0, "config.eval.problems=0: must be a positive int"),
+    ("model.max_position_embeddings", 16, "config.eval.every=100: held-out prompt + answer + EOS need"),
 ])
 def test_bad_values_are_named(key, value, message):
     cfg = pretrain.get_config("tiny")
@@ -73,7 +77,8 @@ def test_rl_presets_validate(preset):
 def test_warmup_longer_than_the_run_is_named():
     cfg = pretrain.get_config("tiny")
     cfg.optim.warmup_steps = cfg.steps + 1
-    with pytest.raises(ValueError, match=r"config.optim.warmup_steps=401: must be an int in \[0, steps=400\]"):
+    message = rf"config.optim.warmup_steps={cfg.steps + 1}: must be an int in \[0, steps={cfg.steps}\]"
+    with pytest.raises(ValueError, match=message):
         validate(cfg)
 
 

@@ -68,15 +68,29 @@ def test_next_token_targets_never_cross_documents_or_padding():
     assert np.asarray(targets)[0, :2].tolist() == [1001, 1002]
 
 
-def test_answer_only_loss_mask_covers_answer_and_eos():
+def test_task_data_trains_on_the_answer_by_default(rng):
+    from experiments import pretrain
+    from m1jax import ModelConfig
+    from m1jax.data.pipeline import build_source
+    from m1jax.train.config import default_config, validate
+
     tok = ByteTokenizer()
-    src = TaskSource("add", tok, seed=3, size=3, loss_on="answer")
-    name, prompt, answer = src.example(7)
-    d = src[7]
-    assert d.tokens[0] == tok.bos_id and d.tokens[-1] == tok.eos_id
-    assert tok.decode(d.tokens) == prompt + answer
-    assert tok.decode(d.tokens[d.loss_mask]) == answer and d.loss_mask[-1]
-    assert int(d.loss_mask.sum()) == len(answer) + 1
+    tasks = ",".join(rng.permutation(["copy", "reverse", "sort", "add", "mul", "countdown"])[:3])
+    src = TaskSource(tasks, tok, seed=int(rng.integers(1 << 30)), size=int(rng.integers(2, 7)))
+    for index in rng.integers(0, 1 << 40, 20):
+        name, prompt, answer = src.example(int(index))
+        d = src[int(index)]
+        assert d.tokens[0] == tok.bos_id and d.tokens[-1] == tok.eos_id
+        assert tok.decode(d.tokens) == prompt + answer
+        p = len(tok.encode(prompt))  # the mask is exactly answer + EOS: nothing of BOS or the prompt
+        assert d.loss_mask.tolist() == [False] * (1 + p) + [True] * (len(tok.encode(answer)) + 1)
+    assert TaskSource(tasks, tok, loss_on="all")[0].loss_mask is None  # "all" stays available
+    assert default_config(ModelConfig.tiny()).data.loss_on == "answer"
+    cfg = pretrain.get_config("tiny")
+    assert build_source(cfg.data, 0).loss_on == "answer"
+    cfg.data.loss_on = "prompt"
+    with pytest.raises(ValueError, match=r"config.data.loss_on='prompt': must be one of \('answer', 'all'\)"):
+        validate(cfg)
 
 
 @pytest.mark.parametrize("name", ["copy", "reverse", "sort", "add", "mul"])
@@ -122,11 +136,11 @@ def test_data_split_config_key():
     from m1jax.data.pipeline import build_source
     from m1jax.train.config import validate
 
-    cfg = pretrain.get_config("tiny")
-    assert cfg.data.split == "all" and build_source(cfg.data, 0).split == "all"
-    cfg.data.split = "train"
+    cfg = pretrain.get_config("tiny")  # its held-out exact match is only held out with split="train"
+    assert cfg.data.split == "train" and build_source(cfg.data, 0).split == "train"
+    cfg.data.split = "all"
     validate(cfg)
-    assert build_source(cfg.data, 0).split == "train"
+    assert build_source(cfg.data, 0).split == "all"
     cfg.data.split = "eval"
     with pytest.raises(ValueError, match=r"config.data.split='eval': must be one of \('all', 'train'\)"):
         validate(cfg)

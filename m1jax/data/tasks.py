@@ -5,9 +5,11 @@ Document i is drawn from its own generator seeded by (seed, i), so any document 
 without generating the ones before it.
 
 Held-out prompts: ``split_of(prompt)`` puts ``EVAL_PERCENT`` % of all prompts (a CRC32 bucket of the text) in
-the "eval" split; m1jax.rl.tasks evaluates on those. ``TaskSource(split="train")`` never yields one: a document
-whose prompt is "eval" is replaced by the next draw of the same task from the same generator (so documents stay a
-pure function of (seed, index), and documents whose first draw is "train" are the same as with ``split="all"``).
+the "eval" split; ``split_example`` draws problem i of a split (m1jax.rl.tasks and `m1jax train`'s held-out
+exact match, m1jax.train.evaluate, evaluate on the same eval problems). ``TaskSource(split="train")`` never
+yields an eval prompt: a document whose prompt is "eval" is replaced by the next draw of the same task from the
+same generator (so documents stay a pure function of (seed, index), and documents whose first draw is "train"
+are the same as with ``split="all"``).
 """
 
 from __future__ import annotations
@@ -89,12 +91,44 @@ def _countdown(rng, size):
 
 EVAL_PERCENT = 10  # share of all prompts (by CRC32 of the text) held out for evaluation
 DATA_SPLITS = ("all", "train")  # TaskSource(split=...): every prompt, or only those outside the eval split
+PROBLEM_SPLITS = ("train", "eval")  # split_example(split=...)
 MAX_DRAWS = 1000  # draws per document before TaskSource(split="train") gives up on a task/size
+LOSS_ON = ("answer", "all")  # TaskSource(loss_on=...): predict answer + EOS only, or every token after BOS
 
 
 def split_of(prompt: str) -> str:
     """The split a prompt belongs to: "eval" for EVAL_PERCENT % of prompts (by CRC32 of the text), else "train"."""
     return "eval" if zlib.crc32(prompt.encode("utf-8")) % 100 < EVAL_PERCENT else "train"
+
+
+def split_example(name: str, size: int, index: int, seed: int = 0, split: str = "eval",
+                  max_draws: int = MAX_DRAWS) -> tuple[str, str]:
+    """Problem ``index`` of ``split`` ("train" or "eval") of task ``name`` as (prompt, answer): drawn from its own
+    generator seeded by (seed, split, index) until a prompt of that split comes (a pure function of the arguments;
+    seed, index >= 0). Raises RuntimeError when ``max_draws`` draws give none (too small a ``size``)."""
+    if split not in PROBLEM_SPLITS:
+        raise ValueError(f"split={split!r}: choose from {PROBLEM_SPLITS}")
+    rng = np.random.default_rng((int(seed), PROBLEM_SPLITS.index(split), int(index)))
+    for _ in range(max_draws):
+        prompt, answer = sample_task(name, rng, size)
+        if split_of(prompt) == split:
+            return prompt, answer
+    raise RuntimeError(f"task {name!r} (size {size}) drew no {split!r} prompt in {max_draws} draws; use a larger size")
+
+
+def distinct_examples(name: str, size: int, count: int, split: str = "eval", seed: int = 0) -> list[tuple[str, str]]:
+    """The first ``count`` distinct prompts (with their answers) among ``split_example(name, size, i, seed, split)``
+    for i = 0, 1, ... (small tasks repeat prompts often; an accuracy over repeats would over-weight a few). Fewer
+    if the split has fewer distinct prompts (it looks at 50 * count problems at most)."""
+    seen, out = set(), []
+    for index in range(50 * int(count)):
+        if len(out) >= count:
+            break
+        prompt, answer = split_example(name, size, index, seed, split)
+        if prompt not in seen:
+            seen.add(prompt)
+            out.append((prompt, answer))
+    return out
 
 
 TASKS = {"copy": _copy, "reverse": _reverse, "sort": _sort, "add": _add, "mul": _mul, "countdown": _countdown}
@@ -118,15 +152,24 @@ def parse_tasks(spec: str) -> tuple[str, ...]:
     return names
 
 
+def prompt_tokens(prompt: str, tokenizer) -> list[int]:
+    """BOS (if the tokenizer has one) + the prompt's tokens: exactly what precedes the answer in a ``TaskSource``
+    document (what a model is prompted with to answer)."""
+    bos = [] if tokenizer.bos_id is None else [int(tokenizer.bos_id)]
+    return bos + [int(t) for t in tokenizer.encode(prompt)]
+
+
 class TaskSource:
-    """Endless task documents: BOS prompt answer EOS. ``loss_on="answer"`` predicts only answer + EOS.
-    ``split="train"`` leaves out every prompt of the held-out eval split (``split_of``); "all" keeps them."""
+    """Endless task documents: BOS prompt answer EOS. ``loss_on="answer"`` (the default) predicts only answer + EOS
+    (the prompt's random letters / digits cannot be predicted: training on them only adds noise to the loss);
+    "all" predicts every token after BOS. ``split="train"`` leaves out every prompt of the held-out eval split
+    (``split_of``); "all" keeps them."""
 
     def __init__(self, tasks: str | tuple[str, ...], tokenizer, *, seed: int = 0, size: int = 6,
-                 loss_on: str = "all", split: str = "all"):
+                 loss_on: str = "answer", split: str = "all"):
         self.tasks = parse_tasks(tasks) if isinstance(tasks, str) else tuple(tasks)
-        if loss_on not in ("all", "answer"):
-            raise ValueError(f"loss_on={loss_on!r}: choose 'all' or 'answer'")
+        if loss_on not in LOSS_ON:
+            raise ValueError(f"loss_on={loss_on!r}: choose from {LOSS_ON}")
         if split not in DATA_SPLITS:
             raise ValueError(f"split={split!r}: choose from {DATA_SPLITS}")
         self.tokenizer, self.seed, self.size, self.loss_on = tokenizer, int(seed), int(size), loss_on

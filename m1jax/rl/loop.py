@@ -25,6 +25,7 @@ import time
 import jax
 import numpy as np
 
+from m1jax.data.tasks import distinct_examples
 from m1jax.data.tokenizer import ByteTokenizer
 from m1jax.rl import tasks as tasks_lib
 from m1jax.rl.config import reward_function, validate
@@ -34,6 +35,7 @@ from m1jax.rl.rewards import FAILURES, RewardRunner
 from m1jax.sampling import sample
 from m1jax.sharding import use_mesh
 from m1jax.train import checkpoint as ckpt_lib
+from m1jax.train.evaluate import decode_completions, greedy_completions
 from m1jax.train.run import NonFiniteError, check_and_write_config, make_workdir, peak_memory_gib, stop_signals
 from m1jax.train.metrics import MetricWriter, Progress, read_jsonl
 from m1jax.train.optimizer import make_optimizer
@@ -69,25 +71,11 @@ def warm_start(cfg, workdir: str) -> str:
     return path
 
 
-def decode_completions(tokens, lengths, stopped, tokenizer) -> list[str]:
-    """Generated tokens -> text, up to each row's length, without its stop token."""
-    out = []
-    for row, n, s in zip(np.asarray(tokens), np.asarray(lengths), np.asarray(stopped), strict=True):
-        out.append(tokenizer.decode(row[: int(n) - int(bool(s))]))
-    return out
-
-
 def distinct_problems(task, count: int, split: str = "eval", seed: int = 0) -> list:
-    """The first ``count`` distinct prompts of a task's ``split`` stream (small tasks repeat prompts often; a
-    held-out accuracy over repeats would over-weight a few). Fewer if the split has fewer distinct prompts."""
-    seen, out, index = set(), [], 0
-    while len(out) < count and index < 50 * count:
-        p = task.problem(index, seed, split)
-        index += 1
-        if p.prompt not in seen:
-            seen.add(p.prompt)
-            out.append(p)
-    return out
+    """The first ``count`` distinct prompts of a task's ``split`` stream (m1jax.data.tasks.distinct_examples: the
+    same held-out problems as `m1jax train`'s exact match on the task's data task)."""
+    return [tasks_lib.Problem(p, a, task.name, task.parse(p))
+            for p, a in distinct_examples(task.data_task, task.size, count, split, seed)]
 
 
 class Evaluator:
@@ -100,9 +88,7 @@ class Evaluator:
 
     def __call__(self, policy, key) -> dict:
         stop = (self.tokenizer.eos_id,)
-        greedy = sample(policy, self.prompts, key, max_new_tokens=self.rollout.max_new_tokens, temperature=0.0,
-                        stop_tokens=stop)
-        texts = decode_completions(*jax.device_get((greedy.tokens, greedy.lengths, greedy.stopped)), self.tokenizer)
+        texts, _ = greedy_completions(policy, self.prompts, key, self.rollout.max_new_tokens, self.tokenizer)
         rewards, _ = self.runner.score(self.problems, texts)
         out = {"eval/accuracy": float(np.mean(rewards))}
         if self.samples > 1:

@@ -24,11 +24,10 @@ from collections import Counter
 from collections.abc import Callable
 from fractions import Fraction
 
-import numpy as np
+from m1jax.data.tasks import (  # noqa: F401  (re-exported)
+    EVAL_PERCENT, PROBLEM_SPLITS as SPLITS, prompt_tokens, sample_task, split_example, split_of,
+)
 
-from m1jax.data.tasks import EVAL_PERCENT, sample_task, split_of  # noqa: F401  (re-exported)
-
-SPLITS = ("train", "eval")
 MAX_EXPRESSION = 100  # longer Countdown answers are wrong (bounds parser work and recursion depth)
 
 
@@ -55,15 +54,8 @@ class Task:
 
     def problem(self, index: int, seed: int = 0, split: str = "train", max_draws: int = 1000) -> Problem:
         """Problem ``index`` of ``split`` (deterministic in seed, split, index, size; seed, index >= 0)."""
-        if split not in SPLITS:
-            raise ValueError(f"split={split!r}: choose from {SPLITS}")
-        rng = np.random.default_rng((int(seed), SPLITS.index(split), int(index)))
-        for _ in range(max_draws):
-            prompt, answer = sample_task(self.data_task, rng, self.size)
-            if split_of(prompt) == split:
-                return Problem(prompt, answer, self.name, self.parse(prompt))
-        raise RuntimeError(f"task {self.name!r} (size {self.size}) drew no {split!r} prompt in {max_draws} draws; "
-                           "use a larger size")
+        prompt, answer = split_example(self.data_task, self.size, index, seed, split, max_draws)
+        return Problem(prompt, answer, self.name, self.parse(prompt))
 
     def problems(self, seed: int, start: int, count: int, split: str = "train") -> list[Problem]:
         """Problems start .. start + count - 1 of ``split``."""
@@ -203,5 +195,4 @@ def warm_start_data_tasks(names: str) -> str:
 def encode_prompt(problem: Problem, tokenizer) -> list[int]:
     """BOS (if the tokenizer has one) + the prompt's tokens: exactly what precedes the answer in a warm-start
     document (m1jax.data.tasks.TaskSource)."""
-    bos = [] if tokenizer.bos_id is None else [int(tokenizer.bos_id)]
-    return bos + [int(t) for t in tokenizer.encode(problem.prompt)]
+    return prompt_tokens(problem.prompt, tokenizer)

@@ -34,7 +34,8 @@ def default_config(model: ModelConfig) -> ml_collections.ConfigDict:
     cfg.remat = False  # recompute each decoder layer in the backward pass (less activation memory)
     cfg.data = ml_collections.ConfigDict(dict(
         source="tasks",  # "tasks" (procedural) or "text" (text files / JSONL)
-        tasks="copy,reverse,sort,add", task_size=6, loss_on="all",  # tasks: which, how big, "all"|"answer"
+        tasks="copy,reverse,sort,add", task_size=6,  # tasks: which, how big
+        loss_on="answer",  # tasks: "answer" predicts answer + EOS only; "all" also the (unpredictable) prompt
         split="all",  # tasks: "all" prompts, or "train": leave out the RL eval split (m1jax.data.tasks.split_of)
         paths="", text_unit="file", jsonl_field="text", shuffle=True,  # text: files/globs, comma-separated
         tokenizer="bytes", bos_token="", eos_token="",  # "bytes" or a tokenizer.json (or its directory)
@@ -50,6 +51,9 @@ def default_config(model: ModelConfig) -> ml_collections.ConfigDict:
     cfg.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, expert=1, context=1, tensor=1))  # -1: the rest
     cfg.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3, async_save=True))
     cfg.log = ml_collections.ConfigDict(dict(every=10, tensorboard=True, peak_tflops=0.0))  # 0: device table
+    # Task data: held-out greedy exact match per task every `every` steps and at the end (0 = off), on `problems`
+    # distinct eval-split prompts per task (m1jax.train.evaluate); timed apart from the train step.
+    cfg.eval = ml_collections.ConfigDict(dict(every=100, problems=100))
     return cfg
 
 
@@ -77,7 +81,7 @@ def is_int(x):
 def validate(cfg) -> ModelConfig:
     """Check every training value; returns the ModelConfig. Raises ValueError naming the first bad key."""
     from m1jax.data.pipeline import SOURCES
-    from m1jax.data.tasks import DATA_SPLITS, parse_tasks
+    from m1jax.data.tasks import DATA_SPLITS, LOSS_ON, parse_tasks
     finite = math.isfinite
     check(cfg, "seed", is_int, "must be an int")
     check(cfg, "steps", lambda v: is_int(v) and v > 0, "must be a positive int")
@@ -95,7 +99,9 @@ def validate(cfg) -> ModelConfig:
               f"must divide data.batch_size={cfg.data.batch_size}")
     check_kernels(cfg)
     check(cfg, "data.source", lambda v: v in SOURCES, f"must be one of {SOURCES}")
-    check(cfg, "data.loss_on", lambda v: v in ("all", "answer"), "must be 'all' or 'answer'")
+    check(cfg, "data.loss_on", lambda v: v in LOSS_ON, f"must be one of {LOSS_ON}")
+    check(cfg, "eval.every", lambda v: is_int(v) and v >= 0, "must be an int >= 0 (0 = off)")
+    check(cfg, "eval.problems", lambda v: is_int(v) and v > 0, "must be a positive int")
     check(cfg, "data.split", lambda v: v in DATA_SPLITS,
            f"must be one of {DATA_SPLITS} ('train' leaves out the held-out eval prompts of m1jax.rl.tasks)")
     if cfg.data.source == "tasks":
@@ -117,7 +123,21 @@ def validate(cfg) -> ModelConfig:
     if tokenizer.vocab_size > model.vocab_size:
         fail("model.vocab_size", model.vocab_size, f"smaller than the tokenizer's vocabulary "
               f"({tokenizer.vocab_size}, data.tokenizer={cfg.data.tokenizer!r})")
+    check_eval(cfg, tokenizer, model)
     return model
+
+
+def check_eval(cfg, tokenizer, model: ModelConfig):
+    """config.eval: the held-out problems can be drawn, stopped at EOS and fit the model's positions."""
+    from m1jax.train.evaluate import task_evaluator
+
+    try:
+        evaluator = task_evaluator(cfg, tokenizer)
+    except (ValueError, RuntimeError) as e:
+        fail("eval.every", cfg.eval.every, str(e))
+    if evaluator is not None and evaluator.positions_needed() > model.max_position_embeddings:
+        fail("eval.every", cfg.eval.every, f"held-out prompt + answer + EOS need {evaluator.positions_needed()} "
+             f"positions, more than model.max_position_embeddings={model.max_position_embeddings}")
 
 
 def check_optim(cfg):

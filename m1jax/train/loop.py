@@ -14,7 +14,8 @@ import jax
 
 from m1jax.data.pipeline import build_pipeline
 from m1jax.train import checkpoint as ckpt_lib
-from m1jax.train.config import validate
+from m1jax.train.config import load_data_tokenizer, validate
+from m1jax.train.evaluate import format_exact_match, task_evaluator
 from m1jax.train.flops import device_peak_flops, flops_per_token, mfu, param_counts
 from m1jax.train.metrics import MetricWriter, Progress
 from m1jax.train.optimizer import make_optimizer
@@ -50,7 +51,9 @@ def describe(cfg, model_config) -> dict:
 def train(cfg, workdir: str) -> dict:
     """Train per ``cfg`` in ``workdir``, resuming from its latest checkpoint; returns a summary dict.
 
-    Writes workdir/config.json, metrics.jsonl, tb/ (TensorBoard) and checkpoints/<step>/.
+    Writes workdir/config.json, metrics.jsonl, tb/ (TensorBoard) and checkpoints/<step>/. On task data, every
+    eval.every steps and at the end, the step's record also holds the held-out greedy exact match
+    (eval/exact_match/<task> and /mean, m1jax.train.evaluate; eval_s: its time, not counted in step_time).
     Raises ValueError for a bad config (before any work) and NonFiniteError when training diverges
     (the last good checkpoint is kept).
     """
@@ -94,6 +97,10 @@ def train(cfg, workdir: str) -> dict:
 
     rows = process_rows(batch_shard, (cfg.data.batch_size, cfg.data.seq_len))  # all of them on one host
     data = build_pipeline(cfg.data, cfg.seed, data_state, rows=rows)
+    evaluator = task_evaluator(cfg, load_data_tokenizer(cfg.data))
+    if evaluator is not None:
+        _say(f"held-out greedy exact match every {cfg.eval.every} steps on eval-split problems {evaluator.counts()}"
+             + ("" if cfg.data.split == "train" else " (data.split='all' may also train on them; 'train' does not)"))
     step_fn = make_train_step(graphdef, tx, schedule, model_config, grad_accum_steps=cfg.optim.grad_accum_steps,
                               state_shardings=shardings, batch_sharding=batch_shard)
     writer = MetricWriter(workdir, tensorboard=cfg.log.tensorboard, resume_step=latest)
@@ -120,6 +127,12 @@ def train(cfg, workdir: str) -> dict:
                 m["tokens_per_s"] = info["tokens_per_step"] / dt
                 m["mfu"] = mfu(m["tokens_per_s"] * info["train_flops_per_token"], peak, mesh.size)
                 m["peak_memory_gib"] = peak_memory_gib()
+                if evaluator is not None and (step % cfg.eval.every == 0 or step == cfg.steps):
+                    t_eval = time.perf_counter()
+                    summary["eval"] = evaluator((graphdef, state["params"]))
+                    m.update(summary["eval"], eval_s=time.perf_counter() - t_eval)
+                    _say(f"step {step} held-out exact match: {format_exact_match(m)} ({m['eval_s']:.1f} s)")
+                    last = time.perf_counter()  # the next step's time leaves the eval out
                 writer.write(step, m)
                 progress.update(step, m)
                 summary.update(step=step, loss=m["loss"])

@@ -87,7 +87,7 @@ def _fmt_mfu(v) -> str:
 TRAIN_FIELDS = (
     ("loss", "loss", "{:.4f}".format), ("accuracy", "acc", "{:.3f}".format), ("grad_norm", "gnorm", "{:.3g}".format),
     ("lr", "lr", "{:.2e}".format), ("tokens_per_s", "tok/s", _fmt_count), ("mfu", "MFU", _fmt_mfu),
-    ("router/max_load", "load", "{:.2f}".format),
+    ("router/max_load", "load", "{:.2f}".format), ("eval/exact_match/mean", "eval EM", "{:.3f}".format),
 )
 
 
