@@ -32,6 +32,7 @@ def default_config(model: ModelConfig) -> ml_collections.ConfigDict:
     cfg.dry_run = False  # print sizes, FLOPs and memory estimates, then exit without allocating
     cfg.kernels = ml_collections.ConfigDict(dict(moe="grouped", expert_matmul="auto", lightning="auto", softmax="auto"))
     cfg.remat = False  # recompute each decoder layer in the backward pass (less activation memory)
+    cfg.ce_chunk = 0  # > 0: the loss applies the LM head this many positions at a time (no [b, n, vocab] logits)
     cfg.data = ml_collections.ConfigDict(dict(
         source="tasks",  # "tasks" (procedural) or "text" (text files / JSONL)
         tasks="copy,reverse,sort,add", task_size=6,  # tasks: which, how big
@@ -88,6 +89,7 @@ def validate(cfg) -> ModelConfig:
     check(cfg, "optim.warmup_steps", lambda v: is_int(v) and 0 <= v <= cfg.steps,
           f"must be an int in [0, steps={cfg.steps}] (the schedule would never reach the peak lr)")
     check(cfg, "remat", lambda v: isinstance(v, bool), "must be True or False")
+    check(cfg, "ce_chunk", lambda v: is_int(v) and v >= 0, "must be an int >= 0 (0 = the full LM head)")
     for key in ("data.batch_size", "data.seq_len", "optim.grad_accum_steps", "checkpoint.every",
                 "checkpoint.keep", "log.every", "data.task_size"):
         check(cfg, key, lambda v: is_int(v) and v > 0, "must be a positive int")

@@ -102,7 +102,7 @@ def train(cfg, workdir: str) -> dict:
         _say(f"held-out greedy exact match every {cfg.eval.every} steps on eval-split problems {evaluator.counts()}"
              + ("" if cfg.data.split == "train" else " (data.split='all' may also train on them; 'train' does not)"))
     step_fn = make_train_step(graphdef, tx, schedule, model_config, grad_accum_steps=cfg.optim.grad_accum_steps,
-                              state_shardings=shardings, batch_sharding=batch_shard)
+                              state_shardings=shardings, batch_sharding=batch_shard, ce_chunk=cfg.ce_chunk)
     writer = MetricWriter(workdir, tensorboard=cfg.log.tensorboard, resume_step=latest)
     progress = Progress(cfg.steps, cfg.log.every)
     peak = cfg.log.peak_tflops * 1e12 or device_peak_flops(dtype=model_config.dtype)
