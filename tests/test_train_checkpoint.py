@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from m1jax import MiniMaxM1, ModelConfig
-from m1jax.train.checkpoint import TrainCheckpointer, load_config, restore_params, save_params
+from m1jax.train.checkpoint import TrainCheckpointer, check_params_fit, load_config, restore_params, save_params
 from m1jax.train.flops import device_peak_flops, mfu
 from m1jax.train.step import abstract_train_state, init_train_state
 from m1jax.train.tensorboard import crc32c, encode_event, read_records, SummaryWriter
@@ -38,6 +38,18 @@ def test_save_params_then_restore_params_roundtrip(tmp_path):
     with pytest.raises(ValueError, match="already exists"):
         save_params(path, model)  # refuses to overwrite without force
     save_params(path, model, force=True)
+
+
+def test_init_from_of_another_shape_is_named_before_any_work(tmp_path):
+    from m1jax.train.step import model_graphdef
+
+    path = save_params(str(tmp_path / "ckpt"), MiniMaxM1(CONFIG, rngs=nnx.Rngs(0)))
+    check_params_fit(path, model_graphdef(CONFIG.replace(dtype="bfloat16"))[1])  # same shapes: fine
+    with pytest.raises(ValueError, match=r"init_from=.* another shape .*embed_tokens.*\(128, 32\) there, "
+                                         r"\(128, 48\) here"):
+        check_params_fit(path, model_graphdef(CONFIG.replace(hidden_size=48))[1])
+    with pytest.raises(ValueError, match="init_from=.*no m1jax checkpoint"):
+        check_params_fit(str(tmp_path / "nothing"), model_graphdef(CONFIG)[1])
 
 
 def test_restore_params_casts_to_a_requested_param_dtype(tmp_path):

@@ -135,6 +135,8 @@ def rl(cfg, workdir: str, *, reward_fn=None) -> dict:
     if not workdir:
         raise ValueError("RL needs a --workdir")
     workdir = os.path.abspath(os.path.expanduser(workdir))
+    if cfg.init_from:  # a checkpoint of another shape: one line now, before the workdir exists
+        ckpt_lib.check_params_fit(cfg.init_from, model_graphdef(model_config)[1])
     make_workdir(workdir)
     if model_config.lm_head_dtype != "float32":
         _say(f"WARNING: LM head in {model_config.lm_head_dtype} by explicit choice (model.lm_head_dtype); M1 runs "

@@ -72,6 +72,23 @@ def load_config(path: str) -> ModelConfig:
     return ModelConfig.from_dict(restored["config"])
 
 
+def check_params_fit(path: str, abstract_params, what: str = "init_from") -> None:
+    """Raise a one-line ValueError when the checkpoint at ``path`` (its stored ModelConfig) holds parameters of
+    other shapes than ``abstract_params`` (checked before any work, instead of orbax's error mid-restore)."""
+    try:
+        stored = load_config(path)
+    except FileNotFoundError as e:
+        raise ValueError(f"{what}={path}: {e}") from None
+    have = nnx.to_pure_dict(nnx.split(nnx.eval_shape(lambda: MiniMaxM1(stored, rngs=nnx.Rngs(0))), nnx.Param)[1])
+    have = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(have)}
+    want = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(abstract_params)}
+    diffs = [f"{k}: {have.get(k, 'absent')} there, {v} here" for k, v in want.items() if have.get(k) != v]
+    if diffs:
+        raise ValueError(f"{what}={path} holds a model of another shape ({len(diffs)} of {len(want)} parameters "
+                         f"differ, e.g. {diffs[0]}): start from a checkpoint of this config's shape, or set "
+                         "--config.model.* to the checkpoint's")
+
+
 def restore_params_dict(path: str, abstract_params, *, sharding=None) -> dict:
     """The ``params`` item restored onto ``abstract_params`` (pure dict of ShapeDtypeStruct; dtypes cast)."""
     path = resolve_checkpoint(path)

@@ -65,6 +65,8 @@ def train(cfg, workdir: str) -> dict:
     if not workdir:
         raise ValueError("training needs a --workdir")
     workdir = os.path.abspath(os.path.expanduser(workdir))
+    if cfg.init_from:  # a checkpoint of another shape: one line now, not an orbax error after the workdir exists
+        ckpt_lib.check_params_fit(cfg.init_from, model_graphdef(model_config)[1])
     make_workdir(workdir)
 
     tx, schedule = make_optimizer(cfg.optim, cfg.steps)
