@@ -23,8 +23,9 @@ Layout under --out:
     <task>/commands.log                     every command line that ran this script for the task
     summary.json, details.json, README.md, curves_<task>.png, diagnostics_<task>.png   the report
 
-This file runs the study (experiments/rl_comparison_jobs.py starts the run processes); experiments/rl_comparison_analysis.py turns the runs' metrics into numbers and
-experiments/rl_comparison_report.py writes the report.
+This file runs the study (experiments/rl_comparison_jobs.py starts the run processes);
+experiments/rl_comparison_analysis.py turns the runs' metrics into numbers and experiments/rl_comparison_report.py
+writes the report.
 
 A run is a subprocess `python -m m1jax.cli.main rl --config=experiments/rl.py:tiny ...` (`:tiny_countdown` for
 Countdown; its own JAX, one CPU thread; --config.init_from=<out>/warm_start/<task> for every run); a run whose
