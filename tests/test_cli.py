@@ -67,6 +67,7 @@ def test_top_level_help_lists_the_commands(args):
      "m1jax train: --config.optim.learning_rate: config.optim has no key 'learning_rate'; config.optim has b1"),
     (["rl", "--config=experiments/rl.py:tiny", "--config.los.name=grpo"],
      "m1jax rl: --config.los.name: config has no key 'los'; did you mean config.loss"),
+    (["generate", "--config.checkpoint=/runs/a"], "m1jax generate: --config.checkpoint needs a --config=FILE"),
 ])
 def test_mistyped_config_key_is_one_line_with_suggestions(args, message):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)

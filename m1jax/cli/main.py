@@ -184,6 +184,13 @@ def run():
         initialize_distributed(F.coordinator_address, F.num_processes, F.process_id)  # before any other jax call
         module.main(_CONFIG.value, F.workdir)
 
+    args = sys.argv[1:]
+    has_config = any(a in ("--config", "-config") or a.startswith(("--config=", "-config=")) for a in args)
+    dotted = next((a.split("=")[0] for a in args if a.startswith("--config.")), None)
+    if dotted and not has_config and not getattr(module, "POSITIONAL", False):  # absl: "Unknown command line flag"
+        print(f"m1jax {command}: {dotted} needs a --config=FILE[:PRESET] to override (see m1jax {command} --help)",
+              file=sys.stderr)
+        sys.exit(2)
     bad = _unknown_config_key(command, sys.argv[1:])
     if bad:  # a user error: one line, exit status 2 (absl would print a 56-line chained traceback)
         print(bad, file=sys.stderr)
