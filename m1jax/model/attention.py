@@ -25,8 +25,9 @@ SOFTMAX_IMPLS = ("auto", "einsum", "sdpa")
 # One-token decode steps over the KV cache (pallas_kernels.decode_attention):
 # "xla": the einsum path above (scores every slot of the cache);
 # "triton": the split-K Pallas kernel that reads only each row's valid slots (GPU; interpret mode on a CPU);
-# "auto": "triton" on one GPU (not under a multi-device mesh: a Pallas call is not partitioned) when the shapes
-#         suit it (head_dim a power of two >= 16, cache length a multiple of its block), else "xla".
+# "auto": "triton" on one GPU (not under a multi-device mesh: a Pallas call is not partitioned) for 16-bit
+#         activations (the case measured on an H200; fp32 models keep XLA's numerics) when the shapes suit it
+#         (head_dim a power of two >= 16, cache length a multiple of its block), else "xla".
 DECODE_IMPLS = ("auto", "xla", "triton")
 
 
@@ -122,7 +123,8 @@ class SoftmaxAttention(nnx.Module):
             mesh = active_mesh()
             D = self.head_dim
             return (jax.default_backend() == "gpu" and (mesh is None or mesh.size == 1) and D >= 16
-                    and not D & (D - 1) and cache_len % DECODE_BLOCK == 0)
+                    and not D & (D - 1) and cache_len % DECODE_BLOCK == 0
+                    and self.dtype in (jnp.bfloat16, jnp.float16))
         return self.decode_impl == "triton"
 
     def _cudnn(self) -> bool:
