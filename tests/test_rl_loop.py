@@ -125,3 +125,17 @@ def test_learner_batch_layout():
     np.testing.assert_array_equal(b["positions"][1, 15:], [0, 1, 2, 3])
     np.testing.assert_array_equal(b["mask"], [[1, 1, 1], [1, 0, 0]])
     np.testing.assert_array_equal(b["sampler_logp"], [[-1, -1, -1], [-1, 0, 0]])
+
+
+def test_continuous_batching_rollouts_give_the_same_samples(env, reference, tmp_path):
+    """rollout.batch_slots=5 (16 rows through 5 slots) samples step 1 from the same warm start exactly as the
+    static batch did: same rewards and response lengths (the rollout precedes the first update)."""
+    warm = os.path.join(reference[0], "warm_start")
+    code, out = run(env, tmp_path, "--config.steps=2", "--config.eval.every=2", "--config.rollout.batch_slots=5",
+                    f"--config.init_from={warm}")
+    assert code == 0, out
+    with open(os.path.join(tmp_path, "config.json")) as f:
+        assert json.load(f)["rollout"]["batch_slots"] == 5
+    got, ref = trained(tmp_path)[0], trained(reference[0])[0]
+    for key in ("reward", "response_length", "verifier_failures"):
+        assert got[key] == ref[key], key

@@ -30,6 +30,7 @@ def default_config(model: ModelConfig) -> ml_collections.ConfigDict:
     cfg.rollout = ml_collections.ConfigDict(dict(
         prompts=16, group_size=8, max_new_tokens=8, temperature=1.0, top_k=0, top_p=1.0,
         truncate_after=0, truncate_prob=0.99,  # M1's early truncation (0 = off)
+        batch_slots=0,  # > 0: continuous batching, this many rows decoded at once (same samples; 0 = all at once)
     ))
     cfg.loss = ml_collections.ConfigDict(dict(
         name="cispo",  # cispo | grpo | dapo
@@ -100,6 +101,7 @@ def validate(cfg) -> ModelConfig:
     check(cfg, "rollout.top_p", lambda v: 0 < v <= 1, "must be in (0, 1]")
     check(cfg, "rollout.truncate_after", lambda v: is_int(v) and v >= 0, "must be an int >= 0 (0 = off)")
     check(cfg, "rollout.truncate_prob", lambda v: 0 < v < 1, "must be in (0, 1)")
+    check(cfg, "rollout.batch_slots", lambda v: is_int(v) and v >= 0, "must be an int >= 0 (0 = every row at once)")
     for key in ("loss.eps_low", "loss.eps_high", "loss.grpo_eps", "loss.beta", "algo.length_penalty",
                 "algo.router_aux_loss_coef", "reward.timeout_s"):
         check(cfg, key, lambda v: finite(v) and v >= 0, "must be a finite number >= 0")

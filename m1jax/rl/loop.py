@@ -161,7 +161,7 @@ def rl(cfg, workdir: str, *, reward_fn=None) -> dict:
         init_from = warm_start(cfg, workdir)
     elif not init_from and cfg.warm_start.steps > 0:
         init_from = os.path.join(workdir, "warm_start")
-    check_and_write_config(cfg, workdir, resuming=latest is not None, fixed=FIXED)
+    check_and_write_config(cfg, workdir, resuming=latest is not None, fixed=FIXED, exempt=("rollout.batch_slots",))
 
     def initial_params():
         if init_from:
@@ -191,7 +191,7 @@ def rl(cfg, workdir: str, *, reward_fn=None) -> dict:
     logprobs = make_logprob_fn(graphdef, ro.temperature, micro_batches=mu * algo.grad_accum_steps)
     sample_kw = dict(max_new_tokens=ro.max_new_tokens, temperature=ro.temperature, top_k=ro.top_k, top_p=ro.top_p,
                      stop_tokens=(tokenizer.eos_id,), num_samples=G, truncate_after=ro.truncate_after,
-                     truncate_prob=ro.truncate_prob)
+                     truncate_prob=ro.truncate_prob, batch_slots=ro.batch_slots or None)
     writer = MetricWriter(workdir, tensorboard=cfg.log.tensorboard, resume_step=latest)
     progress = Progress(cfg.steps, cfg.log.every, fields=PROGRESS_FIELDS)
     runner = RewardRunner(reward_fn or reward_function(cfg.reward.fn) or task.verify, timeout_s=cfg.reward.timeout_s)

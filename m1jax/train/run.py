@@ -59,9 +59,10 @@ def _fixed_part(cfg_dict: dict, fixed) -> dict:
     return out
 
 
-def check_and_write_config(cfg, workdir: str, resuming: bool, fixed=("model", "data", "seed")):
+def check_and_write_config(cfg, workdir: str, resuming: bool, fixed=("model", "data", "seed"), exempt=()):
     """Refuse to resume a run whose ``fixed`` config sections (dicts compared key by key, or values) differ
-    from the workdir's config.json; then record the current config there."""
+    from the workdir's config.json, except the ``exempt`` "section.key"s (settings that change how, not what, e.g.
+    how many rows decode at once); then record the current config there."""
     path = os.path.join(workdir, "config.json")
     current = json.loads(cfg.to_json_best_effort())
     if resuming and os.path.exists(path):
@@ -73,7 +74,7 @@ def check_and_write_config(cfg, workdir: str, resuming: bool, fixed=("model", "d
             a, b = old[sec], new[sec]
             if isinstance(a, dict) and isinstance(b, dict):
                 diffs += [f"{sec}.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
-                          if a.get(k) != b.get(k)]
+                          if a.get(k) != b.get(k) and f"{sec}.{k}" not in exempt]
             elif a != b:
                 diffs.append(f"{sec}: {a!r} -> {b!r}")
         if diffs:
