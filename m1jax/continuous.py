@@ -2,7 +2,7 @@
 
 ``sample(..., batch_slots=K)`` with more rows (prompts x num_samples) than K runs ``sample_in_slots``:
 
-  slots    a cache of K rows shaped like the static batch's (prompt bucket B + max_new_tokens slots) with a
+  slots    a cache of K rows shaped like the static batch's (cache_length(B + max_new_tokens) slots) with a
            per-row cache index, plus per slot: the row it holds, that row's PRNG key, its step, its early-
            truncation run, its next-token logits, done. Results go straight into [rows, max_new_tokens]
            output arrays on the device (a K-element scatter per step).
@@ -18,11 +18,12 @@
 
 Why the results equal the static batch's, row for row: a row's prompt sits in the same bucket B with the same
 left padding (so the same positions / RoPE and the same lightning block alignment), its cache has the same
-length B + T, it decodes at the same slot indices B + t, and its step-t key is fold_in(key, i, g, t) in both.
-Slots hold nothing from an earlier row that a valid query can see (the refill writes the whole KV row and
-state). What can differ is float rounding that depends on the batch size (K rows instead of all of them):
-with fp32 on CPU the tests see equal tokens and log-probs within 1e-5; on GPU (bf16, other matmul tilings)
-a near-tie can flip a sampled token, as it can between two static batches of different sizes.
+length (cache_length(B + T)), it decodes at the same slot indices B + t, and its step-t key is
+fold_in(key, i, g, t) in both. Slots hold nothing from an earlier row that a valid query can see (the refill
+writes the whole KV row and state). What can differ is float rounding that depends on the batch size (K rows
+instead of all of them): with fp32 on CPU the tests see equal tokens and log-probs within 1e-5; on GPU (bf16,
+other matmul tilings) a near-tie can flip a sampled token, as it can between two static batches of different
+sizes.
 
 Scheduling never changes results, only speed: ``refill_min`` (default max(1, K // 8)) trades slots left idle
 until enough have ended against one host round trip + prefill per exit.
