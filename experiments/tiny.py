@@ -29,5 +29,6 @@ def get_config(arg: str = "smoke") -> ml_collections.ConfigDict:
     cfg.top_k = 0
     cfg.top_p = 1.0
     cfg.num_samples = 1
+    cfg.batch_slots = 0  # > 0: continuous batching, this many rows decoded at once (same samples; 0 = all at once)
     cfg.max_logprob_diff = 1e-4  # fp32 cache-vs-forward tolerance
     return cfg

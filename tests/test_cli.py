@@ -50,6 +50,9 @@ def test_generate_text_prompts_are_decoded(tmp_path, capsys):
     assert all(isinstance(s["text"], str) and 1 <= s["tokens"] <= 5 for s in samples)
     out = capsys.readouterr().out
     assert "[0] 12+3=" in out and "[1] héllo" in out
+    with cfg.unlocked():
+        cfg.batch_slots = 3  # continuous batching: 4 rows through 3 slots, the same samples
+    assert [s["text"] for s in generate.main(cfg, str(tmp_path))["samples"]] == [s["text"] for s in samples]
 
 
 @pytest.mark.parametrize("args", [[], ["--help"], ["-h"], ["help"]])

@@ -78,7 +78,8 @@ def main(cfg, workdir: str | None) -> dict:
     c = model.config
     key = jax.random.key(cfg.seed)
     settings = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.get("top_k", 0),
-                    top_p=cfg.get("top_p", 1.0), num_samples=cfg.get("num_samples", 1))
+                    top_p=cfg.get("top_p", 1.0), num_samples=cfg.get("num_samples", 1),
+                    batch_slots=cfg.get("batch_slots", 0) or None)
     texts = _prompts(cfg)
     if texts:
         tokenizer = load_tokenizer(cfg.get("tokenizer", "bytes"))
