@@ -41,6 +41,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import pallas_kernels  # noqa: E402
+from experiments.benchmarks.timing import median_ms  # noqa: E402
 from pallas_kernels.lightning_attention import decode, ops, reference  # noqa: E402
 
 try:
@@ -118,16 +119,7 @@ def ref_fwd(q, k, v, decay, s0):
 
 
 def bench(fn, *args, warmup=2, iters=10):
-    out = fn(*args)
-    jax.block_until_ready(out)
-    for _ in range(warmup):
-        jax.block_until_ready(fn(*args))
-    ts = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts)) * 1e3
+    return median_ms(fn, *args, iters=iters, warmup=warmup + 1)
 
 
 def fwd_cases(interpret, quick=False):

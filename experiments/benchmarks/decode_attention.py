@@ -16,34 +16,15 @@ import json
 import os
 import platform
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 
+from experiments.benchmarks.rollout import copy_bandwidth  # noqa: E402
+from experiments.benchmarks.timing import median_ms  # noqa: E402
 from pallas_kernels.decode_attention import gpu_triton, ops, reference  # noqa: E402
-
-
-def median_ms(fn, *args, iters=20, warmup=3):
-    for _ in range(warmup):
-        jax.block_until_ready(fn(*args))
-    ts = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        ts.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(ts))
-
-
-def copy_bandwidth() -> float:
-    """Bytes per second of a device copy (read + write counted), 1 GiB."""
-    x = jnp.ones((1 << 29,), jnp.bfloat16)
-    f = jax.jit(lambda a: a * 1)
-    ms = median_ms(f, x, iters=10)
-    return 2 * x.nbytes / (ms * 1e-3)
 
 
 def main():
@@ -56,7 +37,7 @@ def main():
     S = 256 if args.interpret else 65536
     batches = (1, 2) if args.interpret else ((16,) if args.quick else (1, 16, 64))
     lengths = (64, 256) if args.interpret else ((4096, 65536) if args.quick else (1024, 4096, 16384, 65536))
-    bw = None if args.interpret else copy_bandwidth()
+    bw = None if args.interpret else copy_bandwidth(1 << 30)["bandwidth_Bps"]
     dev = jax.devices()[0]
     res = {"device": dev.device_kind, "platform": dev.platform, "jax": jax.__version__,
            "python": platform.python_version(), "copy_bytes_per_s": bw, "H": H, "K": K, "D": D, "cache_len": S,
@@ -88,7 +69,8 @@ def main():
                 try:
                     out = fn(q, k, v, start, length)
                     case[f"{name}_err"] = float(jnp.max(jnp.abs(out[:1].astype(jnp.float32) - ref)))
-                    case[f"{name}_ms"] = median_ms(fn, q, k, v, start, length, iters=3 if args.interpret else 20)
+                    case[f"{name}_ms"] = median_ms(fn, q, k, v, start, length, iters=3 if args.interpret else 20,
+                                                   warmup=3)
                 except Exception as e:  # noqa: BLE001
                     case[f"{name}_error"] = repr(e)[:300]
             res["cases"].append(case)

@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -19,20 +18,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from experiments.benchmarks.timing import median_ms  # noqa: E402
 from m1jax.model.head import HEAD_PRECISIONS, lm_head_logits  # noqa: E402
 
 CHOICES = [("bfloat16", None)] + [("float32", p) for p in ("tf32", "bf16x3", "bf16x6", "highest")]
-
-
-def median_ms(fn, *args, iters=10):
-    for _ in range(2):
-        jax.block_until_ready(fn(*args))
-    ts = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        ts.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(ts))
 
 
 def head(x, g, w, dtype, precision):
