@@ -135,8 +135,10 @@ def rl(cfg, workdir: str, *, reward_fn=None) -> dict:
     if not workdir:
         raise ValueError("RL needs a --workdir")
     workdir = os.path.abspath(os.path.expanduser(workdir))
+    model = abstract_model(model_config, cfg.kernels.to_dict())
+    graphdef, abstract_params = model_graphdef(model)
     if cfg.init_from:  # a checkpoint of another shape: one line now, before the workdir exists
-        ckpt_lib.check_params_fit(cfg.init_from, model_graphdef(model_config)[1])
+        ckpt_lib.check_params_fit(cfg.init_from, abstract_params)
     make_workdir(workdir)
     if model_config.lm_head_dtype != "float32":
         _say(f"WARNING: LM head in {model_config.lm_head_dtype} by explicit choice (model.lm_head_dtype); M1 runs "
@@ -149,8 +151,6 @@ def rl(cfg, workdir: str, *, reward_fn=None) -> dict:
     task = tasks_lib.get_task(cfg.task, cfg.task_size)
     tx, schedule = make_optimizer(cfg.optim, cfg.steps * mu)
     mesh = train_mesh(cfg.mesh)
-    model = abstract_model(model_config, cfg.kernels.to_dict())
-    graphdef, abstract_params = model_graphdef(model)
     abstract_state = abstract_train_state(abstract_params, tx)
     shardings = train_state_shardings(model, abstract_state, mesh)
     checkpointer = ckpt_lib.TrainCheckpointer(os.path.join(workdir, "checkpoints"), keep=cfg.checkpoint.keep,

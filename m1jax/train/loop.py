@@ -65,14 +65,14 @@ def train(cfg, workdir: str) -> dict:
     if not workdir:
         raise ValueError("training needs a --workdir")
     workdir = os.path.abspath(os.path.expanduser(workdir))
+    model = abstract_model(model_config, cfg.kernels.to_dict(), remat=cfg.remat)
+    graphdef, abstract_params = model_graphdef(model)
     if cfg.init_from:  # a checkpoint of another shape: one line now, not an orbax error after the workdir exists
-        ckpt_lib.check_params_fit(cfg.init_from, model_graphdef(model_config)[1])
+        ckpt_lib.check_params_fit(cfg.init_from, abstract_params)
     make_workdir(workdir)
 
     tx, schedule = make_optimizer(cfg.optim, cfg.steps)
     mesh = train_mesh(cfg.mesh)
-    model = abstract_model(model_config, cfg.kernels.to_dict(), remat=cfg.remat)
-    graphdef, abstract_params = model_graphdef(model)
     abstract_state = abstract_train_state(abstract_params, tx)
     shardings = train_state_shardings(model, abstract_state, mesh)
     batch_shard = batch_sharding(mesh, cfg.data.batch_size, cfg.data.seq_len)
