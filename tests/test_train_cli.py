@@ -163,3 +163,26 @@ def test_fsdp_mesh_on_two_devices_matches_one_device(env, reference, tmp_path):
 
     model = restore_params(str(tmp_path))  # the sharded checkpoint, read back onto one device
     assert model.lm_head[...].shape == (32, 258)
+
+
+def test_generate_from_the_training_workdir_with_text_prompts(reference, env):
+    """`m1jax generate --config.checkpoint=<train workdir> --config.prompt=...` (from another directory) loads the
+    run's latest checkpoint, prints each prompt with its decoded completion, and matches the library's sample on
+    the restored params."""
+    import jax
+
+    from m1jax.cli.generate import generate_text
+    from m1jax.data.tokenizer import ByteTokenizer
+    from m1jax.train import restore_params
+
+    workdir, _ = reference
+    proc = subprocess.run([sys.executable, "-m", "m1jax.cli.main", "generate", "--config=experiments/tiny.py",
+                           f"--config.checkpoint={workdir}", "--config.prompt=copy ab=|sort 3 1 2=",
+                           "--config.max_new_tokens=8"], cwd=str(workdir), env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("[0] copy ab=") and lines[1].startswith("[0] sort 3 1 2="), proc.stdout
+    want = generate_text(restore_params(str(workdir)), ["copy ab=", "sort 3 1 2="], ByteTokenizer(), jax.random.key(0),
+                         max_new_tokens=8, temperature=0.0)
+    assert [ln.split("=", 1)[1].removesuffix("  <no EOS>") for ln in lines[:2]] == [w["text"] for w in want]
