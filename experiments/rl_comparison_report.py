@@ -140,15 +140,16 @@ def environment() -> dict:
     import jax
     import jaxlib
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                                    capture_output=True, text=True).stdout.strip())
-    except OSError:
-        commit, dirty = "", False
-    if not commit:  # a copy without .git (a GPU machine's working tree): the caller names the commit
-        commit = os.environ.get("M1JAX_GIT_COMMIT", "?")
+    # A snapshot run elsewhere (a GPU machine's copy, maybe inside another repository) is named by its caller.
+    commit, dirty = os.environ.get("M1JAX_GIT_COMMIT", ""), False
+    if not commit:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                    text=True).stdout.strip() or "?"
+            dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                        capture_output=True, text=True).stdout.strip())
+        except OSError:
+            commit = "?"
     cpu = platform.processor() or "?"
     try:
         with open("/proc/cpuinfo") as f:
