@@ -6,16 +6,10 @@ length, for the `1b` preset's hybrid model and its all-softmax twin, side by sid
     python3 experiments/benchmarks/long_generation.py --merge a.json b.json c.json --out experiments/results \
         --name long_generation_h200                                                         # join runs here
 
-A full run does not fit the device tool's 10-minute limit (~70 decode-step and prefill programs to compile, some
-10 s each), so run it as three calls, each with --budget-s below the limit (no new measurement starts after it; the
-rest are recorded as skipped, and every case is written to --out as it ends), then --merge here:
-    set -o pipefail; PYTHONUNBUFFERED=1 timeout 580 python3 experiments/benchmarks/long_generation.py \
-        --parts decode --models hybrid --budget-s 480 --name lg_decode_hybrid --out $OUT 2>&1 | tee $OUT/lg1.log
-        (30 programs: 5 contexts x 3 batches x 2 decode paths; ~5-6 min)
-    ... --parts decode --models softmax --budget-s 480 --name lg_decode_softmax ...
-        (22 programs: 64K x 64 rows skipped, see below; ~4-5 min)
-    ... --parts prefill,memory --budget-s 480 --name lg_prefill ...
-        (per model 4 prompt lengths compiled + timed and 2 more compiles for memory; ~4-5 min)
+A full run takes 3 device calls of one GPU each (decode hybrid ~3.5 min, decode softmax ~2.5 min, prefill + memory
+~2.5 min on an H200), or two calls of a 2-GPU machine with experiments/benchmarks/long_generation_gpu.sh (how
+experiments/results/long_generation_h200 was made). --budget-s: no new measurement starts after it; the rest are
+recorded as skipped, and every case is written to --out as it ends; then --merge here.
 Cases a budget skipped can be rerun alone with --contexts / --batches / --prompts. --quick (GPU): contexts 4K and
 64K at batch 16, prompts 4K and 64K, both models, every part (~3-4 min).
 m1jax.train (set_kernels; generation_cost imports m1jax.train.flops) needs ml-collections, which the GPU image
@@ -30,17 +24,20 @@ the same config with every layer softmax. Random weights: the model's own init, 
 normal: activations stay finite; each case records whether its logits are). --small: rollout's toy shape (2 layers
 L S, hidden 64, 4 heads x 16, 2 kv heads), still bf16, on a CPU.
 
-1. decode: one cached decode step, model.forward(tokens[:, None], cache=cache), jitted with the cache donated, for
-   each context in (1K, 4K, 16K, 64K; 128K hybrid only) and batch in (1, 16, 64). The cache (model.init_cache,
-   zeros) has max_len = context rounded up to a multiple of 64, plus 64, and its index set to `context`: the step
-   writes slot `context` and attends to context + 1 slots. Each decode path of --decode-impls is timed in turn on
-   a fresh cache: "auto" (the default: on one GPU the softmax layers run pallas_kernels.decode_attention's split-K
-   kernel, which reads only the valid slots; the path it resolved to is recorded) and "xla"
-   (m1jax.train.step.set_kernels(model, decode="xla"): scores over every slot of the cache). Lightning layers
-   cost the same at any context. Timing: one call that compiles, --warmup calls, then --iters timed calls, each
-   to jax.block_until_ready on the host clock; median, min and max. The index advances one slot per call (at most
-   1 + warmup + iters < 64, inside the slack), so the context grows by that much during the timing.
-   tokens/s = batch / median step time.
+1. decode: --steps-per-call (8) cached greedy decode steps, model.forward(tokens[:, None], cache=cache), in one
+   on-device fori_loop as the sampler runs them (with 1, every step also pays a host dispatch and sync: on the H200
+   1b shape 5.0-5.8 ms per step at a 1K-4K context against 3.2-4.0 ms in the loop; the first run measured that
+   way, experiments/results/long_generation_h200_dispatch_*), jitted with the cache donated, for each context in
+   (1K, 4K, 16K, 64K; 128K hybrid only) and batch in (1, 16, 64). The cache (model.init_cache, zeros) has max_len
+   = context rounded up to a multiple of 64, plus the slack the timed calls need, and its index set to `context`:
+   the first step writes slot `context` and attends to context + 1 slots. Each decode path of --decode-impls is
+   timed in turn on a fresh cache: "auto" (the default: on one GPU the softmax layers run
+   pallas_kernels.decode_attention's split-K kernel, which reads only the valid slots; the path it resolved to is
+   recorded) and "xla" (m1jax.train.step.set_kernels(model, decode="xla"): scores over every slot of the cache).
+   Lightning layers cost the same at any context. Timing: one call that compiles, --warmup calls, then --iters
+   timed calls, each to jax.block_until_ready on the host clock; median, min and max of call time / steps per
+   call. The index advances steps-per-call slots per call (inside the slack), so the context grows by that much
+   (at most 144 slots by default) during the timing. tokens/s = batch / median step time.
    Skipped (recorded with the reason): cases whose cache exceeds --mem-limit-gib (120), estimated as
    2 x softmax layers x batch x max_len x kv_heads x head_dim x 2 bytes + lightning layers x batch x heads x D x
    D x 4 bytes (the all-softmax model at 64K x 64 rows: 128 GiB).
@@ -166,14 +163,28 @@ def describe(c: ModelConfig) -> str:
             f"{c.param_dtype} / {c.dtype}")
 
 
-def make_step(graphdef):
-    """One decode step, the cache donated: (state, tokens [b], cache) -> (logits [b, vocab], cache)."""
+def make_step(graphdef, steps_per_call: int = 1):
+    """``steps_per_call`` greedy decode steps in one on-device loop (as the sampler runs them: no host round trip
+    per token), the cache donated: (state, tokens [b], cache) -> (last tokens [b], all logits finite, cache)."""
 
     def step(state, tokens, cache):
-        out = nnx.merge(graphdef, state).forward(tokens[:, None], cache=cache)
-        return out.logits[:, -1], out.cache
+        model = nnx.merge(graphdef, state)
+
+        def body(_, carry):
+            tok, finite, cache = carry
+            out = model.forward(tok[:, None], cache=cache)
+            logits = out.logits[:, -1]
+            return jnp.argmax(logits, -1).astype(tok.dtype), finite & jnp.all(jnp.isfinite(logits)), out.cache
+
+        return jax.lax.fori_loop(0, steps_per_call, body, (tokens, jnp.bool_(True), cache))
 
     return jax.jit(step, donate_argnums=(2,))
+
+
+def slack(args) -> int:
+    """Cache slots past the context: every timed, warm-up and compiling call advances the index by
+    --steps-per-call, rounded up to whole blocks of 64."""
+    return round_up((1 + args.warmup + args.iters) * args.steps_per_call + 1)
 
 
 def mem_stats(compiled) -> dict | None:
@@ -244,7 +255,7 @@ def run_decode(bench, name: str, config: ModelConfig, model, steps: dict, state,
     soft = next((i for i in range(config.num_hidden_layers) if not config.is_lightning(i)), None)
     for context in contexts:
         for batch in batches:
-            max_len = round_up(context) + 64
+            max_len = round_up(context) + slack(a)
             est = cache_bytes(config, batch, max_len)
             floor = step_floor(config, params, context, batch)
             floor_ms = 1e3 * floor["total"] / bw
@@ -268,18 +279,21 @@ def run_decode(bench, name: str, config: ModelConfig, model, steps: dict, state,
                     tokens = jnp.asarray(rng.integers(1, config.vocab_size, (batch,)), jnp.int32)
                     cache = model.init_cache(batch, max_len)
                     cache = cache.replace(index=jnp.asarray(context, jnp.int32))
+                    n = a.steps_per_call
                     t0 = time.perf_counter()
-                    logits, cache = jax.block_until_ready(steps[impl](state, tokens, cache))
+                    tokens, finite, cache = jax.block_until_ready(steps[impl](state, tokens, cache))
                     case["compile_s"] = time.perf_counter() - t0
-                    case["logits_finite"] = bool(jnp.all(jnp.isfinite(logits)))
+                    case["logits_finite"] = bool(finite)
                     for _ in range(a.warmup):
-                        logits, cache = jax.block_until_ready(steps[impl](state, tokens, cache))
+                        tokens, finite, cache = jax.block_until_ready(steps[impl](state, tokens, cache))
                     ts = []
                     for _ in range(a.iters):
                         t0 = time.perf_counter()
-                        logits, cache = jax.block_until_ready(steps[impl](state, tokens, cache))
-                        ts.append(time.perf_counter() - t0)
+                        tokens, finite, cache = jax.block_until_ready(steps[impl](state, tokens, cache))
+                        ts.append((time.perf_counter() - t0) / n)
+                    case["logits_finite"] &= bool(finite)
                     case["final_index"] = int(cache.index)
+                    case["steps_per_call"] = n
                     case.update(stats_ms(ts))
                     case["tokens_per_s"] = batch / (1e-3 * case["median_ms"])
                     case["step_over_floor"] = case["median_ms"] / floor_ms
@@ -287,7 +301,6 @@ def run_decode(bench, name: str, config: ModelConfig, model, steps: dict, state,
                     traceback.print_exc()
                     case["error"] = f"{type(e).__name__}: {str(e)[:300]}"
                 del cache
-                logits = None  # noqa: F841
                 bench.record(case)
             if soft is not None:
                 set_kernels(model, decode="auto")
@@ -363,7 +376,9 @@ def markdown(meta, cases, notes) -> str:
     for name, desc in (m.get("models") or {}).items():
         out.append(f"- {name}: {desc}")
     out += ["", f"Config: {m.get('config_source')}. Timings: median (min-max) of {m.get('iters')} calls after "
-            f"{m.get('warmup')} warm-up calls and the compiling call, each blocked on."]
+            f"{m.get('warmup')} warm-up calls and the compiling call, each blocked on; a decode call runs "
+            f"{m.get('steps_per_call', 1)} greedy steps in one on-device loop (as the sampler does), and its time / "
+            f"{m.get('steps_per_call', 1)} is the step time (1: one host dispatch per step included)."]
     cp = m.get("copy")
     if cp:
         out += ["", f"Copy bandwidth ({cp['how']}, {cp['bytes'] / GiB:.2f} GiB): {cp['bandwidth_Bps'] / 1e9:,.0f} GB/s"
@@ -457,6 +472,8 @@ def main():
                     help="decode paths to time (default auto,xla; --small: triton,xla, the kernel in interpret mode)")
     ap.add_argument("--iters", type=int, default=15, help="timed calls per case (>= 10)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed calls after the compiling one")
+    ap.add_argument("--steps-per-call", type=int, default=8,
+                    help="decode steps per timed call, in one on-device loop (1: a host dispatch per step)")
     ap.add_argument("--mem-limit-gib", type=float, default=120.0, help="skip decode cases whose cache exceeds this")
     ap.add_argument("--copy-gib", type=float, default=None, help="copy-bandwidth array (default 4; --small 1/16)")
     ap.add_argument("--budget-s", type=float, default=0, help="start no new measurement after this many seconds")
@@ -467,8 +484,8 @@ def main():
         return
     if args.iters < 10:
         raise SystemExit("--iters must be >= 10")
-    if 1 + args.warmup + args.iters >= 64:
-        raise SystemExit("1 + --warmup + --iters must stay below 64 (the cache's free slots past the context)")
+    if args.steps_per_call < 1:
+        raise SystemExit("--steps-per-call must be >= 1")
     parts = [p for p in args.parts.split(",") if p]
     models = [m for m in args.models.split(",") if m]
     if set(parts) - set(PARTS) or set(models) - set(MODELS):
@@ -491,6 +508,7 @@ def main():
         date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"), command="python " + " ".join(sys.argv),
         small=s, quick=q, parts=parts, model_names=models, contexts=contexts, batches=batches, prompts=prompts,
         memory_cases=memory_cases, decode_impls=impls, iters=args.iters, warmup=args.warmup,
+        steps_per_call=args.steps_per_call,
         mem_limit_gib=args.mem_limit_gib, softmax_max_context=softmax_max, config_source=source,
         floor_source=TRAIN_IMPORT or "m1jax.generation_cost.decode_cost(config, context + 1, batch)",
         models={k: describe(cfgs[k]) for k in models},
@@ -520,7 +538,7 @@ def main():
             steps = {}
             for impl in impls:
                 set_kernels(model, decode=impl)
-                steps[impl] = make_step(nnx.split(model)[0])
+                steps[impl] = make_step(nnx.split(model)[0], args.steps_per_call)
             set_kernels(model, decode="auto")
             state = nnx.state(model)
             ctx = [c for c in contexts if name == "hybrid" or c <= softmax_max]

@@ -15,8 +15,8 @@ def _inputs(rng, b, H, K, D, S, dtype):
     return q, k, v
 
 
-# Rows: one slot only; a range inside one split; a range crossing splits that starts mid-block (left padding);
-# the whole cache; an empty range (a row not yet filled: zeros).
+# Rows: one slot only; a short range; a range that starts mid-block (left padding) and ends mid-block; the whole
+# cache; an empty range (a row not yet filled: zeros). Each row's valid blocks are cut into `splits` runs at run time.
 def _bounds(S, rng):
     a = int(rng.integers(1, S // 4))
     start = np.array([0, 3, a, 0, 7], np.int32)
@@ -31,12 +31,12 @@ def _bounds(S, rng):
 ])
 def test_kernel_matches_oracle_on_ragged_rows(H, K, D, dtype, tol):
     rng = np.random.default_rng()
-    S = 256
+    S = 272  # 17 blocks of 16: runs of unequal length, a cache that is no power-of-two number of blocks
     q, k, v = _inputs(rng, 5, H, K, D, S, dtype)
     start, length = _bounds(S, rng)
     ref = reference.decode_attention(q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32),
                                      start, length)
-    out = gpu_triton.decode_attention(q, k, v, start, length, splits=4, block_k=16, interpret=True)
+    out = gpu_triton.decode_attention(q, k, v, start, length, splits=3, block_k=16, interpret=True)
     assert out.dtype == dtype and out.shape == (5, H, D)
     assert rel_err(out, ref) < tol
     assert np.all(np.asarray(out[4], np.float32) == 0)  # empty range -> zeros, not NaN
@@ -58,9 +58,10 @@ def test_slots_outside_the_range_are_never_read():
     far = (pos < lo_blk[:, None, None, None]) | (pos >= hi_blk[:, None, None, None])
     kp, vp = (jnp.where(far, jnp.nan, a) for a in (k, v))
     ref = reference.decode_attention(q, jnp.where(outside, 0, k), jnp.where(outside, 0, v), start, length)
-    out = gpu_triton.decode_attention(q, kp, vp, start, length, splits=2, block_k=blk, interpret=True)
-    assert np.all(np.isfinite(np.asarray(out)))
-    assert rel_err(out, ref) < 1e-5
+    for splits in (2, 7):  # 7: more runs than the second row's one valid block (empty runs merge as nothing)
+        out = gpu_triton.decode_attention(q, kp, vp, start, length, splits=splits, block_k=blk, interpret=True)
+        assert np.all(np.isfinite(np.asarray(out)))
+        assert rel_err(out, ref) < 1e-5
 
 
 def test_dispatch_and_bad_shapes():
@@ -74,11 +75,14 @@ def test_dispatch_and_bad_shapes():
     q24, k24, v24 = _inputs(rng, 1, 2, 1, 24, 64, jnp.float32)
     with pytest.raises(ValueError, match="head_dim 24"):
         gpu_triton.decode_attention(q24, k24, v24, start[:1], length[:1], interpret=True)
-    with pytest.raises(ValueError, match="not a multiple of splits"):
-        gpu_triton.decode_attention(q, k, v, start, length, splits=8, block_k=16, interpret=True)
+    with pytest.raises(ValueError, match="cache length 56 is not a multiple of block_k = 16"):
+        gpu_triton.decode_attention(q, k[:, :56], v[:, :56], start, length, block_k=16, interpret=True)
+    with pytest.raises(ValueError, match="splits=0"):
+        gpu_triton.decode_attention(q, k, v, start, length, splits=0, block_k=16, interpret=True)
 
 
 def test_default_splits():
-    assert gpu_triton.default_splits(1, 8, 65536, 64) == 64  # few programs: split the cache
+    assert gpu_triton.default_splits(1, 8, 65536, 64) == 66  # few programs: ~528 in all
+    assert gpu_triton.default_splits(1, 4, 65600, 64) == 132  # an odd number of blocks (once: one split per row)
     assert gpu_triton.default_splits(64, 8, 65536, 64) == 1  # 512 programs already
     assert gpu_triton.default_splits(1, 1, 128, 64) == 2  # never more splits than blocks

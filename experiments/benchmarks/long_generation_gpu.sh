@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Issue 12's whole-model GPU measurements on a 2-GPU device machine, two calls (the device tool's 10-minute limit),
+# each GPU running one benchmark process; every log and JSON goes to $OUT. Carry .whl (ml-collections wheel).
+#   A: GPU0 decode latency of the hybrid 1b model, GPU1 of its all-softmax twin (long_generation.py --parts decode)
+#   B: GPU0 prefill time + compiled memory (both models), GPU1 continuous batching vs static, then the LM head
+#   C: A again after the decode kernel split each row's valid blocks (not the whole cache) and the decode step moved
+#      into an on-device loop; GPU1 then runs continuous batching small enough to reach its random-head check
+# Then here: python experiments/benchmarks/long_generation.py --merge <A's and B's json> --out experiments/results \
+#   --name long_generation_h200
+set -u -o pipefail
+PART=${1:?A or B}; BUDGET=${2:-380}
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
+fi
+export PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1
+nvidia-smi -L > "$OUT/nvidia_smi_$PART.txt"
+LG="python3 experiments/benchmarks/long_generation.py --out $OUT"
+LIM=$((BUDGET + 60))
+if [ "$PART" = A ]; then  # the target cases (4K and 64K) first, so a spent budget skips the others
+  CUDA_VISIBLE_DEVICES=0 timeout "$LIM" $LG --parts decode --models hybrid --contexts 4k,64k,16k,1k,128k \
+    --budget-s "$BUDGET" --name lg_decode_hybrid > "$OUT/lg_decode_hybrid.log" 2>&1 &
+  CUDA_VISIBLE_DEVICES=1 timeout "$LIM" $LG --parts decode --models softmax --contexts 4k,64k,16k,1k \
+    --budget-s "$BUDGET" --name lg_decode_softmax > "$OUT/lg_decode_softmax.log" 2>&1 &
+elif [ "$PART" = C ]; then
+  CUDA_VISIBLE_DEVICES=0 timeout "$LIM" $LG --parts decode --models hybrid --contexts 4k,64k,16k,1k,128k \
+    --budget-s "$BUDGET" --name lg_decode_hybrid_loop > "$OUT/lg_decode_hybrid_loop.log" 2>&1 &
+  (CUDA_VISIBLE_DEVICES=1 timeout "$((BUDGET - 20))" $LG --parts decode --models softmax --contexts 4k,64k,16k,1k \
+     --budget-s "$((BUDGET - 120))" --name lg_decode_softmax_loop > "$OUT/lg_decode_softmax_loop.log" 2>&1
+   CUDA_VISIBLE_DEVICES=1 timeout 100 python3 experiments/benchmarks/continuous_batching.py --out "$OUT" \
+     --name continuous_batching_check_h200 --prompts 8 --slots 16 --max-new-tokens 512 --repeats 1 \
+     > "$OUT/continuous_batching_check.log" 2>&1) &
+else
+  CUDA_VISIBLE_DEVICES=0 timeout "$LIM" $LG --parts prefill,memory --prompts 4k,64k,16k,1k \
+    --budget-s "$BUDGET" --name lg_prefill > "$OUT/lg_prefill.log" 2>&1 &
+  (CUDA_VISIBLE_DEVICES=1 timeout "$((BUDGET - 30))" python3 experiments/benchmarks/continuous_batching.py --out "$OUT" \
+     --name continuous_batching_h200 --budget-s "$((BUDGET - 120))" --repeats 2 > "$OUT/continuous_batching.log" 2>&1
+   CUDA_VISIBLE_DEVICES=1 timeout 80 python3 experiments/benchmarks/lm_head.py --out "$OUT/lm_head_h200.json" \
+     > "$OUT/lm_head.log" 2>&1) &
+fi
+wait
+tail -n 25 "$OUT"/*.log
+ls -la "$OUT"
