@@ -267,6 +267,10 @@ def readme(out: str, found: dict, tasks: dict, strat: dict | None, mu1: dict, pl
     if strat:
         L += _strat_section(strat)
     L += ["## Conclusion", ""]
+    notes = os.path.join(out, "notes.md")
+    if os.path.exists(notes):  # the hand-written answer across tasks, first; the generated per-task detail follows
+        with open(notes) as f:
+            L += ["### In plain words (written by hand from the tables below and above)", "", f.read().strip(), ""]
     for task, agg in tasks.items():
         L += [_conclusion(task, agg, mu1.get(task), partial.get(task)), ""]
         notes = os.path.join(out, task, "notes.md")

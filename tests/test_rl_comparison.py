@@ -95,13 +95,18 @@ def test_report_writes_files_and_flags_partial(tmp_path):
                 f.writelines(json.dumps(r) + "\n" for r in _rows(accs))
             with open(os.path.join(wd, "summary.json"), "w") as f:
                 json.dump({"steps": 4, "interrupted": None}, f)
+    os.makedirs(os.path.join(out, "addition"))
+    for path, words in (("notes.md", "across tasks, by hand"), (os.path.join("addition", "notes.md"), "addition note")):
+        with open(os.path.join(out, path), "w") as f:
+            f.write(words)
     rr.report(out, n_boot=50, plots=False)
     with open(os.path.join(out, "summary.json")) as f:
         assert set(json.load(f)["addition"]) == {"cispo_e4", "dapo"}
     with open(os.path.join(out, "README.md")) as f:
         text = f.read()
     assert "PARTIAL: 2 of 10 seeds" in text
-    assert "## Conclusion" in text
+    conclusion = text.split("## Conclusion", 1)[1]  # hand-written notes: the overall one first, then the task's
+    assert 0 < conclusion.index("across tasks, by hand") < conclusion.index("addition note")
 
 
 def test_parse_and_arm_settings():
