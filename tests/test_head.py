@@ -42,3 +42,15 @@ def test_model_uses_the_configured_head():
     np.testing.assert_allclose(np.asarray(out), np.asarray(exact), rtol=0, atol=1e-6)  # CPU: both fp32
     half = m1jax.MiniMaxM1(cfg.replace(lm_head_dtype="bfloat16"), rngs=nnx.Rngs(0))(tokens)
     assert float(jnp.max(jnp.abs(half - exact))) > 0
+
+
+def test_rl_defaults_to_the_split_precision_head():
+    """RL's default head is bf16x3 (measured on an H200: experiments/results/lm_head_h200.json); train keeps IEEE fp32;
+    an explicit non-default choice is kept."""
+    from m1jax.rl.config import default_config as rl_config
+    from m1jax.train.config import default_config as train_config
+
+    tiny = m1jax.ModelConfig.tiny()
+    assert rl_config(tiny).model.lm_head_precision == "bf16x3"
+    assert train_config(tiny).model.lm_head_precision == "highest"
+    assert rl_config(tiny.replace(lm_head_precision="bf16x6")).model.lm_head_precision == "bf16x6"

@@ -4,8 +4,9 @@ RL needs); a split-precision dot gives fp32-level accuracy at a fraction of IEEE
 ``lm_head_precision`` (ModelConfig; used only with ``lm_head_dtype="float32"``):
   "highest" IEEE fp32 products (Precision.HIGHEST): exact, ~11x a bf16 head on an H200;
   "bf16x3"  each fp32 operand split into bf16 hi + lo, hi*hi + hi*lo + lo*hi with fp32 accumulation
-            (DotAlgorithmPreset.BF16_BF16_F32_X3): ~1e-5 relative logit error (vs 2e-3 for a bf16 head), ~2.8x
-            a bf16 head's time (issue 14's H200 table);
+            (DotAlgorithmPreset.BF16_BF16_F32_X3): ~1e-5 relative logit error (vs 2e-3 for a bf16 head); the
+            whole head (norm, matmul, log-softmax) 2.3x a bf16 head's forward time, 1.8x forward + backward
+            (experiments/results/lm_head_h200.json). The RL default;
   "bf16x6"  six bf16 products: ~3e-6;
   "tf32"    TF32 products: ~3e-4 (JAX's DEFAULT for fp32 on GPUs).
 On a CPU every choice computes IEEE fp32 products (XLA:CPU ignores the bf16 algorithms and rejects TF32), so CPU
