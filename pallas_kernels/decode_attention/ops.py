@@ -1,12 +1,19 @@
-"""Decode attention (one new query per row over a KV cache), dispatching between the split-K Pallas kernel and XLA.
+"""Decode attention (one new query per row over a KV cache), dispatching between the Pallas kernels and XLA.
 
 impl:
   "xla"    masked softmax over the whole cache in plain XLA (any device; reads all S slots of every row);
   "triton" gpu_triton.decode_attention: split-K flash decoding reading only each row's valid slots (GPU; on a CPU
            with ``interpret=True``, for tests);
+  "tpu"    tpu.decode_attention: a Pallas Mosaic kernel over the cache viewed as [b, S*K, D] (all kv heads of a
+           block of slots together, which meets the (8, 128) tiling without transposing the cache), reading only
+           the blocks of each row's valid slots (TPU; on a CPU with ``interpret=True``, for tests). Tested in TPU
+           interpret mode and its Mosaic lowering checked; never run on TPU hardware here;
   "auto"   "triton" on a GPU when the shapes suit it (head_dim a power of two >= 16, cache length a multiple of
-           the block), else "xla". TPU runs "xla": our cache layout [b, S, K, D] does not meet Mosaic TPU's
-           (8, 128) block tiling per kv head without a transposed cache (not done).
+           the block), "tpu" on a TPU when they suit it (query heads a multiple of kv heads, cache length a multiple
+           of the block, block_k * kv_heads a multiple of 8), else "xla".
+
+``block_k`` None means each kernel's default (64 slots for "triton", ``tpu.default_block_k`` for "tpu"); ``splits``
+is the Triton kernel's only (the TPU kernel walks a row's blocks in one program).
 """
 
 from __future__ import annotations
@@ -16,9 +23,10 @@ import math
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.decode_attention import gpu_triton
+from pallas_kernels.decode_attention import gpu_triton, tpu
 
-IMPLS = ("auto", "xla", "triton")
+IMPLS = ("auto", "xla", "triton", "tpu")
+TRITON_BLOCK_K = 64
 
 
 def _triton_fits(q, k, block_k: int) -> bool:
@@ -41,14 +49,23 @@ def xla_decode_attention(q, k, v, start, length):
     return o.reshape(b, H, D).astype(q.dtype)
 
 
-def decode_attention(q, k, v, start, length, *, impl: str = "auto", block_k: int = 64, splits: int | None = None,
-                     interpret: bool = False):
+def decode_attention(q, k, v, start, length, *, impl: str = "auto", block_k: int | None = None,
+                     splits: int | None = None, interpret: bool = False):
     """q [b, H, D]; k, v [b, S, K, D]; start, length int [b] (row r attends to slots start[r] <= s < length[r])
     -> [b, H, D] in q's dtype."""
     if impl not in IMPLS:
         raise ValueError(f"decode attention impl must be one of {IMPLS}, got {impl!r}")
     if impl == "auto":
-        impl = "triton" if jax.default_backend() == "gpu" and _triton_fits(q, k, block_k) else "xla"
+        backend = jax.default_backend()
+        if backend == "gpu" and _triton_fits(q, k, TRITON_BLOCK_K if block_k is None else block_k):
+            impl = "triton"
+        elif backend == "tpu" and tpu.fits(q.shape, k.shape, block_k):
+            impl = "tpu"
+        else:
+            impl = "xla"
     if impl == "xla":
         return xla_decode_attention(q, k, v, start, length)
-    return gpu_triton.decode_attention(q, k, v, start, length, block_k=block_k, splits=splits, interpret=interpret)
+    if impl == "tpu":
+        return tpu.decode_attention(q, k, v, start, length, block_k=block_k, interpret=interpret)
+    return gpu_triton.decode_attention(q, k, v, start, length, block_k=TRITON_BLOCK_K if block_k is None else block_k,
+                                       splits=splits, interpret=interpret)
