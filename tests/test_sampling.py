@@ -214,20 +214,26 @@ def test_bad_batch_slots_and_overlong_contexts(model):
         model.forward(jnp.zeros((1, 40), jnp.int32), cache=model.init_cache(1, 32))
 
 
-def test_decode_kernel_path_equals_xla_path(model, rng):
-    """The softmax layers' split-K decode kernel (interpret mode here) reads only each row's valid slots: the
-    same rows as the XLA path that scores the whole cache, static (left padding) and with slots (per-row index)."""
+@pytest.mark.parametrize("kernel", ["triton", "tpu"])
+def test_decode_kernel_path_equals_xla_path(model, rng, kernel):
+    """The softmax layers' decode kernels (GPU split-K and TPU; interpret mode here) read only each row's valid
+    slots: the same rows as the XLA path that scores the whole cache, static (left padding) and, for the GPU kernel,
+    with slots (per-row index)."""
     from m1jax.train.step import set_kernels
 
     prompts = _prompts(rng, (2, 16, 1, 11))
     kw = dict(max_new_tokens=T, temperature=1.0, num_samples=2, stop_tokens=STOPS, max_len=64)
     ref = sample(model, prompts, jax.random.key(2), **kw)
+    attn = next(layer.self_attn for layer in model.layers if not layer.is_lightning)
     try:
-        set_kernels(model, decode="triton")
-        for extra in ({}, {"batch_slots": 3}):
+        set_kernels(model, decode=kernel)
+        assert attn.decode_kernel((8, attn.num_heads, attn.head_dim), (8, 64, attn.num_kv_heads, attn.head_dim)) \
+            == kernel
+        for extra in ({}, {"batch_slots": 3}) if kernel == "triton" else ({},):
             _assert_same_rows(sample(model, prompts, jax.random.key(2), **kw, **extra), ref)
     finally:
         set_kernels(model, decode="auto")
+    assert attn.decode_kernel((8, attn.num_heads, attn.head_dim), (8, 64, attn.num_kv_heads, attn.head_dim)) is None
 
 
 def test_prefill_memory_grows_with_the_prompt_not_the_cache():

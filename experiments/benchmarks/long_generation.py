@@ -273,7 +273,9 @@ def run_decode(bench, name: str, config: ModelConfig, model, steps: dict, state,
                     continue
                 if soft is not None:
                     set_kernels(model, decode=impl)
-                    case["path"] = "triton" if model.layers[soft].self_attn._use_decode_kernel(max_len) else "xla"
+                    attn = model.layers[soft].self_attn
+                    kv = (batch, max_len, attn.num_kv_heads, attn.head_dim)
+                    case["path"] = attn.decode_kernel((batch, attn.num_heads, attn.head_dim), kv) or "xla"
                 cache = None
                 try:
                     tokens = jnp.asarray(rng.integers(1, config.vocab_size, (batch,)), jnp.int32)

@@ -14,6 +14,7 @@ from m1jax.model.rope import apply_partial_rope, rope_cos_sin
 from m1jax.sharding import constrain
 from m1jax.sharding.rules import active_mesh, logical_to_spec, mesh_axes
 from pallas_kernels.decode_attention import decode_attention
+from pallas_kernels.decode_attention import tpu as decode_tpu
 
 DECODE_BLOCK = 64  # cache slots per block of the decode kernel
 
@@ -25,10 +26,13 @@ SOFTMAX_IMPLS = ("auto", "einsum", "sdpa")
 # One-token decode steps over the KV cache (pallas_kernels.decode_attention):
 # "xla": the einsum path above (scores every slot of the cache);
 # "triton": the split-K Pallas kernel that reads only each row's valid slots (GPU; interpret mode on a CPU);
-# "auto": "triton" on one GPU (not under a multi-device mesh: a Pallas call is not partitioned) for 16-bit
-#         activations (the case measured on an H200; fp32 models keep XLA's numerics) when the shapes suit it
-#         (head_dim a power of two >= 16, cache length a multiple of its block), else "xla".
-DECODE_IMPLS = ("auto", "xla", "triton")
+# "tpu": the Pallas Mosaic kernel that fetches only each row's valid blocks (TPU; interpret mode on a CPU; never
+#        run on TPU hardware here, see pallas_kernels/decode_attention/tpu.py);
+# "auto": on one device (not under a multi-device mesh: a Pallas call is not partitioned) with 16-bit activations
+#         (fp32 models keep XLA's numerics), "triton" on a GPU when head_dim is a power of two >= 16 and the cache
+#         length a multiple of its block (the case measured on an H200), "tpu" on a TPU when its shapes fit;
+#         else "xla".
+DECODE_IMPLS = ("auto", "xla", "triton", "tpu")
 
 
 class SoftmaxAttention(nnx.Module):
@@ -90,21 +94,23 @@ class SoftmaxAttention(nnx.Module):
                 ck = write(ck, k.astype(ck.dtype), cache_index)
                 cv = write(cv, v.astype(cv.dtype), cache_index)
             new_cache = (ck, cv)
-            if n == 1 and not cache_empty and self._use_decode_kernel(ck.shape[1]):
+            kernel = None if n != 1 or cache_empty else self.decode_kernel(q[:, 0].shape, ck.shape)
+            if kernel is not None:
                 start = jnp.zeros((b,), jnp.int32) if kv_start is None else kv_start
-                o = decode_attention(q[:, 0], ck, cv, start, jnp.broadcast_to(q_pos[:, 0] + 1, (b,)), impl="triton",
-                                     block_k=DECODE_BLOCK, interpret=jax.default_backend() != "gpu")
+                native = {"triton": "gpu", "tpu": "tpu"}[kernel] == jax.default_backend()
+                o = decode_attention(q[:, 0], ck, cv, start, jnp.broadcast_to(q_pos[:, 0] + 1, (b,)), impl=kernel,
+                                     block_k=DECODE_BLOCK if kernel == "triton" else None, interpret=not native)
                 return dense(o.reshape(b, 1, H * D), self.o_proj[...], self.dtype), new_cache
             if not cache_empty:
                 k, v = ck, cv
+            if cache_empty and self._use_sdpa():
+                o = self._sdpa_left_padded(q, k, v, None if kv_start is None else kv_start - q_pos[:, 0])
+                return dense(o.reshape(b, n, H * D), self.o_proj[...], self.dtype), new_cache
             k_pos = q_pos if cache_empty else jnp.arange(ck.shape[1])[None, :]
             mask = jnp.broadcast_to(q_pos[:, :, None] >= k_pos[:, None, :], (b, n, k_pos.shape[-1]))
             if kv_start is not None:  # left padding is never a key (a padding query sees itself: no empty row)
                 valid = k_pos >= kv_start[:, None]
                 mask = mask & (valid[:, None, :] | (q_pos[:, :, None] == k_pos[:, None, :]))
-            if cache_empty and self._use_sdpa():
-                o = self._sdpa(q, k, v, mask)
-                return dense(o.reshape(b, n, H * D), self.o_proj[...], self.dtype), new_cache
 
         qg = q.reshape(b, n, K, H // K, D)  # kv head g serves q heads g*G .. (g+1)*G - 1
         scores = jnp.einsum("bqkgd,bskd->bkgqs", qg, k.astype(self.dtype), preferred_element_type=jnp.float32)
@@ -116,16 +122,21 @@ class SoftmaxAttention(nnx.Module):
         o = o.reshape(b, n, H * D).astype(self.dtype)
         return dense(o, self.o_proj[...], self.dtype), new_cache
 
-    def _use_decode_kernel(self, cache_len: int) -> bool:
+    def decode_kernel(self, q_shape, cache_shape) -> str | None:
+        """The Pallas kernel a one-token decode step over a cache of ``cache_shape`` [b, S, K, D] runs ("triton" or
+        "tpu"), or None for the XLA path (see DECODE_IMPLS)."""
         if self.decode_impl not in DECODE_IMPLS:
             raise ValueError(f"softmax attention decode_impl must be one of {DECODE_IMPLS}, got {self.decode_impl!r}")
-        if self.decode_impl == "auto":
-            mesh = active_mesh()
-            D = self.head_dim
-            return (jax.default_backend() == "gpu" and (mesh is None or mesh.size == 1) and D >= 16
-                    and not D & (D - 1) and cache_len % DECODE_BLOCK == 0
-                    and self.dtype in (jnp.bfloat16, jnp.float16))
-        return self.decode_impl == "triton"
+        if self.decode_impl != "auto":
+            return None if self.decode_impl == "xla" else self.decode_impl
+        mesh, backend, D = active_mesh(), jax.default_backend(), self.head_dim
+        if (mesh is not None and mesh.size > 1) or self.dtype not in (jnp.bfloat16, jnp.float16):
+            return None
+        if backend == "gpu" and D >= 16 and not D & (D - 1) and cache_shape[1] % DECODE_BLOCK == 0:
+            return "triton"
+        if backend == "tpu" and decode_tpu.fits(q_shape, cache_shape):
+            return "tpu"
+        return None
 
     def _cudnn(self) -> bool:
         """cuDNN's fused attention applies: a GPU and 16-bit activations."""
@@ -140,10 +151,27 @@ class SoftmaxAttention(nnx.Module):
             return self._cudnn() and not split_seq
         return self.impl == "sdpa"
 
-    def _sdpa(self, q, k, v, mask=None):
-        """Causal attention (and ``mask`` [b, n, s] if given) through jax.nn.dot_product_attention: [b, n, H, D]."""
+    def _sdpa_left_padded(self, q, k, v, pad):
+        """Causal attention among n new tokens of which the first ``pad[r]`` of row r are left padding (never keys),
+        without an [n, n] mask: each row is rotated left by its padding, so its tokens sit at [0, n - pad) in their
+        order (rotary phases travel with them), attention runs with key_value_seq_lengths = n - pad (cuDNN's
+        padding mask: no mask tensor; a padded query, now at the end, sees every valid key) and the output is
+        rotated back. The mask it replaces was n^2 bools per row (4 GiB for a 64K prompt), plus cuDNN's bias."""
+        if pad is None:
+            return self._sdpa(q, k, v)
+        n = q.shape[1]
+        pad = jnp.clip(pad, 0, n - 1).astype(jnp.int32)  # an all-padding row keeps one "key": no empty softmax
+        ar = jnp.arange(n)
+        take = lambda a, idx: jnp.take_along_axis(a, idx[:, :, None, None], axis=1)  # noqa: E731
+        left = (ar[None, :] + pad[:, None]) % n
+        o = self._sdpa(take(q, left), take(k, left), take(v, left), kv_lengths=n - pad)
+        return take(o, (ar[None, :] - pad[:, None]) % n)
+
+    def _sdpa(self, q, k, v, mask=None, kv_lengths=None):
+        """Causal attention (and ``mask`` [b, n, s], or keys [0, kv_lengths[r]) of row r, if given) through
+        jax.nn.dot_product_attention: [b, n, H, D]."""
         return jax.nn.dot_product_attention(
             q.astype(self.dtype), k.astype(self.dtype), v.astype(self.dtype),
             mask=None if mask is None else mask[:, None], scale=1.0 / math.sqrt(self.head_dim), is_causal=True,
-            implementation="cudnn" if self._cudnn() else "xla",
+            key_value_seq_lengths=kv_lengths, implementation="cudnn" if self._cudnn() else "xla",
         )
