@@ -541,14 +541,17 @@ def main():
             ap.error(f"--only: unknown part {name!r}; choose from {sorted(parts)}")
         parts[name](args)
     print(f"\nchecks took {time.time() - t0:.1f} s")
-    lines = [f"device: {dev.device_kind}; {versions}", "",
-             "| check | shape | out | rel err | max abs | limit | ok |", "|---|---|---|---|---|---|---|"]
-    for c, s, n, r, m, lim, ok in ROWS:
-        lines.append(f"| {c} | {s} | {n} | {r:.2e} | {m:.2e} | {lim:.0e} | {'yes' if ok else 'NO'} |")
-    summary = "\n".join(lines)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(summary + "\n")
+    finish(f"device: {dev.device_kind}; {versions}", args.out)
+
+
+def finish(header: str, out: str | None):
+    """The recorded checks as a markdown table (to ``out`` if given); exit 1 if any failed."""
+    lines = [header, "", "| check | shape | out | rel err | max abs | limit | ok |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {c} | {s} | {n} | {r:.2e} | {m:.2e} | {lim:.0e} | {'yes' if ok else 'NO'} |"
+              for c, s, n, r, m, lim, ok in ROWS]
+    if out:
+        with open(out, "w") as f:
+            f.write("\n".join(lines) + "\n")
     if FAILED:
         print(f"\nFAILED ({len(FAILED)}): " + "; ".join(FAILED))
         sys.exit(1)

@@ -5,6 +5,9 @@
 #   B: GPU0 prefill time + compiled memory (both models), GPU1 continuous batching vs static, then the LM head
 #   C: A again after the decode kernel split each row's valid blocks (not the whole cache) and the decode step moved
 #      into an on-device loop; GPU1 then runs continuous batching small enough to reach its random-head check
+#   D: (not run yet) GPU0 the model's cached paths (experiments/check_gpu_model.py: the mask-free cuDNN prefill, the
+#      decode kernel in the model) and the decode kernel vs its oracle, then prefill time + memory again (the n x n
+#      mask is gone); GPU1 continuous batching small enough to reach its random-head check
 # Then here: python experiments/benchmarks/long_generation.py --merge <A's and B's json> --out experiments/results \
 #   --name long_generation_h200
 set -u -o pipefail
@@ -30,6 +33,16 @@ elif [ "$PART" = C ]; then
    CUDA_VISIBLE_DEVICES=1 timeout 100 python3 experiments/benchmarks/continuous_batching.py --out "$OUT" \
      --name continuous_batching_check_h200 --prompts 8 --slots 16 --max-new-tokens 512 --repeats 1 \
      > "$OUT/continuous_batching_check.log" 2>&1) &
+elif [ "$PART" = D ]; then
+  (CUDA_VISIBLE_DEVICES=0 timeout 150 python3 experiments/check_gpu_model.py --out "$OUT/check_gpu_model.md" \
+     > "$OUT/check_gpu_model.log" 2>&1
+   CUDA_VISIBLE_DEVICES=0 timeout 120 python3 experiments/check_gpu_kernels.py --only decode_attention \
+     --out "$OUT/check_decode_attention.md" > "$OUT/check_decode_attention.log" 2>&1
+   CUDA_VISIBLE_DEVICES=0 timeout "$LIM" $LG --parts prefill,memory --prompts 4k,64k,16k,1k --budget-s "$BUDGET" \
+     --name lg_prefill_nomask > "$OUT/lg_prefill_nomask.log" 2>&1) &
+  CUDA_VISIBLE_DEVICES=1 timeout "$LIM" python3 experiments/benchmarks/continuous_batching.py --out "$OUT" \
+    --name continuous_batching_check_h200 --prompts 8 --slots 16 --max-new-tokens 512 --repeats 1 \
+    > "$OUT/continuous_batching_check.log" 2>&1 &
 else
   CUDA_VISIBLE_DEVICES=0 timeout "$LIM" $LG --parts prefill,memory --prompts 4k,64k,16k,1k \
     --budget-s "$BUDGET" --name lg_prefill > "$OUT/lg_prefill.log" 2>&1 &
