@@ -7,7 +7,8 @@
 #      into an on-device loop; GPU1 then runs continuous batching small enough to reach its random-head check
 #   D: (not run yet) GPU0 the model's cached paths (experiments/check_gpu_model.py: the mask-free cuDNN prefill, the
 #      decode kernel in the model) and the decode kernel vs its oracle, then prefill time + memory again (the n x n
-#      mask is gone); GPU1 continuous batching small enough to reach its random-head check
+#      mask is gone); GPU1 continuous batching small enough to reach its random-head check, then where a decode
+#      step's time goes (experiments/profile_decode.py: each part alone at batch 1, 16, 64)
 # Then here: python experiments/benchmarks/long_generation.py --merge <A's and B's json> --out experiments/results \
 #   --name long_generation_h200
 set -u -o pipefail
@@ -40,9 +41,11 @@ elif [ "$PART" = D ]; then
      --out "$OUT/check_decode_attention.md" > "$OUT/check_decode_attention.log" 2>&1
    CUDA_VISIBLE_DEVICES=0 timeout "$LIM" $LG --parts prefill,memory --prompts 4k,64k,16k,1k --budget-s "$BUDGET" \
      --name lg_prefill_nomask > "$OUT/lg_prefill_nomask.log" 2>&1) &
-  CUDA_VISIBLE_DEVICES=1 timeout "$LIM" python3 experiments/benchmarks/continuous_batching.py --out "$OUT" \
-    --name continuous_batching_check_h200 --prompts 8 --slots 16 --max-new-tokens 512 --repeats 1 \
-    > "$OUT/continuous_batching_check.log" 2>&1 &
+  (CUDA_VISIBLE_DEVICES=1 timeout 150 python3 experiments/benchmarks/continuous_batching.py --out "$OUT" \
+     --name continuous_batching_check_h200 --prompts 8 --slots 16 --max-new-tokens 512 --repeats 1 \
+     > "$OUT/continuous_batching_check.log" 2>&1
+   CUDA_VISIBLE_DEVICES=1 timeout "$((LIM - 150))" python3 experiments/profile_decode.py \
+     --out "$OUT/profile_decode_h200.md" --budget-s "$((BUDGET - 180))" > "$OUT/profile_decode.log" 2>&1) &
 else
   CUDA_VISIBLE_DEVICES=0 timeout "$LIM" $LG --parts prefill,memory --prompts 4k,64k,16k,1k \
     --budget-s "$BUDGET" --name lg_prefill > "$OUT/lg_prefill.log" 2>&1 &
