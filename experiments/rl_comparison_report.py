@@ -475,7 +475,9 @@ def _conclusion(task, agg, mu1, partial) -> str:
     n_pairs = len(agg["pairs"])
     S = []
     if partial:
-        S.append(f"PARTIAL ({partial[0]} of {TARGET_SEEDS} seeds): read what follows as preliminary.")
+        k, missing = partial[0], partial[1]
+        S.append(f"PARTIAL ({k} of {TARGET_SEEDS} seeds" + (f"; {len(missing)} arms not run" if missing else "")
+                 + "): read what follows as preliminary.")
     ns = sorted({a["n"] for a in pa.values()})
     S.append(f"On {task} (warm start {ws:.3f}, {'/'.join(map(str, ns))} seeds per arm):")
     best = max(pa, key=lambda a: pa[a]["final_accuracy"].estimate)
