@@ -14,6 +14,7 @@ from m1jax.model.rope import apply_partial_rope, rope_cos_sin
 from m1jax.sharding import constrain
 from m1jax.sharding.rules import active_mesh, logical_to_spec, mesh_axes
 from pallas_kernels.decode_attention import decode_attention
+from pallas_kernels.decode_attention import gpu_triton as decode_triton
 from pallas_kernels.decode_attention import tpu as decode_tpu
 
 DECODE_BLOCK = 64  # cache slots per block of the decode kernel
@@ -129,10 +130,10 @@ class SoftmaxAttention(nnx.Module):
             raise ValueError(f"softmax attention decode_impl must be one of {DECODE_IMPLS}, got {self.decode_impl!r}")
         if self.decode_impl != "auto":
             return None if self.decode_impl == "xla" else self.decode_impl
-        mesh, backend, D = active_mesh(), jax.default_backend(), self.head_dim
+        mesh, backend = active_mesh(), jax.default_backend()
         if (mesh is not None and mesh.size > 1) or self.dtype not in (jnp.bfloat16, jnp.float16):
             return None
-        if backend == "gpu" and D >= 16 and not D & (D - 1) and cache_shape[1] % DECODE_BLOCK == 0:
+        if backend == "gpu" and decode_triton.fits(q_shape, cache_shape, DECODE_BLOCK):
             return "triton"
         if backend == "tpu" and decode_tpu.fits(q_shape, cache_shape):
             return "tpu"

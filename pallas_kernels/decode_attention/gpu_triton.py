@@ -75,6 +75,12 @@ def _kernel(bounds_ref, q_ref, k_ref, v_ref, o_ref, m_ref, l_ref, *, block_k: in
     l_ref[...] = lsum
 
 
+def fits(q_shape, k_shape, block_k: int = 64) -> bool:
+    """Whether ``decode_attention`` accepts these shapes (q [b, H, D], k [b, S, K, D]) with this block."""
+    H, D, (S, K) = q_shape[1], q_shape[2], k_shape[1:3]
+    return H % K == 0 and D >= 16 and not D & (D - 1) and S % block_k == 0
+
+
 @functools.partial(jax.jit, static_argnames=("splits", "block_k", "num_warps", "num_stages", "interpret"))
 def decode_attention(q, k, v, start, length, *, splits: int | None = None, block_k: int = 64,
                      num_warps: int = 4, num_stages: int = 2, interpret: bool = False):

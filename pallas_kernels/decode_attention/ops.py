@@ -29,11 +29,6 @@ IMPLS = ("auto", "xla", "triton", "tpu")
 TRITON_BLOCK_K = 64
 
 
-def _triton_fits(q, k, block_k: int) -> bool:
-    D, S = q.shape[-1], k.shape[1]
-    return D >= 16 and not D & (D - 1) and S % block_k == 0
-
-
 def xla_decode_attention(q, k, v, start, length):
     """The XLA path: fp32 scores from operands in q's dtype, probabilities rounded to q's dtype for the value
     product (the model's einsum path at n = 1)."""
@@ -57,7 +52,7 @@ def decode_attention(q, k, v, start, length, *, impl: str = "auto", block_k: int
         raise ValueError(f"decode attention impl must be one of {IMPLS}, got {impl!r}")
     if impl == "auto":
         backend = jax.default_backend()
-        if backend == "gpu" and _triton_fits(q, k, TRITON_BLOCK_K if block_k is None else block_k):
+        if backend == "gpu" and gpu_triton.fits(q.shape, k.shape, TRITON_BLOCK_K if block_k is None else block_k):
             impl = "triton"
         elif backend == "tpu" and tpu.fits(q.shape, k.shape, block_k):
             impl = "tpu"

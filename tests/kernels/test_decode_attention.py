@@ -73,6 +73,7 @@ def test_dispatch_and_bad_shapes():
     with pytest.raises(ValueError, match="impl must be one of"):
         ops.decode_attention(q, k, v, start, length, impl="cuda")
     q24, k24, v24 = _inputs(rng, 1, 2, 1, 24, 64, jnp.float32)
+    assert gpu_triton.fits(q.shape, k.shape, 16) and not gpu_triton.fits(q24.shape, k24.shape)
     with pytest.raises(ValueError, match="head_dim 24"):
         gpu_triton.decode_attention(q24, k24, v24, start[:1], length[:1], interpret=True)
     with pytest.raises(ValueError, match="cache length 56 is not a multiple of block_k = 16"):
