@@ -61,7 +61,7 @@ from m1jax.model import MiniMaxM1  # noqa: E402
 from m1jax.model.head import lm_head_logits  # noqa: E402
 from pallas_kernels import lightning_attention_decode  # noqa: E402
 
-PARTS = ("lightning_layer", "softmax_layer", "moe", "head", "embed", "step")
+PARTS = ("loop", "lightning_layer", "softmax_layer", "moe", "head", "embed", "step")
 HEADS = (("bfloat16", "highest"), ("float32", "highest"), ("float32", "bf16x3"))
 warnings.filterwarnings("ignore", message="Some donated buffers were not usable")  # CPU: no donation
 
@@ -77,10 +77,13 @@ def chained(f, consts, carry):
     return call
 
 
+UNROLL = [1]  # --unroll: fori_loop's unroll in looped()
+
+
 def looped(fn, iters, consts, carry):
     """chained() of ``iters`` applications of fn(consts, carry) -> carry in one jitted fori_loop, carry donated."""
-    f = jax.jit(lambda consts, carry: jax.lax.fori_loop(0, iters, lambda _, c: fn(consts, c), carry),
-                donate_argnums=(1,))
+    f = jax.jit(lambda consts, carry: jax.lax.fori_loop(0, iters, lambda _, c: fn(consts, c), carry,
+                                                        unroll=UNROLL[0]), donate_argnums=(1,))
     return chained(f, consts, carry)
 
 
@@ -110,7 +113,7 @@ def measure(bench, part, variant, batch, floor_bytes, make, **extra):
         jax.block_until_ready(call())
         case["compile_s"] = time.perf_counter() - t0
         case["us"] = 1e3 * median_ms(call, iters=a.repeats, warmup=a.warmup) / a.iters
-        case["ratio"] = case["us"] / floor_us
+        case["ratio"] = case["us"] / floor_us if floor_us > 0 else None
     except Exception as e:  # noqa: BLE001 - a failed variant is reported, the rest still run
         traceback.print_exc()
         case["error"] = f"{type(e).__name__}: {str(e)[:300]}"
@@ -178,7 +181,8 @@ def run_softmax(bench, model, c, b, rng):
 
 def run_moe(bench, model, c, b, rng):
     moe = model.layers[0].block_sparse_moe
-    for impl, mm in (("grouped", "auto"), ("grouped", "xla"), ("dense", "auto")):
+    mosaic = [("grouped", "mosaic_gpu")] if jax.default_backend() == "gpu" else []  # "auto" is XLA's below 128 rows
+    for impl, mm in [("grouped", "auto"), ("grouped", "xla")] + mosaic + [("dense", "auto")]:
         moe.impl, moe.matmul_impl = impl, mm
         fn = lambda m, _, x: x + m(x)[0]  # noqa: E731
         measure(bench, "moe", impl + (f" {mm}" if impl == "grouped" else ""), b, weight_bytes(moe, b, c),
@@ -199,6 +203,30 @@ def run_head(bench, model, c, b, rng):
                 config_head=(dt == c.lm_head_dtype and (dt != "float32" or prec == c.lm_head_precision)))
 
 
+def run_loop(bench, model, c, b, rng):
+    """An (almost) empty iteration, x + 1 on [b] int32: what the loop itself costs per iteration."""
+    del model, c, rng
+    measure(bench, "loop", "x + 1", b, 0.0, lambda: looped(lambda _, x: x + 1, bench.args.iters, None,
+                                                            jnp.zeros((b,), jnp.int32)))
+
+
+def kernel_count(hlo: str) -> dict:
+    """Kernels a compiled (GPU) HLO module launches, estimated: fusion and custom-call instructions (plus copies)
+    outside fused computations, counted once per computation (a while body's count is per iteration)."""
+    counts, inside = {"fusion": 0, "custom-call": 0, "copy": 0}, False
+    for line in hlo.splitlines():
+        if line and not line[0].isspace() and line.rstrip().endswith("{"):
+            name = line.split()[0].lstrip("%")
+            inside = "fused" in name or "fusion" in name or name.endswith("_computation") or "computation." in name
+            continue
+        if inside:
+            continue
+        for op in counts:
+            if f" {op}(" in line:
+                counts[op] += 1
+    return counts
+
+
 def run_embed(bench, model, c, b, rng):
     table = model.embed_tokens[...]
     row = c.hidden_size * table.dtype.itemsize
@@ -216,10 +244,16 @@ def run_step(bench, model, c, b, rng):
         set_kernels(model, decode=impl)
         graphdef, state = nnx.split(model)
 
-        def make(graphdef=graphdef, state=state):
+        def make(graphdef=graphdef, state=state, impl=impl):
             f = make_step(graphdef, a.iters)
             tok = jnp.asarray(rng.integers(1, c.vocab_size, (b,)), jnp.int32)
             cache = model.init_cache(b, a.context + 64)  # context + iters slots are written per call
+            if b == bench.meta["batches"][0]:  # the kernel count hardly depends on the batch: once per path
+                try:
+                    hlo = f.lower(state, tok, cache).compile().as_text()
+                    bench.meta.setdefault("step_kernels", {})[impl] = kernel_count(hlo)
+                except Exception as e:  # noqa: BLE001 - the count is a side note
+                    bench.notes.append(f"kernel count ({impl}) failed: {type(e).__name__}: {str(e)[:200]}")
             # the index is donated with the cache: a fresh one each call
             return chained(lambda s, tfc: f(s, tfc[0], tfc[2].replace(index=jnp.asarray(a.context, jnp.int32))),
                            state, (tok, jnp.bool_(True), cache))
@@ -250,7 +284,8 @@ def markdown(m, cases, notes) -> str:
            f"{m['jaxlib']}, flax {m['flax']}, python {m['python']}; backend {m['backend']}", "", f"`{m['command']}`",
            "", f"Model: {m['model']} ({m['config_source']}). Softmax caches: context {m['context']}, max_len "
            f"{m['context'] + 64}. Each part runs {m['iters']} times in one jitted fori_loop, its output fed back; "
-           f"us/iter = median of {m['repeats']} calls / {m['iters']}. Copy bandwidth ({m['copy']['how']}): "
+           f"us/iter = median of {m['repeats']} calls / {m['iters']}; the parts' loops unrolled {m.get('unroll', 1)}x; "
+           f"XLA_FLAGS `{m.get('xla_flags') or ''}`. Copy bandwidth ({m['copy']['how']}): "
            f"{m['copy']['bandwidth_Bps'] / 1e9:,.0f} GB/s; floor = bytes the part must read / that.", "",
            "| part | variant | batch | us / iter | floor us | ratio | note |", "|---|---|---|---|---|---|---|"]
     for c in cases:
@@ -258,8 +293,12 @@ def markdown(m, cases, notes) -> str:
                                     "(config's head)" if c.get("config_head") else "",
                                     f"compile {c['compile_s']:.1f} s" if "compile_s" in c else "",
                                     c.get("skipped") or c.get("error") or "") if x)
-        us = f"{c['us']:.1f} | {c['floor_us']:.2f} | {c['ratio']:.1f}" if "us" in c else f"- | {c['floor_us']:.2f} | -"
+        ratio = "-" if c.get("ratio") is None else f"{c['ratio']:.1f}"
+        us = f"{c['us']:.1f} | {c['floor_us']:.2f} | {ratio}" if "us" in c else f"- | {c['floor_us']:.2f} | -"
         out.append(f"| {c['part']} | {c['variant']} | {c['batch']} | {us} | {note} |")
+    if m.get("step_kernels"):
+        out += ["", "Kernels per decode step (compiled HLO, estimated: fusions / custom calls / copies outside fused "
+                "computations): " + "; ".join(f"{k}: {v}" for k, v in m["step_kernels"].items())]
     rows = sum_of_parts(m, cases)
     if rows:
         out += ["", "## Sum of parts vs whole step (us)", "", "| batch | decode | lightning + softmax + embed + "
@@ -292,7 +331,9 @@ def main():
     ap.add_argument("--decode-impls", default=None, help="softmax decode paths (default auto,xla; --small triton,xla)")
     ap.add_argument("--copy-gib", type=float, default=None, help="copy-bandwidth array (default 4; --small 1/16)")
     ap.add_argument("--budget-s", type=float, default=0, help="start no new measurement after this many seconds")
+    ap.add_argument("--unroll", type=int, default=1, help="fori_loop unroll of each part's loop (not the step's)")
     args = ap.parse_args()
+    UNROLL[0] = args.unroll
     parts = [p for p in args.parts.split(",") if p]
     if set(parts) - set(PARTS):
         raise SystemExit(f"--parts: choose from {PARTS}")
@@ -311,13 +352,14 @@ def main():
                 date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                 command="python3 " + " ".join(sys.argv), model=describe(c), config_source=source,
                 config=c.to_dict(), layer_counts=layer_counts(c), parts=parts, batches=batches, context=args.context,
-                iters=args.iters, repeats=args.repeats, warmup=args.warmup, decode_impls=args.decode_impls)
+                iters=args.iters, repeats=args.repeats, warmup=args.warmup, decode_impls=args.decode_impls,
+                unroll=args.unroll, xla_flags=os.environ.get("XLA_FLAGS", ""))
     meta["copy"] = copy_bandwidth(int((args.copy_gib or (1 / 16 if args.small else 4)) * GiB))
     bench = Profile(args, meta)
     model = MiniMaxM1(c, rngs=nnx.Rngs(0))
     jax.block_until_ready(nnx.state(model))
     rng = np.random.default_rng(0)
-    runs = dict(lightning_layer=run_lightning, softmax_layer=run_softmax, moe=run_moe, head=run_head,
+    runs = dict(loop=run_loop, lightning_layer=run_lightning, softmax_layer=run_softmax, moe=run_moe, head=run_head,
                 embed=run_embed, step=run_step)
     for part in parts:
         for b in batches:

@@ -34,18 +34,20 @@ elif [ "$PART" = C ]; then
    CUDA_VISIBLE_DEVICES=1 timeout 100 python3 experiments/benchmarks/continuous_batching.py --out "$OUT" \
      --name continuous_batching_check_h200 --prompts 8 --slots 16 --max-new-tokens 512 --repeats 1 \
      > "$OUT/continuous_batching_check.log" 2>&1) &
-elif [ "$PART" = D ]; then
-  (CUDA_VISIBLE_DEVICES=0 timeout 150 python3 experiments/check_gpu_model.py --out "$OUT/check_gpu_model.md" \
+elif [ "$PART" = D ]; then  # every step's limit is cut to what is left of BUDGET + 240 s, so the tar below runs
+  END=$(($(date +%s) + BUDGET + 240))
+  left() { local l=$((END - $(date +%s))); [ "$l" -lt "$1" ] && echo $((l > 1 ? l : 1)) || echo "$1"; }
+  (CUDA_VISIBLE_DEVICES=0 timeout "$(left 150)" python3 experiments/check_gpu_model.py --out "$OUT/check_gpu_model.md" \
      > "$OUT/check_gpu_model.log" 2>&1
-   CUDA_VISIBLE_DEVICES=0 timeout 120 python3 experiments/check_gpu_kernels.py --only decode_attention \
+   CUDA_VISIBLE_DEVICES=0 timeout "$(left 120)" python3 experiments/check_gpu_kernels.py --only decode_attention \
      --out "$OUT/check_decode_attention.md" > "$OUT/check_decode_attention.log" 2>&1
-   CUDA_VISIBLE_DEVICES=0 timeout "$LIM" $LG --parts prefill,memory --prompts 4k,64k,16k,1k --budget-s "$BUDGET" \
-     --name lg_prefill_nomask > "$OUT/lg_prefill_nomask.log" 2>&1) &
-  (CUDA_VISIBLE_DEVICES=1 timeout 150 python3 experiments/benchmarks/continuous_batching.py --out "$OUT" \
+   CUDA_VISIBLE_DEVICES=0 timeout "$(left 9999)" $LG --parts prefill,memory --prompts 4k,64k,16k,1k \
+     --budget-s "$(($(left 9999) - 90))" --name lg_prefill_nomask > "$OUT/lg_prefill_nomask.log" 2>&1) &
+  (CUDA_VISIBLE_DEVICES=1 timeout "$(left 150)" python3 experiments/benchmarks/continuous_batching.py --out "$OUT" \
      --name continuous_batching_check_h200 --prompts 8 --slots 16 --max-new-tokens 512 --repeats 1 \
      > "$OUT/continuous_batching_check.log" 2>&1
-   CUDA_VISIBLE_DEVICES=1 timeout "$((LIM - 150))" python3 experiments/profile_decode.py \
-     --out "$OUT/profile_decode_h200.md" --budget-s "$((BUDGET - 180))" > "$OUT/profile_decode.log" 2>&1) &
+   CUDA_VISIBLE_DEVICES=1 timeout "$(left 9999)" python3 experiments/profile_decode.py \
+     --out "$OUT/profile_decode_h200.md" --budget-s "$(($(left 9999) - 90))" > "$OUT/profile_decode.log" 2>&1) &
 else
   CUDA_VISIBLE_DEVICES=0 timeout "$LIM" $LG --parts prefill,memory --prompts 4k,64k,16k,1k \
     --budget-s "$BUDGET" --name lg_prefill > "$OUT/lg_prefill.log" 2>&1 &
@@ -57,3 +59,5 @@ fi
 wait
 tail -n 25 "$OUT"/*.log
 ls -la "$OUT"
+# the device tool returns only a few files: everything goes back in one tarball
+(cd "$OUT" && tar czf /tmp/lg_$PART.tgz --exclude='*.tgz' . && find . -type f ! -name '*.tgz' -delete && mv /tmp/lg_$PART.tgz .)

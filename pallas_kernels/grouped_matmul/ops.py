@@ -13,11 +13,14 @@ impl:
     dw[g] = x_g^T dy_g (a contraction over each group's rows) is ``transposed_ragged_dot_mgpu``, tied
     together by a custom_vjp. bf16 / fp16 only; k and n multiples of 128.
   * "auto": "mosaic_gpu" where it applies (a compute capability 9.x GPU, 16-bit inputs, k and n
-    multiples of 128) and no automatic multi-device partitioning is in effect (single device, or inside
-    shard_map), else "xla".
+    multiples of 128), pays (at least MOSAIC_MIN_ROWS rows) and no automatic multi-device partitioning is in
+    effect (single device, or inside shard_map), else "xla".
 Why: on an H200 (jax 0.11.2) XLA's ragged_dot ran [16384, 2048] x [8, 2048, 2816] at 89 TFLOP/s, the
 Mosaic kernel at 341 and a dense matmul of the same FLOPs at 450 (experiments/results/
-train_profile_1b_h200_before.md); the MoE was 85% of the 1b preset's train step.
+train_profile_1b_h200_before.md); the MoE was 85% of the 1b preset's train step. At decode's few rows it is the
+other way round: the 1b MoE block (8 experts top-2, one token per row) took 187 / 176 us with the Mosaic kernel
+against 103 / 120 us with ragged_dot at 2 / 32 rows, and 120 against 151 us at 128 rows (H200, one fori_loop
+per case; experiments/results/profile_decode_h200.md); hence MOSAIC_MIN_ROWS.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ _FWD = dict(block_m=128, block_n=128, block_k=64, max_concurrent_steps=4, grid_b
 _DW = dict(block_m=128, block_n=128, block_k=64, max_concurrent_steps=4, grid_block_n=2)
 _ALIGN = 128
 _ROW_TILE = 8
+MOSAIC_MIN_ROWS = 128  # "auto" keeps XLA's ragged_dot below this many rows (decode; see the module doc)
 
 
 def _check(x, w, group_sizes):
@@ -150,7 +154,8 @@ def grouped_matmul(x, w, group_sizes, *, impl: str = "auto"):
         raise ValueError(f"grouped_matmul impl must be one of {IMPLS}, got {impl!r}")
     group_sizes = group_sizes.astype(jnp.int32)
     if impl == "auto":
-        impl = "mosaic_gpu" if _mosaic_applies(x, w) and not _under_auto_partitioning() else "xla"
+        pays = x.shape[0] >= MOSAIC_MIN_ROWS
+        impl = "mosaic_gpu" if pays and _mosaic_applies(x, w) and not _under_auto_partitioning() else "xla"
     elif impl == "mosaic_gpu" and not _mosaic_applies(x, w):
         raise ValueError(f"impl='mosaic_gpu' needs a Hopper GPU, equal 16-bit dtypes and k, n multiples of "
                          f"{_ALIGN}; got x {x.shape} {x.dtype}, w {w.shape} {w.dtype} on {jax.default_backend()}")

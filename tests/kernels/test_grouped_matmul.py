@@ -88,6 +88,19 @@ def test_mosaic_wrapper_with_stand_in_kernels(rng, monkeypatch, m, sizes):
     assert rel_err(dx, dx_ref) < 1e-6 and rel_err(dw, dw_ref) < 1e-6
 
 
+def test_auto_keeps_xla_for_few_rows(rng, monkeypatch):
+    """Where the Mosaic kernel applies, "auto" runs it from MOSAIC_MIN_ROWS rows up and XLA's ragged_dot below
+    (decode's few rows), with the same result either way."""
+    calls, kernel = [], ops._mosaic
+    monkeypatch.setattr(ops, "_mosaic_applies", lambda x, w: True)
+    monkeypatch.setattr(ops, "_mosaic", lambda *a: (calls.append(a[0].shape[0]), ops._xla(*a))[1])
+    monkeypatch.setattr(ops, "MOSAIC_MIN_ROWS", 16)
+    for m, sizes in ((15, [5, 10]), (16, [9, 7])):
+        x, w, gs, _ = _problem(rng, m, 16, 8, sizes)
+        assert rel_err(grouped_matmul(x, w, gs), _numpy(x, w, gs)) < 1e-6
+    assert calls == [16] and kernel is not ops._mosaic
+
+
 def test_auto_is_xla_off_hopper_and_bad_input_errors(rng):
     x, w, gs, _ = _problem(rng, 8, 4, 3, [5, 3])
     assert rel_err(grouped_matmul(x, w, gs), _numpy(x, w, gs)) < 1e-6  # auto on CPU
@@ -115,6 +128,7 @@ from tests.kernels import test_grouped_matmul as t
 ragged_dot_mgpu.ragged_dot = t._fake_ragged_dot
 transposed_ragged_dot_mgpu.transposed_ragged_dot = t._fake_transposed
 ops._mosaic_applies = lambda x, w: True
+ops.MOSAIC_MIN_ROWS = 0  # these 48 rows would otherwise stay on XLA's ragged_dot
 mesh = jax.sharding.Mesh(np.array(jax.devices()), ("expert",))
 rng = np.random.default_rng(0)
 x = jnp.asarray(rng.standard_normal((2 * 24, 16)), jnp.float32)    # replicated rows
