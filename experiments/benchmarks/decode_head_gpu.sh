@@ -38,7 +38,7 @@ CB_ON="FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"
      --decode-impls auto > "$OUT/profile_decode_step_$v.log" 2>&1
  done
  timeout "$(left 9999)" python3 experiments/benchmarks/lm_head.py --out "$OUT/lm_head_ce_h200.json" \
-   --sections chunked_ce > "$OUT/lm_head_ce.log" 2>&1) &
+   --sections chunked_ce --budget-s "$(($(left 9999) - 60))" > "$OUT/lm_head_ce.log" 2>&1) &
 wait
 tail -n 30 "$OUT"/*.log
 (cd "$OUT" && tar czf /tmp/decode_head.tgz --exclude='*.tgz' . && find . -type f ! -name '*.tgz' -delete \

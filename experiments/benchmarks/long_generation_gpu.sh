@@ -53,7 +53,7 @@ else
     --budget-s "$BUDGET" --name lg_prefill > "$OUT/lg_prefill.log" 2>&1 &
   (CUDA_VISIBLE_DEVICES=1 timeout "$((BUDGET - 30))" python3 experiments/benchmarks/continuous_batching.py --out "$OUT" \
      --name continuous_batching_h200 --budget-s "$((BUDGET - 120))" --repeats 2 > "$OUT/continuous_batching.log" 2>&1
-   CUDA_VISIBLE_DEVICES=1 timeout 80 python3 experiments/benchmarks/lm_head.py --out "$OUT/lm_head_h200.json" \
+   CUDA_VISIBLE_DEVICES=1 timeout 80 python3 experiments/benchmarks/lm_head.py --out "$OUT/lm_head_h200.json" --sections head \
      > "$OUT/lm_head.log" 2>&1) &
 fi
 wait
