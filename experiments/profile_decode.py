@@ -259,7 +259,27 @@ def run_step(bench, model, c, b, rng):
                            state, (tok, jnp.bool_(True), cache))
 
         measure(bench, "step", impl, b, step_floor(c, params, a.context, b)["total"], make, context=a.context)
+        if a.trace and not skip_reason(bench):
+            trace_step(bench, make, f"decode step, batch {b}, decode {impl}, context {a.context}")
     set_kernels(model, decode="auto")
+
+
+def trace_step(bench, make, title):
+    """Kernel-level profile of 3 calls (each --iters steps) of the step: appended to <out stem>_trace.md."""
+    from experiments.trace_summary import markdown_table, traced_kernels
+
+    a = bench.args
+    log_dir = os.path.join(a.trace, title.replace(" ", "_").replace(",", ""))
+    try:
+        rows = traced_kernels(make(), 3, log_dir)
+        for r in rows:  # per decode step, not per call of --iters steps
+            r["us_per_call"] /= a.iters
+            r["launches_per_call"] /= a.iters
+        text = markdown_table(rows, 3 * a.iters, title + " (per decode step)", log_dir=log_dir)
+    except Exception as e:  # noqa: BLE001 - the trace is a side note
+        text = f"### {title}\n\ntrace failed: {type(e).__name__}: {str(e)[:300]}\n"
+    with open(os.path.splitext(os.path.abspath(a.out))[0] + "_trace.md", "a") as f:
+        f.write(text + "\n")
 
 
 def sum_of_parts(meta, cases) -> list[str]:
@@ -331,6 +351,8 @@ def main():
     ap.add_argument("--decode-impls", default=None, help="softmax decode paths (default auto,xla; --small triton,xla)")
     ap.add_argument("--copy-gib", type=float, default=None, help="copy-bandwidth array (default 4; --small 1/16)")
     ap.add_argument("--budget-s", type=float, default=0, help="start no new measurement after this many seconds")
+    ap.add_argument("--trace", default="", help="also trace each step case here (experiments/trace_summary.py); "
+                    "tables go to <out stem>_trace.md")
     ap.add_argument("--unroll", type=int, default=1, help="fori_loop unroll of each part's loop (not the step's)")
     args = ap.parse_args()
     UNROLL[0] = args.unroll

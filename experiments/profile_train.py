@@ -174,7 +174,30 @@ def profile_expert_matmul(c, t, rng):
         try_record("expert matmul fwd", "pallas ragged_dot_mgpu", lambda: timed(jax.jit(mg), rows, we, sizes), flops)
 
 
-def profile_steps(c: ModelConfig, b, n, seg, rng, variants, steps_timed, remat):
+TRACES = []  # markdown tables of --trace
+
+
+def trace_steps(step, state, batch, variant, trace_dir):
+    """Kernel-level profile of 2 train steps (experiments/trace_summary.py); returns the advanced state."""
+    from experiments.trace_summary import markdown_table, traced_kernels
+
+    box = [state]
+
+    def call():
+        box[0], m = step(box[0], batch)
+        return m
+
+    log_dir = os.path.join(trace_dir, variant.replace("/", "_").replace(":", "_"))
+    try:
+        TRACES.append(markdown_table(traced_kernels(call, 2, log_dir), 2, f"train step {variant}", top=40,
+                                     log_dir=log_dir))
+    except Exception as e:  # noqa: BLE001 - the trace is a side note
+        TRACES.append(f"### train step {variant}\n\ntrace failed: {type(e).__name__}: {str(e)[:300]}\n")
+    print(TRACES[-1], flush=True)
+    return box[0]
+
+
+def profile_steps(c: ModelConfig, b, n, seg, rng, variants, steps_timed, remat, trace_dir=""):
     peak = device_peak_flops()
     fpt = flops_per_token(c, n)["total"]
     tokens = jnp.asarray(rng.integers(0, c.vocab_size, (b, n)), jnp.int32)
@@ -210,6 +233,8 @@ def profile_steps(c: ModelConfig, b, n, seg, rng, variants, steps_timed, remat):
             note = (f"{b * n / s / 1e3:.1f}k tok/s, MFU {util}, peak {mem:.1f} GiB, "
                     f"first step {compile_s:.0f} s, loss {float(m['loss']):.3f}")
             record("train step", f"{variant}{' remat' if remat else ''}", s, b * n * fpt, note)
+            if trace_dir:
+                state = trace_steps(step, state, batch, variant, trace_dir)
         except Exception as e:  # noqa: BLE001
             msg = str(e).splitlines()[0][:160]
             ROWS.append(("train step", variant, "failed", "", msg))
@@ -233,6 +258,8 @@ def main():
     ap.add_argument("--layers", type=int, default=0, help="override the preset's layer count (hybrid layout)")
     ap.add_argument("--steps-timed", type=int, default=5)
     ap.add_argument("--out", default="")
+    ap.add_argument("--trace", default="", help="also trace 2 steps of each variant here and add their kernel "
+                    "tables (experiments/trace_summary.py) to --out")
     args = ap.parse_args()
 
     spec = importlib.util.spec_from_file_location("pretrain", os.path.join(ROOT, "experiments", "pretrain.py"))
@@ -255,7 +282,7 @@ def main():
         ap.error(f"--parts: choose from {PARTS}")
     profile_parts(c, b, n, seg, rng, only)
     variants = [v for v in args.variants.split(",") if v]
-    profile_steps(c, b, n, seg, rng, variants, args.steps_timed, args.remat)
+    profile_steps(c, b, n, seg, rng, variants, args.steps_timed, args.remat, args.trace)
     if args.out:
         with open(args.out, "w") as fh:
             fh.write(f"# Train-step profile\n\n{header}\n\n`python3 experiments/profile_train.py "
@@ -263,6 +290,8 @@ def main():
                      "named fwd. TFLOP/s counts model FLOPs (m1jax.train.flops).\n\n"
                      "| part | variant | ms | TFLOP/s | note |\n|---|---|---|---|---|\n")
             fh.writelines(f"| {' | '.join(r)} |\n" for r in ROWS)
+            if TRACES:
+                fh.write("\n## Kernels of the traced train steps\n\n" + "\n".join(TRACES))
 
 
 if __name__ == "__main__":
