@@ -271,3 +271,39 @@ def test_ragged_prefill_and_decode_over_the_valid_range_equal_full_forward(tiny,
     else:  # pooled over rows: one token whose near-tied top-2 routing flips under bf16 rounding may differ ~0.2
         assert np.median(errs) < 3e-2 and np.quantile(errs, 0.9) < 8e-2, errs
         assert np.mean(agree) >= 0.8
+
+
+@pytest.mark.parametrize("x_dtype, dtype", [("bfloat16", "bfloat16"), ("float32", "bfloat16"), ("float32", "float32")])
+def test_dense_backward_in_compute_dtype(rng, x_dtype, dtype):
+    """dense's written-out backward: against float64 on the dtype-rounded operands, dx in x's dtype, the fp32
+    kernel's gradient in fp32 (autodiff used to round it to the compute dtype), and no fp32 matmul when the
+    compute dtype is bf16 (the backward's dots take bf16 operands)."""
+    from m1jax.model.layers import dense
+
+    x = jnp.asarray(rng.standard_normal((2, 7, 24)), x_dtype)
+    w = jnp.asarray(rng.standard_normal((24, 10)), jnp.float32)
+    g = jnp.asarray(rng.standard_normal((2, 7, 10)), dtype)
+    y, vjp = jax.vjp(lambda x, w: dense(x, w, dtype), x, w)
+    dx, dw = vjp(g)
+    assert y.dtype == dtype and dx.dtype == x.dtype and dw.dtype == jnp.float32
+    r = lambda a: np.asarray(jnp.asarray(a, dtype).astype(jnp.float32), np.float64)  # noqa: E731
+    tol = 1e-2 if dtype == "bfloat16" else 1e-6  # bf16: the outputs' rounding; dw is fp32 either way
+    assert rel_err(y, np.einsum("bti,io->bto", r(x), r(w))) < tol
+    assert rel_err(dx, np.einsum("bto,io->bti", r(g), r(w))) < tol
+    assert rel_err(dw, np.einsum("bti,bto->io", r(x), r(g))) < 1e-6
+    dots = _dot_operand_dtypes(jax.make_jaxpr(lambda g: vjp(g))(g).jaxpr)
+    assert len(dots) == 2 and all(d == (jnp.dtype(dtype),) * 2 for d in dots), dots
+
+
+def _dot_operand_dtypes(jaxpr) -> list:
+    """The operand dtypes of every dot_general in a jaxpr, sub-jaxprs included."""
+    out = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            out.append(tuple(v.aval.dtype for v in eqn.invars))
+        for p in eqn.params.values():
+            for sub in p if isinstance(p, (tuple, list)) else (p,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    out += _dot_operand_dtypes(inner)
+    return out
