@@ -273,22 +273,23 @@ def test_ragged_prefill_and_decode_over_the_valid_range_equal_full_forward(tiny,
         assert np.mean(agree) >= 0.8
 
 
-@pytest.mark.parametrize("x_dtype, dtype", [("bfloat16", "bfloat16"), ("float32", "bfloat16"), ("float32", "float32")])
-def test_dense_backward_in_compute_dtype(rng, x_dtype, dtype):
+@pytest.mark.parametrize("x_dtype, dtype, out_dtype", [("bfloat16", "bfloat16", None), ("float32", "bfloat16", None),
+                                                      ("float32", "float32", None), ("float32", "bfloat16", "float32")])
+def test_dense_backward_in_compute_dtype(rng, x_dtype, dtype, out_dtype):
     """dense's written-out backward: against float64 on the dtype-rounded operands, dx in x's dtype, the fp32
     kernel's gradient in fp32 (autodiff used to round it to the compute dtype), and no fp32 matmul when the
-    compute dtype is bf16 (the backward's dots take bf16 operands)."""
+    compute dtype is bf16 (the backward's dots take bf16 operands), also with fp32 outputs (the bf16 LM head)."""
     from m1jax.model.layers import dense
 
     x = jnp.asarray(rng.standard_normal((2, 7, 24)), x_dtype)
     w = jnp.asarray(rng.standard_normal((24, 10)), jnp.float32)
-    g = jnp.asarray(rng.standard_normal((2, 7, 10)), dtype)
-    y, vjp = jax.vjp(lambda x, w: dense(x, w, dtype), x, w)
+    g = jnp.asarray(rng.standard_normal((2, 7, 10)), out_dtype or dtype)
+    y, vjp = jax.vjp(lambda x, w: dense(x, w, dtype, out_dtype), x, w)
     dx, dw = vjp(g)
-    assert y.dtype == dtype and dx.dtype == x.dtype and dw.dtype == jnp.float32
+    assert y.dtype == (out_dtype or dtype) and dx.dtype == x.dtype and dw.dtype == jnp.float32
     r = lambda a: np.asarray(jnp.asarray(a, dtype).astype(jnp.float32), np.float64)  # noqa: E731
     tol = 1e-2 if dtype == "bfloat16" else 1e-6  # bf16: the outputs' rounding; dw is fp32 either way
-    assert rel_err(y, np.einsum("bti,io->bto", r(x), r(w))) < tol
+    assert rel_err(y, np.einsum("bti,io->bto", r(x), r(w))) < (1e-6 if out_dtype == "float32" else tol)
     assert rel_err(dx, np.einsum("bto,io->bti", r(g), r(w))) < tol
     assert rel_err(dw, np.einsum("bti,bto->io", r(x), r(g))) < 1e-6
     dots = _dot_operand_dtypes(jax.make_jaxpr(lambda g: vjp(g))(g).jaxpr)

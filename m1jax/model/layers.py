@@ -24,34 +24,36 @@ def param(rngs: nnx.Rngs | None, shape, axes: tuple[str, ...], dtype, *, init: s
     return nnx.Param(value, logical_axes=tuple(axes))
 
 
-def dense(x, kernel, dtype):
-    """x [..., in] @ kernel [in, out] with inputs in ``dtype`` and fp32 accumulation; output in ``dtype``.
+def dense(x, kernel, dtype, out_dtype=None):
+    """x [..., in] @ kernel [in, out] with inputs in ``dtype`` and fp32 accumulation; output in ``out_dtype``
+    (default ``dtype``).
 
     The backward is written out (custom_vjp) so that it, too, multiplies ``dtype`` operands with fp32
-    accumulation: dx in x's dtype, d kernel in the kernel's own dtype (fp32 master weights get an fp32 gradient,
-    not one rounded to ``dtype``). Left to autodiff, the fp32 accumulator's cotangent made both backward matmuls
-    fp32 x fp32 (TF32 on a GPU): 40 of the 1b train step's 174 ms on an H200 (experiments/results/
-    train_trace_1b_h200_before.md).
+    accumulation (the output's cotangent is cast to ``dtype`` first): dx in x's dtype, d kernel in the kernel's own
+    dtype (fp32 master weights get an fp32 gradient, not one rounded to ``dtype``). Left to autodiff, the fp32
+    accumulator's cotangent made both backward matmuls fp32 x fp32 (TF32 on a GPU): 40 of the 1b train step's
+    174 ms on an H200 (experiments/results/train_trace_1b_h200_before.md).
     """
-    return _dense(x, kernel, jnp.dtype(dtype))
+    return _dense(x, kernel, jnp.dtype(dtype), jnp.dtype(out_dtype or dtype))
 
 
 def _matmul(a, b, spec, dtype):
     return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _dense(x, kernel, dtype):
-    return _matmul(x, kernel, "...i,io->...o", dtype).astype(dtype)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _dense(x, kernel, dtype, out_dtype):
+    return _matmul(x, kernel, "...i,io->...o", dtype).astype(out_dtype)
 
 
-def _dense_fwd(x, kernel, dtype):
+def _dense_fwd(x, kernel, dtype, out_dtype):
     # residuals: x already in the compute dtype (what autodiff would keep), the kernel as given (no copy), and
     # an empty array that remembers x's own dtype for its cotangent
-    return _dense(x, kernel, dtype), (x.astype(dtype), kernel, jnp.zeros((0,), x.dtype))
+    return _dense(x, kernel, dtype, out_dtype), (x.astype(dtype), kernel, jnp.zeros((0,), x.dtype))
 
 
-def _dense_bwd(dtype, res, g):
+def _dense_bwd(dtype, out_dtype, res, g):
+    del out_dtype
     xd, kernel, x_like = res
     dx = _matmul(g, kernel, "...o,io->...i", dtype).astype(x_like.dtype)
     dk = _matmul(xd, g, "...i,...o->io", dtype)
