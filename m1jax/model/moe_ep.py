@@ -30,6 +30,8 @@ activations have n x top_k x tokens rows (about n x what a balanced routing fill
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
@@ -51,15 +53,55 @@ def grouped(expert_rows, xt, weights, keys, num_keys: int):
 
     xt [t, d]; weights, keys [t, k] (a key >= num_keys marks a pair to skip, sorted to the end);
     expert_rows(rows [t*k, d] sorted by key, sizes [num_keys] int32) -> [t*k, d] in the same order
-    (rows past sum(sizes) are ignored). Returns [t, d] fp32: sum over k of weight * row output.
+    (rows past sum(sizes) must come back zero). Returns [t, d] fp32: sum over k of weight * row output.
+    Moving rows into and out of the sorted order is a gather both ways and in both passes (_sort_rows,
+    _unsort_rows): autodiff made the backward of the first, and the combine itself, scatter-adds (4.3 + 1.4
+    ms of the 1b train step on an H200).
     """
     t, k = keys.shape
     flat = keys.reshape(-1)
-    order = jnp.argsort(flat, stable=True)
-    token = order // k
+    order = jnp.argsort(flat, stable=True).astype(jnp.int32)  # sorted position -> pair (token * k + slot)
+    inv = jnp.argsort(order).astype(jnp.int32)  # pair -> sorted position
     sizes = jnp.bincount(flat, length=num_keys).astype(jnp.int32)
-    ys = expert_rows(xt[token], sizes).astype(jnp.float32) * weights.reshape(-1)[order][:, None]
-    return jnp.zeros((t, xt.shape[1]), jnp.float32).at[token].add(ys)
+    ys = expert_rows(_sort_rows(xt, order, inv, k), sizes)
+    y = _unsort_rows(ys, inv, order).astype(jnp.float32).reshape(t, k, -1)
+    return jnp.sum(y * weights.astype(jnp.float32)[..., None], axis=1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _sort_rows(xt, order, inv, k):
+    """xt [t, d] -> [t*k, d]: row i is token order[i] // k's (each token k times, in the sorted order)."""
+    return xt[order // k]
+
+
+def _sort_rows_fwd(xt, order, inv, k):
+    return _sort_rows(xt, order, inv, k), inv
+
+
+def _sort_rows_bwd(k, inv, g):
+    t_k, d = g.shape
+    return g[inv].reshape(t_k // k, k, d).sum(axis=1, dtype=jnp.float32).astype(g.dtype), None, None
+
+
+_sort_rows.defvjp(_sort_rows_fwd, _sort_rows_bwd)
+
+
+@jax.custom_vjp
+def _unsort_rows(ys, inv, order):
+    """ys [t*k, d] in the sorted order -> pair order (row token * k + slot); a permutation, its transpose the
+    inverse permutation (a gather, where autodiff would scatter)."""
+    return ys[inv]
+
+
+def _unsort_rows_fwd(ys, inv, order):
+    return ys[inv], order
+
+
+def _unsort_rows_bwd(order, g):
+    return g[order], None, None
+
+
+_unsort_rows.defvjp(_unsort_rows_fwd, _unsort_rows_bwd)
 
 
 def expert_parallel(expert_ffn, x, weights, experts, w1, w3, w2, *, exchange: str | None = None):
