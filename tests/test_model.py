@@ -308,3 +308,31 @@ def _dot_operand_dtypes(jaxpr) -> list:
                 if hasattr(inner, "eqns"):
                     out += _dot_operand_dtypes(inner)
     return out
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_grouped_dispatch_gradients_match_a_scatter_formulation(rng, k):
+    """moe_ep.grouped moves rows by gathers both ways (custom_vjp permutations): its values and gradients w.r.t.
+    the tokens and the routing weights equal autodiff through the plain gather / scatter-add formulation, with
+    pairs to skip (key == num_keys) in the mix, as expert parallelism passes them."""
+    from m1jax.model.moe_ep import grouped
+    from pallas_kernels.grouped_matmul import grouped_matmul
+
+    t, d, E = 23, 8, 4
+    w = jnp.asarray(rng.standard_normal((E, d, d)), jnp.float32)
+    x = jnp.asarray(rng.standard_normal((t, d)), jnp.float32)
+    wts = jnp.asarray(rng.random((t, k)), jnp.float32)
+    keys = jnp.asarray(rng.integers(0, E + 1, (t, k)), jnp.int32)
+    rows = lambda r, sizes: grouped_matmul(r, w, sizes)  # noqa: E731
+
+    def scatter_version(x, wts):
+        order = jnp.argsort(keys.reshape(-1), stable=True)
+        sizes = jnp.bincount(keys.reshape(-1), length=E).astype(jnp.int32)
+        ys = rows(x[order // k], sizes) * wts.reshape(-1)[order][:, None]
+        return jnp.zeros((t, d), jnp.float32).at[order // k].add(ys)
+
+    loss = lambda f: lambda x, wts: jnp.sum(jnp.sin(f(x, wts)))  # noqa: E731
+    got = jax.value_and_grad(loss(lambda x, wts: grouped(rows, x, wts, keys, E)), (0, 1))(x, wts)
+    want = jax.value_and_grad(loss(scatter_version), (0, 1))(x, wts)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        assert rel_err(a, b) < 1e-6
