@@ -16,12 +16,13 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
-# The tiny RL experiment: a supervised warm start on addition, then CISPO; rerunning resumes (a finished
-# run just prints its summary). WORKDIR=... picks another run directory.
-WORKDIR ?= runs/rl_tiny
+# The tiny RL experiment: a supervised warm start on Countdown, then 100 CISPO steps; rerunning resumes (a
+# finished run just prints its summary). WORKDIR=... picks another run directory.
+WORKDIR ?= runs/rl_countdown
 
 run: $(STAMP)
-	JAX_PLATFORMS=$${JAX_PLATFORMS:-cpu} $(VENV)/bin/m1jax rl --config=experiments/rl.py:tiny --workdir=$(WORKDIR) $(ARGS)
+	JAX_PLATFORMS=$${JAX_PLATFORMS:-cpu} $(VENV)/bin/m1jax rl --config=experiments/rl.py:tiny_countdown \
+		--config.steps=100 --workdir=$(WORKDIR) $(ARGS)
 
 test: $(STAMP)
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n 2 --durations=15 tests $(ARGS)
