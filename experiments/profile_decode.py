@@ -239,7 +239,7 @@ def run_embed(bench, model, c, b, rng):
 
 
 def run_step(bench, model, c, b, rng):
-    a, params = bench.args, param_counts(model)
+    a = bench.args
     for impl in a.decode_impls:
         set_kernels(model, decode=impl)
         graphdef, state = nnx.split(model)
@@ -258,7 +258,7 @@ def run_step(bench, model, c, b, rng):
             return chained(lambda s, tfc: f(s, tfc[0], tfc[2].replace(index=jnp.asarray(a.context, jnp.int32))),
                            state, (tok, jnp.bool_(True), cache))
 
-        measure(bench, "step", impl, b, step_floor(c, params, a.context, b)["total"], make, context=a.context)
+        measure(bench, "step", impl, b, step_floor(c, a.context, b)["total"], make, context=a.context)
         if a.trace and not skip_reason(bench):
             trace_step(bench, make, f"decode step, batch {b}, decode {impl}, context {a.context}")
     set_kernels(model, decode="auto")

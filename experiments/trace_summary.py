@@ -44,8 +44,8 @@ def category(name: str) -> str:
     return "pallas / other"
 
 
-def trace_events(log_dir: str, all_threads: bool = False) -> list[dict]:
-    """Complete events of the newest perfetto trace under log_dir, on device stream threads (or every thread)."""
+def _load(log_dir: str):
+    """The newest perfetto trace under log_dir: (events, process names by pid, thread names by (pid, tid))."""
     paths = sorted(glob.glob(os.path.join(log_dir, "**", "perfetto_trace.json.gz"), recursive=True),
                    key=os.path.getmtime)
     if not paths:
@@ -59,6 +59,12 @@ def trace_events(log_dir: str, all_threads: bool = False) -> list[dict]:
             procs[e["pid"]] = str(e.get("args", {}).get("name", ""))
         elif e.get("ph") == "M" and e.get("name") == "thread_name":
             threads[(e["pid"], e.get("tid"))] = str(e.get("args", {}).get("name", ""))
+    return events, procs, threads
+
+
+def trace_events(log_dir: str, all_threads: bool = False) -> list[dict]:
+    """Complete events of the newest perfetto trace under log_dir, on device stream threads (or every thread)."""
+    events, procs, threads = _load(log_dir)
 
     def keep(e):
         if all_threads:
@@ -71,17 +77,10 @@ def trace_events(log_dir: str, all_threads: bool = False) -> list[dict]:
 
 def census(log_dir: str, top: int = 20) -> str:
     """Which (process, thread) pairs the newest trace has, with their complete-event counts (to see its naming)."""
-    paths = sorted(glob.glob(os.path.join(log_dir, "**", "perfetto_trace.json.gz"), recursive=True),
-                   key=os.path.getmtime)
-    if not paths:
-        return f"no perfetto_trace.json.gz under {log_dir}"
-    with gzip.open(paths[-1], "rt") as f:
-        data = json.load(f)
-    events = data["traceEvents"] if isinstance(data, dict) else data
-    procs = {e["pid"]: e.get("args", {}).get("name") for e in events
-             if e.get("ph") == "M" and e.get("name") == "process_name"}
-    threads = {(e["pid"], e.get("tid")): e.get("args", {}).get("name") for e in events
-               if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    try:
+        events, procs, threads = _load(log_dir)
+    except FileNotFoundError as e:
+        return str(e)
     n = collections.Counter((procs.get(e.get("pid")), threads.get((e.get("pid"), e.get("tid"))))
                             for e in events if e.get("ph") == "X")
     return "; ".join(f"{p!r} / {t!r}: {c}" for (p, t), c in n.most_common(top))

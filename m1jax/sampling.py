@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from m1jax.model.attention import DECODE_BLOCK
 from m1jax.model.logprobs import scaled_log_softmax
 
 
@@ -169,7 +170,7 @@ def sample(model, prompts, key, *, max_new_tokens: int, temperature: float = 1.0
                         prompt_lengths=lengths, num_samples=num_samples)
 
 
-CACHE_ALIGN = 64  # cache slots are allocated in multiples of this (the decode kernel's block), within the limit
+CACHE_ALIGN = DECODE_BLOCK  # cache slots are allocated in multiples of the decode kernel's block, within the limit
 
 
 def cache_length(needed: int, limit: int) -> int:

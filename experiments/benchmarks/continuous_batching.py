@@ -178,7 +178,8 @@ def agreement(got, ref) -> dict:
     and the fraction of tokens whose difference exceeds 1e-3 (one near-tied routing flip moves one token a lot)."""
     same = np.all(got["tokens"] == ref["tokens"], axis=1) & (got["lengths"] == ref["lengths"])
     valid = np.arange(ref["tokens"].shape[1])[None] < ref["lengths"][:, None]
-    diff = np.abs(got["logprobs"] - ref["logprobs"])[same & valid.any(1)][valid[same & valid.any(1)]]
+    rows = same & valid.any(1)
+    diff = np.abs(got["logprobs"] - ref["logprobs"])[rows][valid[rows]]
     return {"rows_identical": float(same.mean()),
             "logprob_maxdiff_identical_rows": float(diff.max()) if diff.size else None,
             "tokens_over_1e-3": float(np.mean(diff > 1e-3)) if diff.size else None}

@@ -55,6 +55,7 @@ from m1jax.model import MiniMaxM1  # noqa: E402
 from m1jax.model.head import HEAD_PRECISIONS, lm_head_logits  # noqa: E402
 from m1jax.rl.learner import learner_batch, make_logprob_fn, mismatch_metrics  # noqa: E402
 from m1jax.sampling import sample  # noqa: E402
+from m1jax.train.step import model_graphdef  # noqa: E402
 
 HEADS = {"bf16": ("bfloat16", "highest"), **{p: ("float32", p) for p in HEAD_PRECISIONS}}
 ORDER = sorted(HEADS, key=lambda h: ("bf16", "highest", "bf16x3", "tf32", "bf16x6", h).index(h))
@@ -111,12 +112,8 @@ def graphdef_for(config, params, name):
     """The graphdef of the model under head ``name`` (nnx.eval_shape: nothing allocated); checks that its
     parameter tree (paths, shapes, dtypes) is ``params``'s."""
     dtype, precision = HEADS[name]
-    abstract = nnx.eval_shape(lambda: MiniMaxM1(config.replace(lm_head_dtype=dtype, lm_head_precision=precision),
-                                                rngs=nnx.Rngs(0)))
-    graphdef, want, rest = nnx.split(abstract, nnx.Param, ...)
-    if jax.tree.leaves(rest):
-        raise ValueError(f"the model holds state other than nnx.Param: {rest}")
-    if _signature(nnx.to_pure_dict(want)) != _signature(params):
+    graphdef, want = model_graphdef(config.replace(lm_head_dtype=dtype, lm_head_precision=precision))
+    if _signature(want) != _signature(params):
         raise ValueError(f"head {name}: the parameter tree differs from the initialised model's")
     return graphdef
 

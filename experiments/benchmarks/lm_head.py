@@ -40,21 +40,7 @@ import numpy as np  # noqa: E402
 
 from experiments.benchmarks.timing import median_ms  # noqa: E402
 from m1jax.model.head import HEAD_PRECISIONS, lm_head_logits  # noqa: E402
-
-
-def _train_loss():
-    """m1jax/train/loss.py loaded by path: importing it as m1jax.train.loss runs m1jax/train/__init__.py, which needs
-    ml_collections (absent on the GPU machines); loss.py itself needs only jax and m1jax.model.head."""
-    import importlib.util
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(sys.modules["m1jax"].__file__)))
-    spec = importlib.util.spec_from_file_location("m1jax_train_loss", os.path.join(root, "m1jax", "train", "loss.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.chunked_cross_entropy_sums, mod.cross_entropy_sums
-
-
-chunked_cross_entropy_sums, cross_entropy_sums = _train_loss()
+from m1jax.train.loss import chunked_cross_entropy_sums, cross_entropy_sums  # noqa: E402  (no ml-collections)
 
 CHOICES = [("bfloat16", None)] + [("float32", p) for p in ("tf32", "bf16x3", "bf16x6", "highest")]
 CE_HEADS = {"bf16": ("bfloat16", "highest"), "bf16x3": ("float32", "bf16x3"), "highest": ("float32", "highest")}

@@ -12,9 +12,6 @@ experiments/results/long_generation_h200 was made). --budget-s: no new measureme
 recorded as skipped, and every case is written to --out as it ends; then --merge here.
 Cases a budget skipped can be rerun alone with --contexts / --batches / --prompts. --quick (GPU): contexts 4K and
 64K at batch 16, prompts 4K and 64K, both models, every part (~3-4 min).
-m1jax.train (set_kernels; generation_cost imports m1jax.train.flops) needs ml-collections, which the GPU image
-lacks: without it the script sets the decode path directly and takes the floor from rollout.py's floor_bytes (the
-same sums; equal to the byte on these shapes), and records which in meta.floor_source.
 
 Models: experiments/pretrain.py `1b` (m1jax.train.config.model_config(get_config("1b")): 16 layers, 7:1
 lightning:softmax, hidden 2048, 16 heads x 128, 4 kv heads, 8 experts top-2 of 2816, vocab 32768, bf16
@@ -89,28 +86,15 @@ import jax.numpy as jnp  # noqa: E402
 import jaxlib  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from experiments.benchmarks.rollout import check_preset, copy_bandwidth, floor_bytes, param_counts  # noqa: E402
+from experiments.benchmarks.rollout import check_preset, copy_bandwidth, param_counts  # noqa: E402
 from experiments.benchmarks.rollout import model_config as rollout_config  # noqa: E402
 from m1jax.config import FULL, ModelConfig  # noqa: E402
 from m1jax.model import MiniMaxM1  # noqa: E402
 from m1jax.model.attention import DECODE_BLOCK  # noqa: E402
 from m1jax.sampling import _prefill  # noqa: E402
 
-try:  # m1jax.train's package imports ml-collections, which the GPU image lacks (README of rollout.py)
-    from m1jax.generation_cost import decode_cost
-    from m1jax.train.step import set_kernels
-
-    TRAIN_IMPORT = None
-except ImportError as e:
-    TRAIN_IMPORT = f"m1jax.train not importable ({e.name or e}): floor from rollout.floor_bytes, kernels set directly"
-    decode_cost = None
-
-    def set_kernels(model, *, decode: str = "auto"):
-        """m1jax.train.step.set_kernels's decode part (the other kernels stay at their defaults)."""
-        for layer in model.layers:
-            if not layer.is_lightning:
-                layer.self_attn.decode_impl = decode
-        return model
+from m1jax.generation_cost import decode_cost  # noqa: E402
+from m1jax.train.step import set_kernels  # noqa: E402  (m1jax.train.step needs no ml-collections)
 
 GiB = 2**30
 PARTS = ("decode", "prefill", "memory")
@@ -235,20 +219,15 @@ def skip_reason(bench) -> str | None:
     return f"skipped: --budget-s {bench.args.budget_s:.0f} spent" if bench.out_of_time() else None
 
 
-def step_floor(config: ModelConfig, params: dict, context: int, batch: int) -> dict:
-    """Bytes one decode step at `context` must move (module docstring): generation_cost.decode_cost, or where
-    m1jax.train is not importable rollout.floor_bytes with one new token (mean KV length context + 1), whose sums
-    are the same (equal to the byte on the 1b shapes)."""
-    if decode_cost is not None:
-        b = decode_cost(config, context + 1, batch, dtype_bytes=jnp.dtype(config.param_dtype).itemsize,
-                        kv_bytes=jnp.dtype(config.dtype).itemsize)["bytes_per_step"]
-        return {k: float(b[k]) for k in ("weights", "kv_cache", "lightning_state", "total")}
-    f = floor_bytes(config, params, batch, context, 1)
-    return {"weights": float(f["weights"]), "kv_cache": float(f["softmax_kv"]),
-            "lightning_state": float(f["lightning_states"]), "total": float(f["total"])}
+def step_floor(config: ModelConfig, context: int, batch: int) -> dict:
+    """Bytes one decode step at `context` must move (module docstring): generation_cost.decode_cost with one new
+    token (mean KV length context + 1)."""
+    b = decode_cost(config, context + 1, batch, dtype_bytes=jnp.dtype(config.param_dtype).itemsize,
+                    kv_bytes=jnp.dtype(config.dtype).itemsize)["bytes_per_step"]
+    return {k: float(b[k]) for k in ("weights", "kv_cache", "lightning_state", "total")}
 
 
-def run_decode(bench, name: str, config: ModelConfig, model, steps: dict, state, contexts, batches, params):
+def run_decode(bench, name: str, config: ModelConfig, model, steps: dict, state, contexts, batches):
     a, bw = bench.args, bench.meta["copy"]["bandwidth_Bps"]
     limit = a.mem_limit_gib * GiB
     rng = np.random.default_rng(0)
@@ -257,7 +236,7 @@ def run_decode(bench, name: str, config: ModelConfig, model, steps: dict, state,
         for batch in batches:
             max_len = round_up(context) + slack(a)
             est = cache_bytes(config, batch, max_len)
-            floor = step_floor(config, params, context, batch)
+            floor = step_floor(config, context, batch)
             floor_ms = 1e3 * floor["total"] / bw
             E, k = config.num_local_experts, config.num_experts_per_tok
             base = dict(part="decode", model=name, context=context, batch=batch, max_len=max_len,
@@ -512,7 +491,7 @@ def main():
         memory_cases=memory_cases, decode_impls=impls, iters=args.iters, warmup=args.warmup,
         steps_per_call=args.steps_per_call,
         mem_limit_gib=args.mem_limit_gib, softmax_max_context=softmax_max, config_source=source,
-        floor_source=TRAIN_IMPORT or "m1jax.generation_cost.decode_cost(config, context + 1, batch)",
+        floor_source="m1jax.generation_cost.decode_cost(config, context + 1, batch)",
         models={k: describe(cfgs[k]) for k in models},
         configs={k: cfgs[k].to_dict() for k in models},
     )
@@ -544,7 +523,7 @@ def main():
             set_kernels(model, decode="auto")
             state = nnx.state(model)
             ctx = [c for c in contexts if name == "hybrid" or c <= softmax_max]
-            run_decode(bench, name, config, model, steps, state, ctx, batches, params)
+            run_decode(bench, name, config, model, steps, state, ctx, batches)
             del steps
         if "prefill" in parts or "memory" in parts:
             graphdef, state = nnx.split(model)

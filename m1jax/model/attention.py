@@ -14,10 +14,9 @@ from m1jax.model.rope import apply_partial_rope, rope_cos_sin
 from m1jax.sharding import constrain
 from m1jax.sharding.rules import active_mesh, logical_to_spec, mesh_axes
 from pallas_kernels.decode_attention import decode_attention
-from pallas_kernels.decode_attention import gpu_triton as decode_triton
-from pallas_kernels.decode_attention import tpu as decode_tpu
+from pallas_kernels.decode_attention import ops as decode_ops
 
-DECODE_BLOCK = 64  # cache slots per block of the decode kernel
+DECODE_BLOCK = decode_ops.TRITON_BLOCK_K  # cache slots per block of the GPU decode kernel
 
 # "einsum": explicit scores in XLA (any dtype, any device; the KV-cache path always uses it).
 # "sdpa": jax.nn.dot_product_attention, cuDNN's fused flash attention on GPU (bf16 / fp16 only),
@@ -100,7 +99,7 @@ class SoftmaxAttention(nnx.Module):
                 start = jnp.zeros((b,), jnp.int32) if kv_start is None else kv_start
                 native = {"triton": "gpu", "tpu": "tpu"}[kernel] == jax.default_backend()
                 o = decode_attention(q[:, 0], ck, cv, start, jnp.broadcast_to(q_pos[:, 0] + 1, (b,)), impl=kernel,
-                                     block_k=DECODE_BLOCK if kernel == "triton" else None, interpret=not native)
+                                     interpret=not native)
                 return dense(o.reshape(b, 1, H * D), self.o_proj[...], self.dtype), new_cache
             if not cache_empty:
                 k, v = ck, cv
@@ -130,14 +129,11 @@ class SoftmaxAttention(nnx.Module):
             raise ValueError(f"softmax attention decode_impl must be one of {DECODE_IMPLS}, got {self.decode_impl!r}")
         if self.decode_impl != "auto":
             return None if self.decode_impl == "xla" else self.decode_impl
-        mesh, backend = active_mesh(), jax.default_backend()
+        mesh = active_mesh()
         if (mesh is not None and mesh.size > 1) or self.dtype not in (jnp.bfloat16, jnp.float16):
             return None
-        if backend == "gpu" and decode_triton.fits(q_shape, cache_shape, DECODE_BLOCK):
-            return "triton"
-        if backend == "tpu" and decode_tpu.fits(q_shape, cache_shape):
-            return "tpu"
-        return None
+        kernel = decode_ops.auto_impl(q_shape, cache_shape)
+        return None if kernel == "xla" else kernel
 
     def _cudnn(self) -> bool:
         """cuDNN's fused attention applies: a GPU and 16-bit activations."""

@@ -29,6 +29,17 @@ IMPLS = ("auto", "xla", "triton", "tpu")
 TRITON_BLOCK_K = 64
 
 
+def auto_impl(q_shape, k_shape, block_k: int | None = None) -> str:
+    """What "auto" runs for these shapes on this backend: "triton" on a GPU and "tpu" on a TPU where the kernel's
+    shape rules hold (gpu_triton.fits / tpu.fits), else "xla"."""
+    backend = jax.default_backend()
+    if backend == "gpu" and gpu_triton.fits(q_shape, k_shape, TRITON_BLOCK_K if block_k is None else block_k):
+        return "triton"
+    if backend == "tpu" and tpu.fits(q_shape, k_shape, block_k):
+        return "tpu"
+    return "xla"
+
+
 def xla_decode_attention(q, k, v, start, length):
     """The XLA path: fp32 scores from operands in q's dtype, probabilities rounded to q's dtype for the value
     product (the model's einsum path at n = 1)."""
@@ -51,13 +62,7 @@ def decode_attention(q, k, v, start, length, *, impl: str = "auto", block_k: int
     if impl not in IMPLS:
         raise ValueError(f"decode attention impl must be one of {IMPLS}, got {impl!r}")
     if impl == "auto":
-        backend = jax.default_backend()
-        if backend == "gpu" and gpu_triton.fits(q.shape, k.shape, TRITON_BLOCK_K if block_k is None else block_k):
-            impl = "triton"
-        elif backend == "tpu" and tpu.fits(q.shape, k.shape, block_k):
-            impl = "tpu"
-        else:
-            impl = "xla"
+        impl = auto_impl(q.shape, k.shape, block_k)
     if impl == "xla":
         return xla_decode_attention(q, k, v, start, length)
     if impl == "tpu":
