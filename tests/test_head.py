@@ -54,3 +54,28 @@ def test_rl_defaults_to_the_split_precision_head():
     assert rl_config(tiny).model.lm_head_precision == "bf16x3"
     assert train_config(tiny).model.lm_head_precision == "highest"
     assert rl_config(tiny.replace(lm_head_precision="bf16x6")).model.lm_head_precision == "bf16x6"
+
+
+def test_split_precision_head_backward_is_bf16_with_fp32_accumulation():
+    """The split-precision heads' written-out backward (the GPU / TPU path; on a CPU lm_head_logits takes IEEE fp32
+    both ways): forward as the fp32 products, gradients = float64 products of the bf16-rounded operands, dh in h's
+    fp32, the fp32 weight's gradient fp32, and both backward dots on bf16 operands."""
+    from m1jax.model.head import split_precision_logits
+
+    rng = np.random.default_rng()
+    h = jnp.asarray(rng.standard_normal((2, 3, 32)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((32, 48)) / 6, jnp.float32)
+    g = jnp.asarray(rng.standard_normal((2, 3, 48)), jnp.float32)
+    out, vjp = jax.vjp(lambda h, w: split_precision_logits(h, w, "bf16x3"), h, w)
+    ref = np.asarray(h, np.float64) @ np.asarray(w, np.float64)
+    assert np.max(np.abs(np.asarray(out) - ref)) / np.max(np.abs(ref)) < 2e-6  # CPU: fp32 products
+    dh, dw = vjp(g)
+    assert dh.dtype == jnp.float32 and dw.dtype == jnp.float32
+    r = lambda a: np.asarray(jnp.asarray(a).astype(jnp.bfloat16), np.float64)  # noqa: E731
+    dh_ref = r(g) @ r(w).T
+    dw_ref = np.einsum("bti,bto->io", r(h), r(g))
+    for got, want in ((dh, dh_ref), (dw, dw_ref)):
+        assert np.max(np.abs(np.asarray(got, np.float64) - want)) / np.max(np.abs(want)) < 1e-6
+    jaxpr = jax.make_jaxpr(vjp)(g)
+    dots = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "dot_general"]
+    assert len(dots) == 2 and all(v.aval.dtype == jnp.bfloat16 for e in dots for v in e.invars)

@@ -9,17 +9,25 @@ RL needs); a split-precision dot gives fp32-level accuracy at a fraction of IEEE
             (experiments/results/lm_head_h200.json). The RL default;
   "bf16x6"  six bf16 products: ~3e-6;
   "tf32"    TF32 products: ~3e-4 (JAX's DEFAULT for fp32 on GPUs).
-On a CPU every choice computes IEEE fp32 products (XLA:CPU ignores the bf16 algorithms and rejects TF32), so CPU
-runs and tests are exact whatever is chosen.
+The precision names the forward, whose probabilities are what sampler and learner must agree on. The backward of
+every choice but "highest" multiplies bf16 operands with fp32 accumulation (``layers.dense_grads``, as every other
+matmul of the model does): the logits' gradient is rounded to bf16, the fp32 weight's gradient stays fp32. Left to
+autodiff, a bf16x3 head's backward ran two more bf16x3 products and made forward + backward 3.45x a bf16 head's
+(experiments/results/lm_head_h200_after_dense_bwd.md); "highest" keeps IEEE fp32 forward and backward for whoever
+needs exact gradients.
+On a CPU every choice computes IEEE fp32 products, backward included (XLA:CPU ignores the bf16 algorithms and
+rejects TF32), so CPU runs and tests are exact whatever is chosen.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
 
 from m1jax.config import LM_HEAD_PRECISIONS
-from m1jax.model.layers import dense
+from m1jax.model.layers import dense, dense_grads
 
 _P = jax.lax.DotAlgorithmPreset
 HEAD_PRECISIONS = {
@@ -43,6 +51,36 @@ def lm_head_logits(h, w, *, dtype: str = "float32", precision: str = "highest"):
         return dense(h, w, head, jnp.float32)
     if precision not in HEAD_PRECISIONS:
         raise ValueError(f"lm_head_precision must be one of {sorted(HEAD_PRECISIONS)}, got {precision!r}")
-    prec = HEAD_PRECISIONS["highest" if jax.default_backend() == "cpu" else precision]
-    return jnp.einsum("...d,dv->...v", h.astype(head), w.astype(head), precision=prec,
-                      preferred_element_type=jnp.float32)
+    if precision == "highest" or jax.default_backend() == "cpu":
+        return _fp32_products(h, w, jax.lax.Precision.HIGHEST)
+    return split_precision_logits(h, w, precision)
+
+
+def _fp32_products(h, w, prec):
+    f32 = jnp.float32
+    return jnp.einsum("...d,dv->...v", h.astype(f32), w.astype(f32), precision=prec, preferred_element_type=f32)
+
+
+def split_precision_logits(h, w, precision: str):
+    """fp32 logits whose products follow ``precision`` (a HEAD_PRECISIONS name), with the bf16-operand backward of
+    ``layers.dense_grads`` (module docstring). ``lm_head_logits`` takes this path on GPUs / TPUs for every choice
+    but "highest"."""
+    return _split(h, w, HEAD_PRECISIONS[precision])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _split(h, w, prec):
+    return _fp32_products(h, w, prec)
+
+
+def _split_fwd(h, w, prec):
+    return _split(h, w, prec), (h.astype(jnp.bfloat16), w, jnp.zeros((0,), h.dtype))
+
+
+def _split_bwd(prec, res, g):
+    del prec
+    hb, w, h_like = res
+    return dense_grads(hb, w, h_like.dtype, g, jnp.bfloat16)
+
+
+_split.defvjp(_split_fwd, _split_bwd)

@@ -52,12 +52,19 @@ def _dense_fwd(x, kernel, dtype, out_dtype):
     return _dense(x, kernel, dtype, out_dtype), (x.astype(dtype), kernel, jnp.zeros((0,), x.dtype))
 
 
+def dense_grads(xd, kernel, x_dtype, g, dtype):
+    """The backward of ``x @ kernel`` with ``dtype`` operands and fp32 accumulation: (dx in ``x_dtype``, d kernel in
+    the kernel's dtype), from ``xd`` = x already in ``dtype`` and the output cotangent ``g`` (cast to ``dtype``).
+    Shared by ``dense`` and the split-precision LM head (m1jax.model.head)."""
+    dx = _matmul(g, kernel, "...o,io->...i", dtype).astype(x_dtype)
+    dk = _matmul(xd, g, "...i,...o->io", dtype)
+    return dx, dk.astype(kernel.dtype)
+
+
 def _dense_bwd(dtype, out_dtype, res, g):
     del out_dtype
     xd, kernel, x_like = res
-    dx = _matmul(g, kernel, "...o,io->...i", dtype).astype(x_like.dtype)
-    dk = _matmul(xd, g, "...i,...o->io", dtype)
-    return dx, dk.astype(kernel.dtype)
+    return dense_grads(xd, kernel, x_like.dtype, g, dtype)
 
 
 _dense.defvjp(_dense_fwd, _dense_bwd)
