@@ -505,6 +505,38 @@ def check_decode_attention(args):
         guarded("decode_attention", lambda shape=shape: one(*shape))
 
 
+def check_segment_attention(args):
+    print("\n== pallas_kernels.segment_attention (packed-document flash attention) vs the fp32 reference ==")
+    from pallas_kernels.segment_attention import Params
+    from pallas_kernels.segment_attention import gpu_triton as seg_triton
+    from pallas_kernels.segment_attention import reference as seg_ref
+
+    def one(t, H, K, D, mean):
+        key = jax.random.key(t + H + int(mean))
+        kq, kk, kv, kd, ks = jax.random.split(key, 5)
+        q = jax.random.normal(kq, (1, t, H, D), F32).astype(jnp.bfloat16)
+        k = jax.random.normal(kk, (1, t, K, D), F32).astype(jnp.bfloat16)
+        v = jax.random.normal(kv, (1, t, K, D), F32).astype(jnp.bfloat16)
+        do = jax.random.normal(kd, (1, t, H, D), F32).astype(jnp.bfloat16)
+        lengths = np.maximum(1, np.random.default_rng(t).exponential(mean, t).astype(int))
+        seg = jnp.asarray(np.repeat(np.arange(1, t + 1), lengths)[:t][None].astype(np.int32))
+        params = Params(interpret=args.interpret)
+
+        def vjp(fn, *xs):
+            o, f = jax.vjp(fn, *xs)
+            return (o, *f(do.astype(o.dtype)))
+
+        got = vjp(lambda q, k, v: seg_triton.segment_attention(q, k, v, seg, params=params), q, k, v)
+        want = vjp(lambda q, k, v: seg_ref.segment_attention(q, k, v, seg), *(a.astype(F32) for a in (q, k, v)))
+        for name, a, b in zip(("o", "dq", "dk", "dv"), got, want, strict=True):
+            record("segment_attention", f"T{t} H{H} K{K} D{D} docs~{mean}", name, a, b, 1e-2)
+
+    shapes = [(200, 4, 2, 32, 30)] if args.interpret else [(8192, 16, 4, 128, 2048), (8192, 16, 4, 128, 64),
+                                                            (3000, 8, 8, 64, 500)]
+    for shape in shapes:
+        guarded("segment_attention", lambda shape=shape: one(*shape))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--interpret", action="store_true", help="CPU: small shapes in interpret mode")
@@ -512,7 +544,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer correctness shapes")
     ap.add_argument("--out", default=None, help="write the markdown summary here")
     ap.add_argument("--only", default="", help="comma-separated subset of: forward,op,segments,auto,decode,"
-                    "decode_attention,grouped_matmul,timings")
+                    "decode_attention,segment_attention,grouped_matmul,timings")
     args = ap.parse_args()
     if args.interpret:
         from jax.experimental.pallas import mosaic_gpu as plgpu
@@ -534,6 +566,7 @@ def main():
     t0 = time.time()
     parts = {"forward": check_forward, "op": check_op, "segments": check_segments, "auto": check_auto,
              "decode": check_decode, "decode_attention": check_decode_attention,
+             "segment_attention": check_segment_attention,
              "grouped_matmul": check_grouped_matmul, "timings": timings}
     only = [p for p in args.only.split(",") if p] or list(parts)
     for name in only:

@@ -123,7 +123,7 @@ def profile_softmax(c, x, pos, seg, t, n):
     soft = SoftmaxAttention(c, 7, rngs=nnx.Rngs(0))
     K = c.num_key_value_heads
     flops = 3 * 2 * t * (2 * D * H * Dh + 2 * D * K * Dh + 2 * H * Dh * (n + 1) / 2)
-    for impl in ("einsum", "sdpa"):
+    for impl in ("einsum", "sdpa", "segment"):
         soft.impl = impl
         for name, s in (("packed", seg), ("one doc", None)):
             f, p = module_fwd_bwd(soft, lambda m, x, s=s: m(x, positions=pos, segment_ids=s)[0])

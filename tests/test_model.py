@@ -195,21 +195,29 @@ def test_partial_rope_softmax_layer_matches_numpy(rng, rotary_dim):
     assert rel_err(y, _numpy_softmax_attention(layer, x, rotary_dim, 1e4)) < 1e-5
 
 
-def test_softmax_sdpa_path_matches_einsum_path(rng):
-    """impl="sdpa" (jax.nn.dot_product_attention; its XLA form on CPU, cuDNN's on GPU) == the explicit
-    einsum path, with GQA (4 q heads per kv head), packed segments and a length of no special size."""
+def test_softmax_sdpa_and_segment_paths_match_einsum_path(rng):
+    """impl="sdpa" (jax.nn.dot_product_attention; its XLA form on CPU, cuDNN's on GPU) and impl="segment" (the
+    Pallas segment kernel, interpret mode on CPU) == the explicit einsum path, with GQA (4 q heads per kv head),
+    packed segments, a length of no special size, and an id that comes back after another one: segments are runs,
+    so its second run does not see its first (the lightning layers' reset rule)."""
     config = ModelConfig.tiny(num_attention_heads=8, num_key_value_heads=2)
     layer = SoftmaxAttention(config, 1, rngs=nnx.Rngs(int(rng.integers(1 << 30))))
     x = jnp.asarray(rng.standard_normal((2, 19, config.hidden_size)).astype(np.float32))
     positions = jnp.asarray(rng.integers(0, 50, (2, 19)))
-    segments = jnp.asarray(np.sort(rng.integers(1, 4, (2, 19)), axis=1))
+    segments = np.sort(rng.integers(1, 4, (2, 19)), axis=1)
+    segments[1, :3], segments[1, 3:12], segments[1, 12:] = 5, 6, 5  # row 1: id 5 comes back after id 6
+    segments = jnp.asarray(segments)
     outs = {}
-    for impl in ("einsum", "sdpa"):
+    for impl in ("einsum", "sdpa", "segment"):
         layer.impl = impl
         outs[impl] = [layer(x, positions=positions, segment_ids=s)[0] for s in (None, segments)]
-    for a, b in zip(outs["sdpa"], outs["einsum"], strict=True):
-        assert rel_err(a, b) < 1e-5
+    for impl in ("sdpa", "segment"):
+        for a, b in zip(outs[impl], outs["einsum"], strict=True):
+            assert rel_err(a, b) < 1e-5
     assert rel_err(outs["einsum"][0], outs["einsum"][1]) > 1e-2  # the segments do change the result
+    layer.impl = "einsum"
+    alone = layer(x[1:, 12:], positions=positions[1:, 12:])[0]
+    assert rel_err(outs["einsum"][1][1:, 12:], alone) < 1e-5  # the returning id starts afresh
     layer.impl = "flash"
     with pytest.raises(ValueError, match="flash"):
         layer(x, positions=positions)

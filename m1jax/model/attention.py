@@ -7,6 +7,7 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from m1jax.config import ModelConfig
 from m1jax.model.layers import dense, param
@@ -15,14 +16,22 @@ from m1jax.sharding import constrain
 from m1jax.sharding.rules import active_mesh, logical_to_spec, mesh_axes
 from pallas_kernels.decode_attention import decode_attention
 from pallas_kernels.decode_attention import ops as decode_ops
+from pallas_kernels.segment_attention import Params as SegmentParams
+from pallas_kernels.segment_attention import segment_attention
+from pallas_kernels.segment_attention.reference import run_mask
 
 DECODE_BLOCK = decode_ops.TRITON_BLOCK_K  # cache slots per block of the GPU decode kernel
 
+# Packed rows: a segment is a maximal run of equal segment ids (how packing lays documents end to end, and how the
+# lightning layers reset their state); a query sees the keys from its run's start up to itself.
 # "einsum": explicit scores in XLA (any dtype, any device; the KV-cache path always uses it).
 # "sdpa": jax.nn.dot_product_attention, cuDNN's fused flash attention on GPU (bf16 / fp16 only),
 #         its XLA implementation elsewhere; segment ids become a [b, 1, n, n] mask.
-# "auto": "sdpa" on GPU for bf16 / fp16 activations, "einsum" otherwise.
-SOFTMAX_IMPLS = ("auto", "einsum", "sdpa")
+# "segment": pallas_kernels.segment_attention, a Pallas Triton flash kernel that visits only the key blocks each
+#         query tile's segments reach (GPU; interpret mode elsewhere, for tests); without segment ids it is "sdpa".
+# "auto": on a GPU with bf16 / fp16 activations, "segment" for packed rows and "sdpa" (cuDNN, causal) for single
+#         sequences; "einsum" otherwise.
+SOFTMAX_IMPLS = ("auto", "einsum", "sdpa", "segment")
 # One-token decode steps over the KV cache (pallas_kernels.decode_attention):
 # "xla": the einsum path above (scores every slot of the cache);
 # "triton": the split-K Pallas kernel that reads only each row's valid slots (GPU; interpret mode on a CPU);
@@ -72,8 +81,11 @@ class SoftmaxAttention(nnx.Module):
         q = constrain(q, ("batch", "seq", "heads", None))
         k, v = (constrain(a, ("batch", None, "kv_heads", None)) for a in (k, v))
 
+        if kv_cache is None and segment_ids is not None and self._use_segment_kernel():
+            o = _segment_kernel(*(a.astype(self.dtype) for a in (q, k, v)), segment_ids)
+            return dense(o.reshape(b, n, H * D), self.o_proj[...], self.dtype), None
         if kv_cache is None and self._use_sdpa():
-            mask = None if segment_ids is None else (segment_ids[:, :, None] == segment_ids[:, None, :])
+            mask = None if segment_ids is None else run_mask(segment_ids)
             return dense(self._sdpa(q, k, v, mask).reshape(b, n, H * D), self.o_proj[...], self.dtype), None
 
         # Query slots [1, n], or [b, n] when the cache index is per row ([b]: continuous batching).
@@ -83,7 +95,7 @@ class SoftmaxAttention(nnx.Module):
             k_pos = q_pos
             mask = jnp.broadcast_to(q_pos[:, :, None] >= k_pos[:, None, :], (b, n, n))
             if segment_ids is not None:
-                mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
+                mask = mask & run_mask(segment_ids)
         else:
             ck, cv = kv_cache
             if jnp.ndim(cache_index) == 0:
@@ -142,11 +154,25 @@ class SoftmaxAttention(nnx.Module):
     def _use_sdpa(self) -> bool:
         if self.impl not in SOFTMAX_IMPLS:
             raise ValueError(f"softmax attention impl must be one of {SOFTMAX_IMPLS}, got {self.impl!r}")
-        if self.impl == "auto":  # not under context parallelism: the einsum path is the one that splits the sequence
-            mesh = active_mesh()
-            split_seq = mesh is not None and mesh_axes(logical_to_spec(("seq",), mesh=mesh)[0])
-            return self._cudnn() and not split_seq
-        return self.impl == "sdpa"
+        if self.impl == "auto":
+            return self._fused_auto()
+        return self.impl in ("sdpa", "segment")
+
+    def _use_segment_kernel(self) -> bool:
+        """The Pallas segment kernel for a packed row (SOFTMAX_IMPLS): "segment", or "auto" where the fused paths
+        apply and the head dim suits the kernel (a power of two in [16, 256])."""
+        if self.impl == "auto":
+            d = self.head_dim
+            return self._fused_auto() and 16 <= d <= 256 and d & (d - 1) == 0
+        self._use_sdpa()  # validates impl
+        return self.impl == "segment"
+
+    def _fused_auto(self) -> bool:
+        """cuDNN / Pallas apply: a GPU, 16-bit activations, and no context parallelism (the einsum path is the one
+        that splits the sequence; a Pallas call is not partitioned)."""
+        mesh = active_mesh()
+        split_seq = mesh is not None and mesh_axes(logical_to_spec(("seq",), mesh=mesh)[0])
+        return self._cudnn() and not split_seq
 
     def _sdpa_left_padded(self, q, k, v, pad):
         """Causal attention among n new tokens of which the first ``pad[r]`` of row r are left padding (never keys),
@@ -172,3 +198,19 @@ class SoftmaxAttention(nnx.Module):
             mask=None if mask is None else mask[:, None], scale=1.0 / math.sqrt(self.head_dim), is_causal=True,
             key_value_seq_lengths=kv_lengths, implementation="cudnn" if self._cudnn() else "xla",
         )
+
+
+def _segment_kernel(q, k, v, segment_ids):
+    """pallas_kernels.segment_attention on the ambient mesh: inside ``shard_map`` over batch and heads (XLA cannot
+    split a Pallas call); the heads stay whole where the query and kv heads do not shard alike (GQA groups must
+    stay together)."""
+    params = SegmentParams(interpret=jax.default_backend() != "gpu")
+    mesh = active_mesh()
+    if mesh is None or mesh.size == 1:
+        return segment_attention(q, k, v, segment_ids, params=params)
+    qs = logical_to_spec(("batch", None, "heads", None), q.shape, mesh)
+    ks = logical_to_spec(("batch", None, "kv_heads", None), k.shape, mesh)
+    if qs[2] != ks[2]:
+        qs, ks = P(qs[0], None, None, None), P(ks[0], None, None, None)
+    return jax.shard_map(lambda q, k, v, s: segment_attention(q, k, v, s, params=params), mesh=mesh,
+                         in_specs=(qs, ks, ks, P(qs[0], None)), out_specs=qs, check_vma=False)(q, k, v, segment_ids)
