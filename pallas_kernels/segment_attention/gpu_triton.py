@@ -184,6 +184,16 @@ def _padded_bounds(segment_ids, b, t, tp):
     return start, end
 
 
+def _query_tile_specs(bq, tp, d, grp):
+    """Grid (batch, head, query tile) -> [the head's query tile, its kv head's whole k and v, the tile's run starts]."""
+    return [
+        pl.BlockSpec((None, bq, None, d), lambda i, j, n: (i, n, j, 0)),
+        pl.BlockSpec((None, tp, None, d), lambda i, j, n: (i, 0, j // grp, 0)),
+        pl.BlockSpec((None, tp, None, d), lambda i, j, n: (i, 0, j // grp, 0)),
+        pl.BlockSpec((None, bq), lambda i, j, n: (i, n)),
+    ]
+
+
 def _forward(q, k, v, start, *, scale, params):
     b, tp, h, d = q.shape
     kvh = k.shape[2]
@@ -193,16 +203,8 @@ def _forward(q, k, v, start, *, scale, params):
     return pl.pallas_call(
         kernel,
         grid=(b, h, tp // bq),
-        in_specs=[
-            pl.BlockSpec((None, bq, None, d), lambda i, j, n: (i, n, j, 0)),
-            pl.BlockSpec((None, tp, None, d), lambda i, j, n: (i, 0, j // grp, 0)),
-            pl.BlockSpec((None, tp, None, d), lambda i, j, n: (i, 0, j // grp, 0)),
-            pl.BlockSpec((None, bq), lambda i, j, n: (i, n)),
-        ],
-        out_specs=[
-            pl.BlockSpec((None, bq, None, d), lambda i, j, n: (i, n, j, 0)),
-            pl.BlockSpec((None, None, bq), lambda i, j, n: (i, j, n)),
-        ],
+        in_specs=_query_tile_specs(bq, tp, d, grp),
+        out_specs=[_query_tile_specs(bq, tp, d, grp)[0], pl.BlockSpec((None, None, bq), lambda i, j, n: (i, j, n))],
         out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, tp), _F32)],
         compiler_params=_compiler(params, False),
         interpret=params.interpret,
@@ -220,16 +222,9 @@ def _backward(q, k, v, start, end, o, lse, do, *, scale, params):
     dq = pl.pallas_call(
         functools.partial(_dq_kernel, bq=bq, bk=bk, scale=scale),
         grid=(b, h, tp // bq),
-        in_specs=[
-            pl.BlockSpec((None, bq, None, d), lambda i, j, n: (i, n, j, 0)),
-            pl.BlockSpec((None, tp, None, d), lambda i, j, n: (i, 0, j // grp, 0)),
-            pl.BlockSpec((None, tp, None, d), lambda i, j, n: (i, 0, j // grp, 0)),
-            pl.BlockSpec((None, bq), lambda i, j, n: (i, n)),
-            pl.BlockSpec((None, bq, None, d), lambda i, j, n: (i, n, j, 0)),
-            pl.BlockSpec((None, None, bq), lambda i, j, n: (i, j, n)),
-            pl.BlockSpec((None, None, bq), lambda i, j, n: (i, j, n)),
-        ],
-        out_specs=pl.BlockSpec((None, bq, None, d), lambda i, j, n: (i, n, j, 0)),
+        in_specs=[*_query_tile_specs(bq, tp, d, grp), _query_tile_specs(bq, tp, d, grp)[0],
+                  *[pl.BlockSpec((None, None, bq), lambda i, j, n: (i, j, n))] * 2],
+        out_specs=_query_tile_specs(bq, tp, d, grp)[0],
         out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
         compiler_params=_compiler(params, True),
         interpret=params.interpret,
