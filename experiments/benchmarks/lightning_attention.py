@@ -23,6 +23,8 @@ ml-collections; fla-core needs only einops besides torch / triton):
 Other uses:
     python3 experiments/benchmarks/lightning_attention.py --shapes B1T4K,B4T16K [--impls triton] [--skip-bwd]
     JAX_PLATFORMS=cpu python3 experiments/benchmarks/lightning_attention.py --smoke   # CPU, interpret mode
+    python3 experiments/benchmarks/lightning_attention.py --shapes B1T16K --skip-bwd --skip-fla \
+        --mosaic-variants bv64,bv32,bv32lean,bv64lean,slots3          # Mosaic forward layouts side by side
 
 What is timed, at H=64, D=128, bf16 (MiniMax-M1's lightning layer), MiniMax layer-0 slopes:
   * ours: pallas_kernels.lightning_attention(impl=...) for "mosaic_gpu" (Mosaic GPU Hopper forward; its
@@ -30,6 +32,10 @@ What is timed, at H=64, D=128, bf16 (MiniMax-M1's lightning layer), MiniMax laye
     fwd, and fwd+bwd = jax.grad of sum(o) w.r.t. q, k, v (the reference's fwd+bwd is skipped above
     --ref-bwd-max-tokens tokens: its scan residuals at T128K take tens of GB and minutes);
   * fla 0.6: fla.ops.simple_gla.chunk_simple_gla(q, k, v, g_gamma=-s, scale=1.0), via torch;
+  * with --mosaic-variants (a comma list of specs joining bv32 / bv64, lean, slots2 / slots3, e.g.
+    bv32lean): gpu_mosaic.lightning_attention_fwd(q, k, v, decay, block_v=, lean=, num_slots=) called
+    directly (no ops adapter, no seq_split), fwd only, rows "mosaic_gpu fwd bv32 lean" etc.; "bv64" is
+    the default layout called the same way;
   * cuDNN causal softmax attention forward: jax.nn.dot_product_attention(implementation="cudnn");
   * a device copy: torch copy_ of 2 GiB (when torch sees the GPU) and JAX x + 1 over 2 GiB;
   * decode (one token, fp32 state [B, H, D, D]) at B = 1, 64, 256: ours via
@@ -314,6 +320,51 @@ def our_impls(args):
     return impls
 
 
+_VARIANT_TOKEN = re.compile(r"bv(32|64)|slots([23])|lean")
+
+
+def parse_mosaic_variants(text):
+    """'bv32,bv32lean,slots3' -> [(row label, lightning_attention_fwd kwargs)] (argparse type)."""
+    variants = []
+    for spec in filter(None, (s.strip() for s in text.split(","))):
+        kw, pos = {"block_v": 64, "lean": False, "num_slots": 2}, 0
+        while pos < len(spec):
+            m = _VARIANT_TOKEN.match(spec, pos)
+            if m is None:
+                raise argparse.ArgumentTypeError(
+                    f"bad mosaic variant {spec!r}: join bv32 / bv64, lean, slots2 / slots3 (e.g. bv32lean)")
+            if m.group(1):
+                kw["block_v"] = int(m.group(1))
+            elif m.group(2):
+                kw["num_slots"] = int(m.group(2))
+            else:
+                kw["lean"] = True
+            pos = m.end()
+        label = f"mosaic_gpu fwd bv{kw['block_v']}" + (" lean" if kw["lean"] else "")
+        label += f" slots{kw['num_slots']}" if kw["num_slots"] != 2 else ""
+        variants.append((label, kw))
+    return variants
+
+
+def mosaic_variants(args):
+    """(label, jitted (q, k, v, decay) -> o) for --mosaic-variants; [] without the flag."""
+    if not args.mosaic_variants:
+        return []
+    on_gpu = jax.default_backend() == "gpu"
+    if not on_gpu and not mosaic_interpret_available():
+        note(f"--mosaic-variants skipped: no GPU and JAX {jax.__version__} has no Mosaic GPU interpret mode")
+        return []
+    from pallas_kernels.lightning_attention import gpu_mosaic
+
+    out = []
+    for label, kw in args.mosaic_variants:
+        def fwd(q, k, v, d, kw=kw):
+            return gpu_mosaic.lightning_attention_fwd(q, k, v, d, interpret=not on_gpu, **kw)[0]
+
+        out.append((label, jax.jit(fwd)))
+    return out
+
+
 def cudnn_attention(q, k, v, d):
     del d
     return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
@@ -331,6 +382,7 @@ def bench_jax(shapes, args, decode):
 
     decay = jnp.asarray(minimax_decay(H))
     impls = our_impls(args)
+    variants = mosaic_variants(args)
     use_cudnn = on_gpu and not args.skip_cudnn
     if not on_gpu:
         note("not on a GPU: cuDNN attention skipped")
@@ -353,6 +405,8 @@ def bench_jax(shapes, args, decode):
             loss = lambda q, k, v, fn=fn: jnp.sum(fn(q, k, v, decay).astype(jnp.float32))  # noqa: E731
             g = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
             measure("fwd+bwd", name, label, nbytes, time_jax, g, q, k, v, skip=skip)
+        for label, f in variants:  # forward only
+            measure("fwd", name, label, nbytes, time_jax, f, q, k, v, decay)
         if use_cudnn:
             f = jax.jit(lambda q, k, v: cudnn_attention(q, k, v, decay))
             measure("fwd", name, "cuDNN causal softmax", nbytes, time_jax, f, q, k, v)
@@ -484,6 +538,9 @@ def main():
     ap.add_argument("--skip-fla", action="store_true")
     ap.add_argument("--skip-cudnn", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="CPU smoke test: tiny shapes, interpret mode")
+    ap.add_argument("--mosaic-variants", type=parse_mosaic_variants, default=None,
+                    help="also time the Mosaic GPU forward in these layouts (fwd only), a comma list of specs "
+                    "joining bv32 / bv64, lean, slots2 / slots3, e.g. bv32,bv32lean,bv64lean,slots3")
     ap.add_argument("--out", default=None, help="markdown output (default experiments/results/...; also $OUT)")
     args = ap.parse_args()
     args.impls = set(args.impls.split(",")) if args.impls else None

@@ -7,7 +7,7 @@ sequence, and per block does (LA2 forward, docs/model.md §2, item 5):
     A   = Q K^T                                   wgmma, SMEM x SMEM^T         [C, C]
     Oi  = Q S_bf16                                wgmma, SMEM x SMEM           [C, block_v]
     O   = ((A * M) as bf16) V + Oi * e^{-s(t+1)}  wgmma, REGS x SMEM; row scale
-    Kw  = K * e^{-s(C-1-u)}    (bf16, to SMEM)
+    Kw  = K * e^{-s(C-1-u)}    (bf16, to SMEM: kw_smem, or with lean=True the block's k slot)
     S   = e^{-sC} S + Kw^T V                      wgmma, SMEM^T x SMEM (transposed A)
     S_bf16 <- S (SMEM, the B operand of the next block's inter-block product)
 
@@ -22,8 +22,27 @@ Parallelism: the grid is (dv / block_v, heads, batch) = 2 * B * H CTAs at dv = 1
 (128 CTAs at B1 H64 on 132 SMs). Each value block re-reads Q and K (the sibling CTAs run side by
 side, so the second read mostly hits L2). The kernel has no sequence split of its own: when B * H is
 small, ops.lightning_attention(seq_split="auto") runs chunks of the sequence as extra batch rows, chained
-through their states (split.py). SMEM ~170 KB per CTA
-(2 slots), so one CTA per SM; 4 slots do not fit (258 KB > 227 KB).
+through their states (split.py). Each CTA is one warpgroup running one serial chain (wgmma -> wait ->
+elementwise -> wgmma); with the default layout (171 KB of SMEM) one CTA per SM, so nothing overlaps it.
+
+Occupancy options (static; defaults = the measured kernel above). Two CTAs per SM, whose chains overlap,
+need <= 113 KB of SMEM each (H100/H200: 228 KB per SM, 1 KB reserved per CTA) and enough CTAs:
+  * ``block_v=32`` halves the value tile: twice the CTAs (256 at B1 H64 dv128), Q and K read by four
+    CTAs instead of two, wgmma N = 32. v, sb_smem, o_smem have 64-byte rows, hence a 64-byte swizzle
+    with (8, 32) tiles; the two SMEM operands of a wgmma must share a swizzle (Mosaic's transform
+    inference rejects the kernel otherwise), so q, k, kw, p use it as well (all 16-bit buffers follow
+    block_v's row width: ``_transforms``); the fp32 buffers keep 128 bytes.
+  * ``lean=True`` drops two buffers: Kw is written into the block's k slot once its Q K^T product is done
+    (the slot is refilled only by the next block's prefetch), and the fp32 state staging buffer is
+    scoped (``pl.run_scoped``) before and after the main loop's buffers, sharing their bytes; with an
+    initial state, its load then precedes the first block loads instead of overlapping them. Needs the
+    default step (fused=False: the fused step writes Kw before Q K^T).
+``smem_bytes(dk, block_v, num_slots, lean)`` counts a configuration's dynamic SMEM from the buffer list
+the kernel allocates (Mosaic GPU starts every buffer on 1 KB; ``test_lowers_for_hopper`` checks the
+count against the lowering). At dk = 128, 2 slots (bytes, barriers included):
+    block_v=64          175192 (171 KB)      block_v=64 lean   126040 (123 KB)
+    block_v=32          138328 (135 KB)      block_v=32 lean   105560 (103 KB: two CTAs per SM)
+3 slots: 211 KB at block_v=64 (block_v=32 lean: 139 KB); 4 slots do not fit (251 KB > 227 KB).
 
 Measured on one H200 (JAX 0.11.2), H=64, D=128, bf16, median of 10, run-to-run spread ~10-20%:
 B1 T4K 0.20-0.26 ms, B1 T16K 0.52-0.65 ms, B4 T16K 1.90-2.08 ms, B1 T64K 1.76-1.93 ms, i.e.
@@ -33,7 +52,8 @@ B1 T4K 0.20-0.26 ms, B1 T16K 0.52-0.65 ms, B4 T16K 1.90-2.08 ms, B1 T64K 1.76-1.
 
 Limits (checked, ValueError otherwise):
   * q, k, v [B, T, H, D] in bfloat16 or float16, dk in {64, 128}, dv a multiple of 64;
-  * block_size C = 64 (the wgmma M tile; 128 would need more registers);
+  * block_size C = 64 (the wgmma M tile; 128 would need more registers); block_v 32 or 64; num_slots 2
+    or 3; lean a bool, and not with fused=True;
   * T may be anything: the whole blocks run in the kernel, a tail of T % C tokens runs in the jnp
     reference from the kernel's final state (exact, a small XLA computation);
   * no segment_ids;
@@ -48,12 +68,16 @@ default lowering semantics is Warpgroup (layout inference); ``ref.transpose((1, 
 ``plgpu.transpose_ref``; ``plgpu.load(ref, layout=...)`` (0.10: ``load(ref, (), layout=...)``);
 wgmma A may be a register array in WGMMA layout or a (transposed) swizzled SMEM ref; B is SMEM.
 The GPU interpret mode (``interpret=plgpu.InterpretGPUParams()``) runs this kernel on a CPU if P
-goes through SMEM and no ``pl.run_state(ACC.init(...))`` is used (both handled here).
+goes through SMEM and no ``pl.run_state(ACC.init(...))`` is used (both handled here). A dict of
+``scratch_types`` (or of ``pl.run_scoped`` types) arrives as keyword refs; sibling ``pl.run_scoped``
+scopes share SMEM (Mosaic reserves the larger), nested ones add up. ``jax.export`` for platforms=["cuda"]
+runs Mosaic's Python lowering passes on a CPU (how the tests check the lowering without a GPU).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -97,177 +121,268 @@ def _decay_tables(decay, c, dk):
     return mask, qdec, kdec, bdec
 
 
+def _transforms(row_bytes, itemsize):
+    """Tiling + swizzle of a 2-D SMEM tile with rows of ``row_bytes``: swizzle min(row, 128) bytes, (8, that) tiles."""
+    swizzle = min(int(row_bytes), 128)
+    return plgpu.TilingTransform((8, swizzle // itemsize)), plgpu.SwizzleTransform(swizzle)
+
+
+def _buffers(c, dk, block_v, num_slots, lean, p_in_smem):
+    """The kernel's SMEM buffers, name -> (shape, dtype; None = the input dtype), and its barriers.
+
+    Returns (permanent, main_loop, staging, barriers): ``permanent`` lives for the whole kernel, ``main_loop``
+    in a ``pl.run_scoped`` around the block loop, ``staging`` (lean only) in ``pl.run_scoped`` calls before
+    and after it, so it reuses the main loop's bytes.
+    """
+    f32 = jnp.float32
+    permanent = {
+        "m_smem": ((c, c), f32),  # decay mask
+        "qd_smem": ((c,), f32),  # e^{-s(t+1)}
+        "kd_smem": ((c,), f32),  # e^{-s(C-1-u)}
+        "bd_smem": ((dk,), f32),  # e^{-sC}
+    }
+    main_loop = {
+        "q_smem": ((num_slots, c, dk), None),
+        "k_smem": ((num_slots, c, dk), None),  # lean: K * decay overwrites the block's K after Q K^T
+        "v_smem": ((num_slots, c, block_v), None),
+        "sb_smem": ((dk, block_v), None),  # state in bf16 (B of the inter-block product)
+        "o_smem": ((c, block_v), None),
+    }
+    if not lean:
+        main_loop["kw_smem"] = ((c, dk), None)  # K * decay (A^T of the state update)
+    if p_in_smem:
+        main_loop["p_smem"] = ((c, c), None)  # P (GPU interpret mode only)
+    staging = {"st_smem": ((dk, block_v), f32)}  # initial / final state
+    if not lean:
+        permanent.update(staging)
+        staging = {}
+    barriers = {"q_bar": num_slots, "k_bar": num_slots, "v_bar": num_slots, "c_bar": 5}
+    return permanent, main_loop, staging, barriers
+
+
+def smem_bytes(dk, block_v=BLOCK_V, num_slots=2, lean=False, *, p_in_smem=False, c=64, itemsize=2):
+    """Dynamic SMEM bytes per CTA of the kernel (buffers as allocated by Mosaic GPU, barriers included).
+
+    Mosaic GPU starts every SMEM buffer on a 1024-byte boundary; sibling ``pl.run_scoped`` scopes share
+    their bytes (the larger one counts); each mbarrier takes 8 bytes. Two CTAs per SM on an H100 / H200
+    need <= 113 KB (228 KB per SM, 1 KB of it reserved per CTA).
+    """
+    permanent, main_loop, staging, barriers = _buffers(c, dk, block_v, num_slots, lean, p_in_smem)
+
+    def size(group):
+        total = 0
+        for shape, dtype in group.values():
+            nbytes = math.prod(shape) * (itemsize if dtype is None else jnp.dtype(dtype).itemsize)
+            total += -(-nbytes // 1024) * 1024
+        return total
+
+    return size(permanent) + max(size(main_loop), size(staging)) + 8 * sum(barriers.values())
+
+
 def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, interpret, p_in_smem=None,
-                 num_slots=2, fused=False):
+                 num_slots=2, fused=False, lean=False):
     b, t, h, dk = q.shape
     dv = v.shape[-1]
     nblk = t // c
     nv = dv // block_v
     dtype = q.dtype
     f32 = jnp.float32
-    swz = plgpu.SwizzleTransform(128)
-    tile16 = plgpu.TilingTransform((8, 64))  # 128-byte rows of 16-bit elements
-    tile32 = plgpu.TilingTransform((8, 32))  # 128-byte rows of fp32
     wgmma_layout = plgpu.Layout.WGMMA
     row_layout = plgpu.Layout.WGMMA.reduce(1)
     # P = (Q K^T) * M is the A operand of the intra-block product: from registers on the GPU (no SMEM
     # round trip), from SMEM in interpret mode (which takes wgmma operands from SMEM only).
     p_in_smem = bool(interpret) if p_in_smem is None else bool(p_in_smem)
+    permanent, main_loop, staging, barriers = _buffers(c, dk, block_v, num_slots, lean, p_in_smem)
+    # The two SMEM operands of a wgmma must share one swizzle, and v / sb_smem have rows of block_v
+    # elements (64 bytes at block_v = 32), so every 16-bit buffer uses that row width's swizzle; the fp32
+    # ones (mask, state staging) are never wgmma operands and use their own rows' (128 bytes or more).
+    transforms16 = _transforms(block_v * dtype.itemsize, dtype.itemsize)
 
-    def body(q_ref, k_ref, v_ref, m_ref, qd_ref, kd_ref, bd_ref, s0_ref, o_ref, sf_ref,
-             q_smem, k_smem, v_smem, kw_smem, sb_smem, o_smem, m_smem, qd_smem, kd_smem, bd_smem,
-             st_smem, p_smem, q_bar, k_bar, v_bar, c_bar):
+    def smem_types(group):
+        types = {}
+        for name, (shape, dt) in group.items():
+            dt = dtype if dt is None else jnp.dtype(dt)
+            if len(shape) == 1:
+                types[name] = plgpu.SMEM(shape, dt)
+            else:
+                tr = transforms16 if dt == dtype else _transforms(shape[-1] * dt.itemsize, dt.itemsize)
+                types[name] = plgpu.SMEM(shape, dt, transforms=tr)
+        return types
+
+    def body(q_ref, k_ref, v_ref, m_ref, qd_ref, kd_ref, bd_ref, s0_ref, o_ref, sf_ref, *,
+             m_smem, qd_smem, kd_smem, bd_smem, q_bar, k_bar, v_bar, c_bar, st_smem=None):
         iv = lax.axis_index("v")
         hh = lax.axis_index("h")
         bb = lax.axis_index("b")
         v0 = iv * block_v
 
-        def issue(j, slot):
-            rows = pl.ds(j * c, c)
-            plgpu.copy_gmem_to_smem(q_ref.at[bb, rows, hh], q_smem.at[slot], q_bar.at[slot])
-            plgpu.copy_gmem_to_smem(k_ref.at[bb, rows, hh], k_smem.at[slot], k_bar.at[slot])
-            v_src = v_ref.at[bb, rows, hh, pl.ds(v0, block_v)]
-            plgpu.copy_gmem_to_smem(v_src, v_smem.at[slot], v_bar.at[slot])
+        def with_state_buffer(fn):
+            """fn(st_smem) on the fp32 state staging buffer: permanent, or (lean) SMEM scoped to this call."""
+            if lean:
+                return pl.run_scoped(fn, **smem_types(staging))
+            return fn(st_smem=st_smem)
+
+        def fetch_initial_state(st_smem):
+            plgpu.copy_gmem_to_smem(s0_ref.at[bb, hh, :, pl.ds(v0, block_v)], st_smem, c_bar.at[4])
+
+        def read_initial_state(st_smem):
+            plgpu.barrier_wait(c_bar.at[4])
+            s = _load(st_smem, wgmma_layout)
+            plgpu.commit_smem()  # every thread has read st_smem (lean: the main loop's TMA loads reuse it)
+            return s
+
+        def fetch_and_read_initial_state(st_smem):
+            fetch_initial_state(st_smem)
+            return read_initial_state(st_smem)
 
         plgpu.copy_gmem_to_smem(m_ref.at[hh], m_smem, c_bar.at[0])
         plgpu.copy_gmem_to_smem(qd_ref.at[hh], qd_smem, c_bar.at[1])
         plgpu.copy_gmem_to_smem(kd_ref.at[hh], kd_smem, c_bar.at[2])
         plgpu.copy_gmem_to_smem(bd_ref.at[hh], bd_smem, c_bar.at[3])
-        if has_init:
-            plgpu.copy_gmem_to_smem(s0_ref.at[bb, hh, :, pl.ds(v0, block_v)], st_smem, c_bar.at[4])
-        for i in range(min(num_slots - 1, nblk)):
-            issue(i, i)
-        for i in range(4):
-            plgpu.barrier_wait(c_bar.at[i])
-        if has_init:
-            plgpu.barrier_wait(c_bar.at[4])
-            s_init = _load(st_smem, wgmma_layout)
-        else:
-            s_init = plgpu.layout_cast(jnp.zeros((dk, block_v), f32), wgmma_layout)
-        sb_smem[...] = s_init.astype(dtype)
-        plgpu.commit_smem()
+        s_lean_init = None
+        if has_init and lean:  # before the main loop's buffers exist: the first block loads wait for it
+            s_lean_init = with_state_buffer(fetch_and_read_initial_state)
+        elif has_init:
+            fetch_initial_state(st_smem)  # read below, overlapping the first block loads
 
-        def await_block(j):
-            """Start loading block j + num_slots - 1 into the slot block j - 1 freed (it is done), then
-            wait for block j's q, k, v; returns their SMEM views."""
-            slot = lax.rem(j, num_slots)
-            ahead = j + num_slots - 1
+        def main(*, q_smem, k_smem, v_smem, sb_smem, o_smem, kw_smem=None, p_smem=None):
+            def issue(j, slot):
+                rows = pl.ds(j * c, c)
+                plgpu.copy_gmem_to_smem(q_ref.at[bb, rows, hh], q_smem.at[slot], q_bar.at[slot])
+                plgpu.copy_gmem_to_smem(k_ref.at[bb, rows, hh], k_smem.at[slot], k_bar.at[slot])
+                v_src = v_ref.at[bb, rows, hh, pl.ds(v0, block_v)]
+                plgpu.copy_gmem_to_smem(v_src, v_smem.at[slot], v_bar.at[slot])
 
-            @pl.when(ahead < nblk)
-            def _prefetch():
-                issue(ahead, lax.rem(ahead, num_slots))
-
-            plgpu.barrier_wait(q_bar.at[slot])
-            plgpu.barrier_wait(k_bar.at[slot])
-            plgpu.barrier_wait(v_bar.at[slot])
-            return q_smem.at[slot], k_smem.at[slot], v_smem.at[slot]
-
-        def store_decayed_keys(ks):
-            """kw_smem = k * (per-row decay to the block end), the left operand of the state update."""
-            kk = _load(ks, wgmma_layout).astype(f32)
-            kw_smem[...] = (kk * lax.broadcast_in_dim(_load(kd_smem, row_layout), (c, dk), [0])).astype(dtype)
+            for i in range(min(num_slots - 1, nblk)):
+                issue(i, i)
+            for i in range(4):
+                plgpu.barrier_wait(c_bar.at[i])
+            if s_lean_init is not None:
+                s_init = s_lean_init
+            elif has_init:
+                s_init = read_initial_state(st_smem)
+            else:
+                s_init = plgpu.layout_cast(jnp.zeros((dk, block_v), f32), wgmma_layout)
+            sb_smem[...] = s_init.astype(dtype)
             plgpu.commit_smem()
 
-        def masked_scores(a):
-            """P = the decayed causal mask times the scores, in the input dtype, as a wgmma operand."""
-            p = (a * _load(m_smem, wgmma_layout)).astype(dtype)
-            if p_in_smem:  # GPU interpret mode takes wgmma operands from SMEM only
-                p_smem[...] = p
+            def await_block(j):
+                """Start loading block j + num_slots - 1 into the slot block j - 1 freed (it is done), then
+                wait for block j's q, k, v; returns their SMEM views."""
+                slot = lax.rem(j, num_slots)
+                ahead = j + num_slots - 1
+
+                @pl.when(ahead < nblk)
+                def _prefetch():
+                    issue(ahead, lax.rem(ahead, num_slots))
+
+                plgpu.barrier_wait(q_bar.at[slot])
+                plgpu.barrier_wait(k_bar.at[slot])
+                plgpu.barrier_wait(v_bar.at[slot])
+                return q_smem.at[slot], k_smem.at[slot], v_smem.at[slot]
+
+            def store_decayed_keys(ks):
+                """Kw = k * (per-row decay to the block end), the left operand of the state update, into
+                kw_smem; lean: into ks itself (call only once the block's Q K^T product is done). Returns
+                the ref written. ks is refilled only by the await_block of block j + 1, after this block."""
+                kw = ks if lean else kw_smem
+                kk = _load(ks, wgmma_layout).astype(f32)
+                kw[...] = (kk * lax.broadcast_in_dim(_load(kd_smem, row_layout), (c, dk), [0])).astype(dtype)
                 plgpu.commit_smem()
-                return p_smem
-            return lax.optimization_barrier(p)
+                return kw
 
-        def store_output(j, o):
-            plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the previous O store has left o_smem
-            o_smem[...] = o.astype(dtype)
+            def masked_scores(a):
+                """P = the decayed causal mask times the scores, in the input dtype, as a wgmma operand."""
+                p = (a * _load(m_smem, wgmma_layout)).astype(dtype)
+                if p_in_smem:  # GPU interpret mode takes wgmma operands from SMEM only
+                    p_smem[...] = p
+                    plgpu.commit_smem()
+                    return p_smem
+                return lax.optimization_barrier(p)
+
+            def store_output(j, o):
+                plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the previous O store has left o_smem
+                o_smem[...] = o.astype(dtype)
+                plgpu.commit_smem()
+                plgpu.copy_smem_to_gmem(o_smem, o_ref.at[bb, pl.ds(j * c, c), hh, pl.ds(v0, block_v)])
+
+            def step(j, s):
+                qs, ks, vs = await_block(j)
+
+                def scores_and_inter(a_ref, oi_ref):
+                    plgpu.wgmma(a_ref, qs, _t(ks))
+                    plgpu.wgmma(oi_ref, qs, sb_smem)
+                    return a_ref[...], oi_ref[...]
+
+                a, oi = pl.run_scoped(scores_and_inter, plgpu.ACC((c, c), f32), plgpu.ACC((c, block_v), f32))
+                p = masked_scores(a)
+
+                def intra(acc_ref):
+                    plgpu.wgmma(acc_ref, p, vs)
+                    return acc_ref[...]
+
+                # Fresh accumulators (run_scoped) rather than pl.run_state(ACC.init(x)): the GPU interpret
+                # mode of JAX 0.11 cannot run wgmma under run_state; costs one [C, block_v] add.
+                o = pl.run_scoped(intra, plgpu.ACC((c, block_v), f32))
+                o = o + oi * lax.broadcast_in_dim(_load(qd_smem, row_layout), (c, block_v), [0])
+
+                kw = store_decayed_keys(ks)  # Q K^T (above) has read ks
+
+                def update(acc_ref):
+                    plgpu.wgmma(acc_ref, _t(kw), vs)
+                    return acc_ref[...]
+
+                s = s * lax.broadcast_in_dim(_load(bd_smem, row_layout), (dk, block_v), [0])
+                s = s + pl.run_scoped(update, plgpu.ACC((dk, block_v), f32))
+                sb_smem[...] = s.astype(dtype)
+                store_output(j, o)
+                return s
+
+            def step_fused(j, s):
+                # Same math, fewer wgmma round trips: Kw first, then Q K^T, Q S and Kw^T V issued together
+                # (one wait), and the bf16 state store overlapping the P V product. Needs kw_smem (not lean).
+                qs, ks, vs = await_block(j)
+                kw = store_decayed_keys(ks)
+
+                def products(a_ref, oi_ref, up_ref):
+                    plgpu.wgmma(a_ref, qs, _t(ks))
+                    plgpu.wgmma(oi_ref, qs, sb_smem)
+                    plgpu.wgmma(up_ref, _t(kw), vs)
+                    return a_ref[...], oi_ref[...], up_ref[...]
+
+                a, oi, up = pl.run_scoped(
+                    products, plgpu.ACC((c, c), f32), plgpu.ACC((c, block_v), f32), plgpu.ACC((dk, block_v), f32)
+                )
+                s = s * lax.broadcast_in_dim(_load(bd_smem, row_layout), (dk, block_v), [0]) + up
+                p = masked_scores(a)
+
+                def intra(acc_ref):
+                    plgpu.wgmma(acc_ref, p, vs)
+                    sb_smem[...] = s.astype(dtype)  # Q S of this block is done; overlaps the wgmma
+                    return acc_ref[...]
+
+                o = pl.run_scoped(intra, plgpu.ACC((c, block_v), f32))
+                o = o + oi * lax.broadcast_in_dim(_load(qd_smem, row_layout), (c, block_v), [0])
+                store_output(j, o)
+                return s
+
+            return lax.fori_loop(0, nblk, step_fused if fused else step, s_init)
+
+        s = pl.run_scoped(main, **smem_types(main_loop))
+
+        def store_final_state(st_smem):
+            # The last O store has left o_smem, and (barrier) every thread is past the loop: lean's
+            # st_smem reuses the main loop's bytes.
+            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+            st_smem[...] = s
             plgpu.commit_smem()
-            plgpu.copy_smem_to_gmem(o_smem, o_ref.at[bb, pl.ds(j * c, c), hh, pl.ds(v0, block_v)])
+            plgpu.copy_smem_to_gmem(st_smem, sf_ref.at[bb, hh, :, pl.ds(v0, block_v)])
+            plgpu.wait_smem_to_gmem(0)
 
-        def step(j, s):
-            qs, ks, vs = await_block(j)
+        with_state_buffer(store_final_state)
 
-            def scores_and_inter(a_ref, oi_ref):
-                plgpu.wgmma(a_ref, qs, _t(ks))
-                plgpu.wgmma(oi_ref, qs, sb_smem)
-                return a_ref[...], oi_ref[...]
-
-            a, oi = pl.run_scoped(scores_and_inter, plgpu.ACC((c, c), f32), plgpu.ACC((c, block_v), f32))
-            p = masked_scores(a)
-
-            def intra(acc_ref):
-                plgpu.wgmma(acc_ref, p, vs)
-                return acc_ref[...]
-
-            # Fresh accumulators (run_scoped) rather than pl.run_state(ACC.init(x)): the GPU interpret
-            # mode of JAX 0.11 cannot run wgmma under run_state; costs one [C, block_v] add.
-            o = pl.run_scoped(intra, plgpu.ACC((c, block_v), f32))
-            o = o + oi * lax.broadcast_in_dim(_load(qd_smem, row_layout), (c, block_v), [0])
-
-            store_decayed_keys(ks)
-
-            def update(acc_ref):
-                plgpu.wgmma(acc_ref, _t(kw_smem), vs)
-                return acc_ref[...]
-
-            s = s * lax.broadcast_in_dim(_load(bd_smem, row_layout), (dk, block_v), [0])
-            s = s + pl.run_scoped(update, plgpu.ACC((dk, block_v), f32))
-            sb_smem[...] = s.astype(dtype)
-            store_output(j, o)
-            return s
-
-        def step_fused(j, s):
-            # Same math, fewer wgmma round trips: Kw first, then Q K^T, Q S and Kw^T V issued together
-            # (one wait), and the bf16 state store overlapping the P V product.
-            qs, ks, vs = await_block(j)
-            store_decayed_keys(ks)
-
-            def products(a_ref, oi_ref, up_ref):
-                plgpu.wgmma(a_ref, qs, _t(ks))
-                plgpu.wgmma(oi_ref, qs, sb_smem)
-                plgpu.wgmma(up_ref, _t(kw_smem), vs)
-                return a_ref[...], oi_ref[...], up_ref[...]
-
-            a, oi, up = pl.run_scoped(
-                products, plgpu.ACC((c, c), f32), plgpu.ACC((c, block_v), f32), plgpu.ACC((dk, block_v), f32)
-            )
-            s = s * lax.broadcast_in_dim(_load(bd_smem, row_layout), (dk, block_v), [0]) + up
-            p = masked_scores(a)
-
-            def intra(acc_ref):
-                plgpu.wgmma(acc_ref, p, vs)
-                sb_smem[...] = s.astype(dtype)  # Q S of this block is done; overlaps the wgmma
-                return acc_ref[...]
-
-            o = pl.run_scoped(intra, plgpu.ACC((c, block_v), f32))
-            o = o + oi * lax.broadcast_in_dim(_load(qd_smem, row_layout), (c, block_v), [0])
-            store_output(j, o)
-            return s
-
-        s = lax.fori_loop(0, nblk, step_fused if fused else step, s_init)
-        st_smem[...] = s
-        plgpu.commit_smem()
-        plgpu.copy_smem_to_gmem(st_smem, sf_ref.at[bb, hh, :, pl.ds(v0, block_v)])
-        plgpu.wait_smem_to_gmem(0)
-
-    smem16 = lambda *shape: plgpu.SMEM(shape, dtype, transforms=(tile16, swz))  # noqa: E731
-    scratch = [
-        smem16(num_slots, c, dk),  # q
-        smem16(num_slots, c, dk),  # k
-        smem16(num_slots, c, block_v),  # v
-        smem16(c, dk),  # K * decay (A^T of the state update)
-        smem16(dk, block_v),  # state in bf16 (B of the inter-block product)
-        smem16(c, block_v),  # o
-        plgpu.SMEM((c, c), f32, transforms=(tile32, swz)),  # decay mask
-        plgpu.SMEM((c,), f32),  # e^{-s(t+1)}
-        plgpu.SMEM((c,), f32),  # e^{-s(C-1-u)}
-        plgpu.SMEM((dk,), f32),  # e^{-sC}
-        plgpu.SMEM((dk, block_v), f32, transforms=(tile32, swz)),  # initial / final state
-        smem16(c, c) if p_in_smem else plgpu.SMEM((1,), f32),  # P (interpret mode only)
-        plgpu.Barrier(num_barriers=num_slots),
-        plgpu.Barrier(num_barriers=num_slots),
-        plgpu.Barrier(num_barriers=num_slots),
-        plgpu.Barrier(num_barriers=5),
-    ]
+    scratch = smem_types(permanent)
+    scratch.update({name: plgpu.Barrier(num_barriers=n) for name, n in barriers.items()})
     kwargs = {}
     if interpret:
         kwargs["interpret"] = plgpu.InterpretGPUParams()
@@ -306,18 +421,27 @@ def check_supported(q, k, v, decay, initial_state=None, block_size=64):
         raise ValueError(f"initial_state must be {(b, h, dk, dv)}, got {initial_state.shape}")
 
 
-@functools.partial(jax.jit, static_argnames=("block_size", "interpret", "p_in_smem", "num_slots", "fused"))
+@functools.partial(
+    jax.jit, static_argnames=("block_size", "interpret", "p_in_smem", "num_slots", "fused", "block_v", "lean")
+)
 def lightning_attention_fwd(
     q, k, v, decay, *, initial_state=None, block_size=64, interpret=False, p_in_smem=None, num_slots=2,
-    fused=False,
+    fused=False, block_v=BLOCK_V, lean=False,
 ):
     """Forward of lightning attention. q, k [B,T,H,dk], v [B,T,H,dv] bf16/f16; decay [H].
 
-    Returns (o [B,T,H,dv] in q.dtype, final state [B,H,dk,dv] fp32). See the module docstring.
+    Returns (o [B,T,H,dv] in q.dtype, final state [B,H,dk,dv] fp32). See the module docstring; ``block_v``
+    (32 or 64) is the value-column tile of one CTA, ``lean`` the SMEM-saving layout (``smem_bytes``).
     """
     check_supported(q, k, v, decay, initial_state, block_size)
-    if int(num_slots) not in (2, 3):  # 4 slots: 258 KB of SMEM > 227 KB on H100/H200
+    if int(num_slots) not in (2, 3):  # 4 slots: 251 KB of SMEM (smem_bytes) > 227 KB on H100/H200
         raise ValueError(f"num_slots must be 2 or 3, got {num_slots}")
+    if block_v not in (32, 64):
+        raise ValueError(f"block_v must be 32 or 64, got {block_v!r}")
+    if lean not in (False, True):
+        raise ValueError(f"lean must be a bool, got {lean!r}")
+    if lean and fused:
+        raise ValueError("lean=True needs fused=False (the fused step writes K * decay before Q K^T), got fused=True")
     c = int(block_size)
     b, t, h, dk = q.shape
     dv = v.shape[-1]
@@ -330,8 +454,8 @@ def lightning_attention_fwd(
         sl = lambda x: x if t_main == t else x[:, :t_main]  # noqa: E731
         o_main, state = _kernel_call(
             sl(q), sl(k), sl(v), mask, qdec, kdec, bdec, s0,
-            c=c, block_v=BLOCK_V, has_init=state is not None, interpret=interpret, p_in_smem=p_in_smem,
-            num_slots=int(num_slots), fused=bool(fused),
+            c=c, block_v=int(block_v), has_init=state is not None, interpret=interpret, p_in_smem=p_in_smem,
+            num_slots=int(num_slots), fused=bool(fused), lean=bool(lean),
         )
         outs.append(o_main)
     if t_main < t:

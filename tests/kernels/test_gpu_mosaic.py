@@ -2,9 +2,10 @@
 
 The kernel tests run the Mosaic GPU forward in JAX's GPU interpret mode (``plgpu.InterpretGPUParams``,
 JAX >= 0.11) and the Triton backward in interpret mode, against the fp32 jnp reference on the same
-bf16-rounded inputs. On JAX 0.10.x (CI's pin) they are skipped: that JAX has no GPU interpret mode and
-a different Mosaic GPU API, and gpu_mosaic.py is never imported there. The impl-selection tests run
-everywhere.
+bf16-rounded inputs; ``test_lowers_for_hopper`` exports the forward for CUDA on the CPU (Mosaic GPU's
+Python lowering passes). On JAX 0.10.x (CI's pin) they are skipped: that JAX has no GPU interpret mode and
+a different Mosaic GPU API. The impl-selection, smem_bytes and argument-validation tests run everywhere
+(the last two import gpu_mosaic but run no kernel).
 """
 
 from __future__ import annotations
@@ -185,3 +186,98 @@ def test_fallback_to_triton(rng, case):
     np.testing.assert_array_equal(val, val_t)
     np.testing.assert_array_equal(np.asarray(dq, np.float32), np.asarray(dq_t, np.float32))
     np.testing.assert_array_equal(ds0, ds0_t)
+
+
+# ------------------------------------------------------------ block_v / lean variants (two CTAs per SM)
+
+TWO_CTAS_PER_SM = 113 * 1024  # H100 / H200: 228 KB of SMEM per SM, 1 KB of it reserved per CTA
+
+
+@needs_gpu_interpret
+@pytest.mark.parametrize("init", [False, True], ids=["s0=0", "s0"])
+@pytest.mark.parametrize("lean", [False, True], ids=["full", "lean"])
+@pytest.mark.parametrize("block_v", [32, 64])
+def test_block_v_lean_forward_interpret(rng, block_v, lean, init):
+    """block_v = 32 (64-byte swizzle) / 64 x lean (K * decay in the k slot, state staged in scoped SMEM):
+    two whole blocks in the kernel + a 37-token tail, dv = 64 (two value tiles at block_v = 32)."""
+    from pallas_kernels.lightning_attention import gpu_mosaic
+
+    q, k, v, s0 = _inputs(rng, 1, 2 * 64 + 37, 128, 64)
+    s0 = s0 if init else None
+    o, st = gpu_mosaic.lightning_attention_fwd(q, k, v, DECAY, initial_state=s0, interpret=True, block_v=block_v,
+                                               lean=lean)
+    o_ref, st_ref = jax.jit(reference.quadratic)(*_f32(q, k, v), DECAY, initial_state=s0)
+    assert o.dtype == jnp.bfloat16 and o.shape == o_ref.shape and st.shape == st_ref.shape
+    assert _rel_err(o, o_ref) < 2e-2 and _rel_err(st, st_ref) < 2e-2  # tolerance as test_forward_interpret
+
+
+@needs_gpu_interpret
+def test_lean_three_slots_forward_interpret(rng):
+    """lean, block_v = 32 with 3 slots: 5 blocks wrap the k-slot ring (Kw overwrites each slot before its refill)."""
+    from pallas_kernels.lightning_attention import gpu_mosaic
+
+    q, k, v, s0 = _inputs(rng, 1, 5 * 64, 64, 64)
+    o, st = gpu_mosaic.lightning_attention_fwd(q, k, v, DECAY, initial_state=s0, interpret=True, block_v=32,
+                                               lean=True, num_slots=3)
+    o_ref, st_ref = jax.jit(reference.quadratic)(*_f32(q, k, v), DECAY, initial_state=s0)
+    assert _rel_err(o, o_ref) < 2e-2 and _rel_err(st, st_ref) < 2e-2
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"block_v": 48}, "block_v must be 32 or 64, got 48"),
+        ({"lean": "yes"}, "lean must be a bool, got 'yes'"),
+        ({"lean": True, "fused": True}, "lean=True needs fused=False"),
+    ],
+)
+def test_block_v_lean_validation(kwargs, match):
+    from pallas_kernels.lightning_attention import gpu_mosaic
+
+    x = jnp.zeros((1, 64, H, 64), jnp.bfloat16)
+    with pytest.raises(ValueError, match=match):
+        gpu_mosaic.lightning_attention_fwd(x, x, x, DECAY, interpret=True, **kwargs)
+
+
+def test_smem_bytes():
+    """lean + block_v = 32 (dk 128, 2 slots) fits two CTAs per SM; the default layout does not."""
+    from pallas_kernels.lightning_attention import gpu_mosaic
+
+    sizes = {(bv, lean): gpu_mosaic.smem_bytes(128, bv, 2, lean) for bv in (32, 64) for lean in (False, True)}
+    assert sizes[32, True] <= TWO_CTAS_PER_SM < sizes[64, False], sizes
+    assert gpu_mosaic.smem_bytes(128) == sizes[64, False] == 175192  # ~171 KB: one CTA per SM
+    assert sizes[32, True] < sizes[64, True] < sizes[64, False] and sizes[32, True] < sizes[32, False], sizes
+    assert gpu_mosaic.smem_bytes(128, 64, 3, False) <= 227 * 1024 < gpu_mosaic.smem_bytes(128, 64, 4, False)
+
+
+@needs_gpu_interpret
+@pytest.mark.parametrize(
+    "block_v,lean,num_slots,fused",
+    [(64, False, 2, False), (32, False, 2, False), (64, True, 2, False), (32, True, 2, False), (32, True, 3, False),
+     (32, False, 2, True)],
+)
+def test_lowers_for_hopper(monkeypatch, block_v, lean, num_slots, fused):
+    """Exports the forward for CUDA on the CPU: Mosaic GPU's Python passes (layout and transform inference,
+    wgmma / TMA lowering; sm_90 assumed) accept the kernel, and its dynamic SMEM is ``smem_bytes``. (The
+    PTX compile happens only on a GPU.)"""
+    from jax.experimental.mosaic.gpu import core as mgpu_core
+
+    from pallas_kernels.lightning_attention import gpu_mosaic
+
+    sizes = []
+    patched = hasattr(mgpu_core, "_smem_tree_size")  # a private helper: the SMEM check only where it exists
+    if patched:
+        tree_size = mgpu_core._smem_tree_size
+        monkeypatch.setattr(mgpu_core, "_smem_tree_size", lambda tree: sizes.append(tree_size(tree)) or sizes[-1])
+    b, t, h, d = 1, 256, 2, 128
+    x = jax.ShapeDtypeStruct((b, t, h, d), jnp.bfloat16)
+
+    def fwd(q, k, v, decay, s0):
+        return gpu_mosaic.lightning_attention_fwd(q, k, v, decay, initial_state=s0, block_v=block_v, lean=lean,
+                                                  num_slots=num_slots, fused=fused)
+
+    jax.export.export(jax.jit(fwd), platforms=["cuda"])(
+        x, x, x, jax.ShapeDtypeStruct((h,), jnp.float32), jax.ShapeDtypeStruct((b, h, d, d), jnp.float32)
+    )
+    if patched:
+        assert sizes == [gpu_mosaic.smem_bytes(d, block_v, num_slots, lean)]
