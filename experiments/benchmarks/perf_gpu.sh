@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Issue 14's device calls of 2026-12-01 on a 2-GPU H200 machine; logs and results under $OUT (tar them: $OUT returns
+# few files). Carry .whl (ml-collections and fla-core wheels). Usage:
+#   bash experiments/benchmarks/perf_gpu.sh STAGE [SECONDS]     (SECONDS: what the call may use, default 540)
+# Stage 1  GPU0: the segment attention kernel vs cuDNN with the dense run mask (benchmarks/segment_attention.py)
+#                and its check against the fp32 reference (check_gpu_kernels.py --only segment_attention)
+#          GPU1: the LM head per precision, whole head and chunked CE (benchmarks/lm_head.py), then the lightning
+#                decode step's tiles at B 64 / 256 (benchmarks/lightning_decode_tiles.py)
+# Stage 2  GPU0: profile_train's softmax layer (einsum / sdpa / segment) and the 1b train step with cuDNN's dense
+#                mask vs the segment kernel (docs mean 2048), then the same steps with short documents (mean 64)
+#          GPU1: the Mosaic lightning forward variants next to fla (benchmarks/lightning_attention.py
+#                --mosaic-variants), then check_gpu_kernels.py's Mosaic forward checks
+# Stage 3  one GPU: `m1jax train` 1b at 8K (the stop-18 command), for tokens/s and MFU with this stop's defaults
+set -u -o pipefail
+STAGE=${1:?stage 1, 2 or 3}
+TOTAL=${2:-540}
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
+fi
+export PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+nvidia-smi -L > "$OUT/nvidia_smi.txt"
+END=$(($(date +%s) + TOTAL))
+left() { local l=$((END - $(date +%s))); [ "$l" -lt "$1" ] && echo $((l > 1 ? l : 1)) || echo "$1"; }
+PT="python3 experiments/profile_train.py --preset 1b --batch 1 --seq 8192"
+case $STAGE in
+1)
+  (export CUDA_VISIBLE_DEVICES=0
+   timeout "$(left 300)" python3 experiments/benchmarks/segment_attention.py --out "$OUT/segment_attention_h200.json" \
+     > "$OUT/segment_attention.log" 2>&1
+   timeout "$(left 9999)" python3 experiments/check_gpu_kernels.py --only segment_attention --no-timing \
+     --out "$OUT/check_segment_attention_h200.md" > "$OUT/check_segment_attention.log" 2>&1) &
+  (export CUDA_VISIBLE_DEVICES=1
+   timeout "$(left 260)" python3 experiments/benchmarks/lm_head.py --out "$OUT/lm_head_h200_split_bwd.json" \
+     --sections head,chunked_ce --ce-chunks 2048 --ce-heads bf16,bf16x3,highest --budget-s 200 \
+     > "$OUT/lm_head.log" 2>&1
+   timeout "$(left 9999)" python3 experiments/benchmarks/lightning_decode_tiles.py \
+     --out "$OUT/lightning_decode_tiles_h200.md" > "$OUT/lightning_decode_tiles.log" 2>&1) &
+  wait ;;
+2)
+  (export CUDA_VISIBLE_DEVICES=0
+   timeout "$(left 330)" $PT --parts softmax,steps --variants grouped/sdpa/bfloat16,grouped/segment/bfloat16 \
+     --steps-timed 5 --out "$OUT/train_profile_1b_segment_h200.md" > "$OUT/train_profile_segment.log" 2>&1
+   timeout "$(left 9999)" $PT --parts steps --mean-doc 64 --variants grouped/sdpa/bfloat16,grouped/segment/bfloat16 \
+     --steps-timed 5 --out "$OUT/train_profile_1b_segment_doc64_h200.md" > "$OUT/train_profile_doc64.log" 2>&1) &
+  (export CUDA_VISIBLE_DEVICES=1
+   timeout "$(left 400)" python3 experiments/benchmarks/lightning_attention.py --shapes B1T4K,B1T16K,B4T16K \
+     --skip-bwd --skip-cudnn --impls mosaic_gpu --mosaic-variants "${MOSAIC_VARIANTS:-bv32,bv32lean,bv64lean}" \
+     --budget-s 330 --out "$OUT/lightning_variants_h200.md" > "$OUT/lightning_variants.log" 2>&1
+   timeout "$(left 9999)" python3 experiments/check_gpu_kernels.py --only forward --no-timing \
+     --out "$OUT/check_mosaic_forward_h200.md" > "$OUT/check_mosaic_forward.log" 2>&1) &
+  wait ;;
+3)
+  timeout "$(left 9999)" python3 -m m1jax.cli.main train --config=experiments/pretrain.py:1b \
+    --config.data.seq_len=8192 --config.data.batch_size=16 --config.optim.grad_accum_steps=16 --config.steps=14 \
+    --config.optim.warmup_steps=2 --config.log.every=1 --config.checkpoint.every=1000000 --workdir=/tmp/w1b \
+    > "$OUT/train_1b_8k.log" 2>&1
+  cp /tmp/w1b/metrics.jsonl "$OUT/train_1b_8k_metrics.jsonl" 2>/dev/null ;;
+esac
+tar czf "$OUT/results.tgz" -C "$OUT" --exclude results.tgz . 2>/dev/null
+ls -la "$OUT"
