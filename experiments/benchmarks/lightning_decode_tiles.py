@@ -74,6 +74,11 @@ def main():
         same = per_step_ms(lambda i, x: x + 1.0, s0)
         same_gbs = nbytes / same / 1e6
         lines.append(f"| {b} | copy | - | {1e3 * same:.1f} | {same_gbs:.0f} | {100 * same_gbs / best:.0f}% | 100% |")
+        ref = per_step_ms(lambda i, st, qs=qs: decode.lightning_attention_decode(qs[i], qs[i], qs[i], decay, st,
+                                                                                 impl="reference")[1], s0)
+        ref_gbs = nbytes / ref / 1e6
+        lines.append(f"| {b} | XLA (reference.step, auto on GPU) | - | {1e3 * ref:.1f} | {ref_gbs:.0f} | "
+                     f"{100 * ref_gbs / best:.0f}% | {100 * ref_gbs / same_gbs:.0f}% |")
         for bv, nw in tiles:
             if d % bv:
                 continue

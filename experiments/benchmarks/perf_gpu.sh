@@ -6,15 +6,17 @@
 #                and its check against the fp32 reference (check_gpu_kernels.py --only segment_attention)
 #          GPU1: the LM head per precision, whole head and chunked CE (benchmarks/lm_head.py), then the lightning
 #                decode step's tiles at B 64 / 256 (benchmarks/lightning_decode_tiles.py)
-# Stage 2  GPU0: profile_train's softmax layer (einsum / sdpa / segment) and the 1b train step with cuDNN's dense
-#                mask vs the segment kernel (docs mean 2048), then the same steps with short documents (mean 64)
+# Stage 2  GPU0: the segment attention benchmark again (stage 1's results did not come back), profile_train's
+#                softmax layer (einsum / sdpa / segment) and the 1b train step with cuDNN's dense mask vs the segment
+#                kernel (docs mean 2048), then the same steps with short documents (mean 64)
 #          GPU1: the Mosaic lightning forward variants next to fla (benchmarks/lightning_attention.py
-#                --mosaic-variants), then check_gpu_kernels.py's Mosaic forward checks
+#                --mosaic-variants), the decode tiles with the XLA step beside them, then check_gpu_kernels.py's
+#                segment attention and Mosaic forward checks
 # Stage 3  one GPU: `m1jax train` 1b at 8K (the stop-18 command), for tokens/s and MFU with this stop's defaults
 set -u -o pipefail
 STAGE=${1:?stage 1, 2 or 3}
 TOTAL=${2:-540}
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+FINAL=${OUT:-/tmp/out}; OUT=$FINAL/r; mkdir -p "$OUT"  # $OUT returns only a few files: all go into one tarball
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
 fi
@@ -39,16 +41,20 @@ case $STAGE in
   wait ;;
 2)
   (export CUDA_VISIBLE_DEVICES=0
-   timeout "$(left 330)" $PT --parts softmax,steps --variants grouped/sdpa/bfloat16,grouped/segment/bfloat16 \
+   timeout "$(left 200)" python3 experiments/benchmarks/segment_attention.py --configs 64x64w4s2,128x64w8s2 \
+     --out "$OUT/segment_attention_h200.json" > "$OUT/segment_attention.log" 2>&1
+   timeout "$(left 200)" $PT --parts softmax,steps --variants grouped/sdpa/bfloat16,grouped/segment/bfloat16 \
      --steps-timed 5 --out "$OUT/train_profile_1b_segment_h200.md" > "$OUT/train_profile_segment.log" 2>&1
    timeout "$(left 9999)" $PT --parts steps --mean-doc 64 --variants grouped/sdpa/bfloat16,grouped/segment/bfloat16 \
      --steps-timed 5 --out "$OUT/train_profile_1b_segment_doc64_h200.md" > "$OUT/train_profile_doc64.log" 2>&1) &
   (export CUDA_VISIBLE_DEVICES=1
-   timeout "$(left 400)" python3 experiments/benchmarks/lightning_attention.py --shapes B1T4K,B1T16K,B4T16K \
-     --skip-bwd --skip-cudnn --impls mosaic_gpu --mosaic-variants "${MOSAIC_VARIANTS:-bv32,bv32lean,bv64lean}" \
-     --budget-s 330 --out "$OUT/lightning_variants_h200.md" > "$OUT/lightning_variants.log" 2>&1
-   timeout "$(left 9999)" python3 experiments/check_gpu_kernels.py --only forward --no-timing \
-     --out "$OUT/check_mosaic_forward_h200.md" > "$OUT/check_mosaic_forward.log" 2>&1) &
+   timeout "$(left 330)" python3 experiments/benchmarks/lightning_attention.py --shapes B1T4K,B1T16K,B4T16K \
+     --skip-bwd --skip-cudnn --impls mosaic_gpu --mosaic-variants "${MOSAIC_VARIANTS:-bv64,bv32,bv32lean,bv64lean}" \
+     --budget-s 280 --out "$OUT/lightning_variants_h200.md" > "$OUT/lightning_variants.log" 2>&1
+   timeout "$(left 60)" python3 experiments/benchmarks/lightning_decode_tiles.py --tiles 64x4,128x8 \
+     --out "$OUT/lightning_decode_tiles_h200.md" > "$OUT/lightning_decode_tiles.log" 2>&1
+   timeout "$(left 9999)" python3 experiments/check_gpu_kernels.py --only segment_attention,forward --no-timing \
+     --out "$OUT/check_gpu_kernels_h200.md" > "$OUT/check_gpu_kernels.log" 2>&1) &
   wait ;;
 3)
   timeout "$(left 9999)" python3 -m m1jax.cli.main train --config=experiments/pretrain.py:1b \
@@ -57,5 +63,5 @@ case $STAGE in
     > "$OUT/train_1b_8k.log" 2>&1
   cp /tmp/w1b/metrics.jsonl "$OUT/train_1b_8k_metrics.jsonl" 2>/dev/null ;;
 esac
-tar czf "$OUT/results.tgz" -C "$OUT" --exclude results.tgz . 2>/dev/null
-ls -la "$OUT"
+tar czf "$FINAL/results.tgz" -C "$OUT" . && rm -rf "$OUT"
+ls -la "$FINAL"

@@ -12,8 +12,9 @@ XLA and passed to the kernels, which derive their loop ranges from them:
 
   forward, dQ   grid (batch, heads, query tiles): key blocks from min(start) of the tile // block_k up to the
                 tile's diagonal; online softmax in fp32 (running max, running sum, rescaled accumulator).
-  dK, dV        grid (batch, kv heads, key tiles): query blocks from the tile's own up to max(end) of its keys;
-                the heads sharing this kv head (GQA) are summed inside the program, so no reduction in XLA.
+  dK, dV        grid (batch, heads, key tiles): query blocks from the tile's own up to max(end) of its keys; each
+                program writes its query head's fp32 share, and the heads sharing a kv head (GQA) are summed in XLA
+                (unrolling them inside one program asked 305 KB of shared memory at D 128, 4 heads per kv head).
 
 The forward saves the log-sum-exp per query row (fp32); the backward recomputes the probabilities from it and
 delta = rowsum(dO * O) (XLA), FlashAttention-2 style. Products take the inputs' dtype with fp32 accumulation
@@ -130,8 +131,8 @@ def _dq_kernel(q_ref, k_ref, v_ref, st_ref, do_ref, lse_ref, delta_ref, dq_ref, 
     dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
 
 
-def _dkv_kernel(q_ref, k_ref, v_ref, st_ref, en_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *, bq, bk, scale,
-                groups):
+def _dkv_kernel(q_ref, k_ref, v_ref, st_ref, en_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *, bq, bk, scale):
+    """One query head's share of dK, dV for one key tile (fp32; the wrapper sums the heads of a kv head)."""
     k0 = pl.program_id(2) * bk
     kb, vb = k_ref[...], v_ref[...]
     k_idx = k0 + _iota(bk)
@@ -139,21 +140,18 @@ def _dkv_kernel(q_ref, k_ref, v_ref, st_ref, en_ref, do_ref, lse_ref, delta_ref,
     def body(i, carry):
         dk, dv = carry
         qs = pl.ds(pl.multiple_of(i * bq, bq), bq)
+        q, do = q_ref[qs, :], do_ref[qs, :]
         mask = _visible(i * bq + _iota(bq), k_idx, st_ref[qs])
-        for g in range(groups):  # the query heads of this kv head
-            q, do = q_ref[qs, g, :], do_ref[qs, g, :]
-            p = jnp.where(mask, jnp.exp(_dot(q, kb, 1, 1) * scale - lse_ref[g, qs][:, None]), 0.0)
-            dv = dv + _dot(p.astype(do.dtype), do, 0, 0)
-            ds = p * (_dot(do, vb, 1, 1) - delta_ref[g, qs][:, None])
-            dk = dk + _dot(ds.astype(q.dtype), q, 0, 0)
-        return dk, dv
+        p = jnp.where(mask, jnp.exp(_dot(q, kb, 1, 1) * scale - lse_ref[qs][:, None]), 0.0)
+        ds = p * (_dot(do, vb, 1, 1) - delta_ref[qs][:, None])
+        return dk + _dot(ds.astype(q.dtype), q, 0, 0), dv + _dot(p.astype(do.dtype), do, 0, 0)
 
     # queries that can see a key of this tile: from the tile's first key to the end of its last key's run
     lo, hi = k0 // bq, (jnp.max(en_ref[...]) + bq - 1) // bq
     zeros = jnp.zeros(kb.shape, _F32)
     dk, dv = lax.fori_loop(lo, hi, body, (zeros, zeros))
-    dk_ref[...] = (dk * scale).astype(dk_ref.dtype)
-    dv_ref[...] = dv.astype(dv_ref.dtype)
+    dk_ref[...] = dk * scale
+    dv_ref[...] = dv
 
 
 # --------------------------------------------------------------------------------------------------------- wrappers
@@ -218,7 +216,6 @@ def _backward(q, k, v, start, end, o, lse, do, *, scale, params):
     grp = h // kvh
     delta = jnp.einsum("bthd,bthd->bht", o.astype(_F32), do.astype(_F32))
     bq, bk = params.bwd_block_q, params.bwd_block_k
-    full = lambda heads: pl.BlockSpec((None, tp, heads, d), lambda i, j, n: (i, 0, j, 0))  # noqa: E731
     dq = pl.pallas_call(
         functools.partial(_dq_kernel, bq=bq, bk=bk, scale=scale),
         grid=(b, h, tp // bq),
@@ -230,25 +227,30 @@ def _backward(q, k, v, start, end, o, lse, do, *, scale, params):
         interpret=params.interpret,
         name="segment_attention_bwd_dq",
     )(q, k, v, start, do, lse, delta)
+    # grid over query heads (each program one head's share; G times the programs of a kv-head grid, and no
+    # G-fold unrolled loads: those asked 305 KB of shared memory at D 128, G 4 on an H200), summed per kv head here
+    row = lambda: pl.BlockSpec((None, None, tp), lambda i, j, n: (i, j, 0))  # noqa: E731
     dk, dv = pl.pallas_call(
-        functools.partial(_dkv_kernel, bq=bq, bk=bk, scale=scale, groups=grp),
-        grid=(b, kvh, tp // bk),
+        functools.partial(_dkv_kernel, bq=bq, bk=bk, scale=scale),
+        grid=(b, h, tp // bk),
         in_specs=[
-            full(grp),
-            pl.BlockSpec((None, bk, None, d), lambda i, j, n: (i, n, j, 0)),
-            pl.BlockSpec((None, bk, None, d), lambda i, j, n: (i, n, j, 0)),
+            pl.BlockSpec((None, tp, None, d), lambda i, j, n: (i, 0, j, 0)),
+            pl.BlockSpec((None, bk, None, d), lambda i, j, n: (i, n, j // grp, 0)),
+            pl.BlockSpec((None, bk, None, d), lambda i, j, n: (i, n, j // grp, 0)),
             pl.BlockSpec((None, tp), lambda i, j, n: (i, 0)),
             pl.BlockSpec((None, bk), lambda i, j, n: (i, n)),
-            full(grp),
-            pl.BlockSpec((None, grp, tp), lambda i, j, n: (i, j, 0)),
-            pl.BlockSpec((None, grp, tp), lambda i, j, n: (i, j, 0)),
+            pl.BlockSpec((None, tp, None, d), lambda i, j, n: (i, 0, j, 0)),
+            row(),
+            row(),
         ],
         out_specs=[pl.BlockSpec((None, bk, None, d), lambda i, j, n: (i, n, j, 0))] * 2,
-        out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+        out_shape=[jax.ShapeDtypeStruct(q.shape, _F32)] * 2,
         compiler_params=_compiler(params, True),
         interpret=params.interpret,
         name="segment_attention_bwd_dkv",
     )(q, k, v, start, end, do, lse, delta)
+    per_kv = lambda x, like: x.reshape(b, tp, kvh, grp, d).sum(3).astype(like.dtype)  # noqa: E731
+    dk, dv = per_kv(dk, k), per_kv(dv, v)
     return dq, dk, dv
 
 
