@@ -6,13 +6,14 @@
 #                and its check against the fp32 reference (check_gpu_kernels.py --only segment_attention)
 #          GPU1: the LM head per precision, whole head and chunked CE (benchmarks/lm_head.py), then the lightning
 #                decode step's tiles at B 64 / 256 (benchmarks/lightning_decode_tiles.py)
-# Stage 2  GPU0: the segment attention benchmark again (stage 1's results did not come back), profile_train's
-#                softmax layer (einsum / sdpa / segment) and the 1b train step with cuDNN's dense mask vs the segment
-#                kernel (docs mean 2048), then the same steps with short documents (mean 64)
+# Stage 2  GPU0: the segment attention benchmark again (stage 1's results did not come back), then profile_train
+#                (its --parts was mis-given here: stage 3 runs it)
 #          GPU1: the Mosaic lightning forward variants next to fla (benchmarks/lightning_attention.py
 #                --mosaic-variants), the decode tiles with the XLA step beside them, then check_gpu_kernels.py's
 #                segment attention and Mosaic forward checks
-# Stage 3  one GPU: `m1jax train` 1b at 8K (the stop-18 command), for tokens/s and MFU with this stop's defaults
+# Stage 3  GPU0: profile_train's softmax layer (einsum / sdpa / segment) and the 1b train step with cuDNN's dense mask
+#                vs the segment kernel (docs mean 2048), then the steps alone with short documents (mean 64)
+#          GPU1: `m1jax train` 1b at 8K (the stop-18 command), tokens/s and MFU with this stop's defaults
 set -u -o pipefail
 STAGE=${1:?stage 1, 2 or 3}
 TOTAL=${2:-540}
@@ -57,11 +58,18 @@ case $STAGE in
      --out "$OUT/check_gpu_kernels_h200.md" > "$OUT/check_gpu_kernels.log" 2>&1) &
   wait ;;
 3)
-  timeout "$(left 9999)" python3 -m m1jax.cli.main train --config=experiments/pretrain.py:1b \
-    --config.data.seq_len=8192 --config.data.batch_size=16 --config.optim.grad_accum_steps=16 --config.steps=14 \
-    --config.optim.warmup_steps=2 --config.log.every=1 --config.checkpoint.every=1000000 --workdir=/tmp/w1b \
-    > "$OUT/train_1b_8k.log" 2>&1
-  cp /tmp/w1b/metrics.jsonl "$OUT/train_1b_8k_metrics.jsonl" 2>/dev/null ;;
+  (export CUDA_VISIBLE_DEVICES=0
+   timeout "$(left 250)" $PT --parts softmax --variants grouped/sdpa/bfloat16,grouped/segment/bfloat16 \
+     --steps-timed 5 --out "$OUT/train_profile_1b_segment_h200.md" > "$OUT/train_profile_segment.log" 2>&1
+   timeout "$(left 9999)" $PT --parts "" --mean-doc 64 --variants grouped/sdpa/bfloat16,grouped/segment/bfloat16 \
+     --steps-timed 5 --out "$OUT/train_profile_1b_segment_doc64_h200.md" > "$OUT/train_profile_doc64.log" 2>&1) &
+  (export CUDA_VISIBLE_DEVICES=1
+   timeout "$(left 9999)" python3 -m m1jax.cli.main train --config=experiments/pretrain.py:1b \
+     --config.data.seq_len=8192 --config.data.batch_size=16 --config.optim.grad_accum_steps=16 --config.steps=14 \
+     --config.optim.warmup_steps=2 --config.log.every=1 --config.checkpoint.every=1000000 --workdir=/tmp/w1b \
+     > "$OUT/train_1b_8k.log" 2>&1
+   cp /tmp/w1b/metrics.jsonl "$OUT/train_1b_8k_metrics.jsonl" 2>/dev/null) &
+  wait ;;
 esac
 tar czf "$FINAL/results.tgz" -C "$OUT" . && rm -rf "$OUT"
 ls -la "$FINAL"
