@@ -14,6 +14,9 @@
 # Stage 3  GPU0: profile_train's softmax layer (einsum / sdpa / segment) and the 1b train step with cuDNN's dense mask
 #                vs the segment kernel (docs mean 2048), then the steps alone with short documents (mean 64)
 #          GPU1: `m1jax train` 1b at 8K (the stop-18 command), tokens/s and MFU with this stop's defaults
+# Stage 4  GPU0: check_gpu_kernels.py's lightning op / segments / auto / decode and segment attention checks (after
+#                this stop's decode tile and segment kernel changes)
+#          GPU1: the segment kernel's backward tiles and stages
 set -u -o pipefail
 STAGE=${1:?stage 1, 2 or 3}
 TOTAL=${2:-540}
@@ -69,6 +72,15 @@ case $STAGE in
      --config.optim.warmup_steps=2 --config.log.every=1 --config.checkpoint.every=1000000 --workdir=/tmp/w1b \
      > "$OUT/train_1b_8k.log" 2>&1
    cp /tmp/w1b/metrics.jsonl "$OUT/train_1b_8k_metrics.jsonl" 2>/dev/null) &
+  wait ;;
+4)
+  (export CUDA_VISIBLE_DEVICES=0
+   timeout "$(left 9999)" python3 experiments/check_gpu_kernels.py --only op,segments,auto,decode,segment_attention \
+     --no-timing --out "$OUT/check_gpu_kernels_h200.md" > "$OUT/check_gpu_kernels.log" 2>&1) &
+  (export CUDA_VISIBLE_DEVICES=1
+   timeout "$(left 9999)" python3 experiments/benchmarks/segment_attention.py --doc-means 64,2048,one \
+     --configs 64x64w4s2,64x64w4s2/64x128w8s2,64x64w4s2/128x64w8s2,64x64w4s2/64x64w4s3,64x64w4s3/64x64w4s2 \
+     --out "$OUT/segment_attention_tiles_h200.json" > "$OUT/segment_attention_tiles.log" 2>&1) &
   wait ;;
 esac
 tar czf "$FINAL/results.tgz" -C "$OUT" . && rm -rf "$OUT"
