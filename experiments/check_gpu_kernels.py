@@ -59,6 +59,8 @@ MOSAIC_VARIANTS = [
     ("mosaic_gpu", {}),
     ("mosaic_gpu fused", {"fused": True}),
     ("mosaic_gpu fused slots=3", {"fused": True, "num_slots": 3}),
+    ("mosaic_gpu bv64 lean", {"lean": True}),
+    ("mosaic_gpu bv32 lean", {"block_v": 32, "lean": True}),
 ]
 ROWS: list[tuple] = []  # (check, shape, metric, value, limit, ok)
 FAILED: list[str] = []

@@ -17,6 +17,10 @@
 # Stage 4  GPU0: check_gpu_kernels.py's lightning op / segments / auto / decode and segment attention checks (after
 #                this stop's decode tile and segment kernel changes)
 #          GPU1: the segment kernel's backward tiles and stages
+# Stage 5  GPU0: the warp-specialised Mosaic forward (gpu_mosaic_ws.py) next to the default layout and fla, fwd+bwd
+#                too, then check_gpu_kernels.py's forward checks (every Mosaic layout against the fp32 reference)
+#          GPU1: the expert matmul's Mosaic tiles (grouped_matmul_tiles.py), then the 100m preset's train step with
+#                cuDNN's dense mask vs the segment kernel
 set -u -o pipefail
 STAGE=${1:?stage 1, 2 or 3}
 TOTAL=${2:-540}
@@ -81,6 +85,20 @@ case $STAGE in
    timeout "$(left 9999)" python3 experiments/benchmarks/segment_attention.py --doc-means 64,2048,one \
      --configs 64x64w4s2,64x64w4s2/64x128w8s2,64x64w4s2/128x64w8s2,64x64w4s2/64x64w4s3,64x64w4s3/64x64w4s2 \
      --out "$OUT/segment_attention_tiles_h200.json" > "$OUT/segment_attention_tiles.log" 2>&1) &
+  wait ;;
+5)
+  (export CUDA_VISIBLE_DEVICES=0
+   timeout "$(left 300)" python3 experiments/benchmarks/lightning_attention.py --shapes B1T4K,B1T16K,B4T16K \
+     --skip-cudnn --impls mosaic_gpu --mosaic-variants "${MOSAIC_VARIANTS:-bv64,ws,ws3}" \
+     --budget-s 260 --out "$OUT/lightning_ws_h200.md" > "$OUT/lightning_ws.log" 2>&1
+   timeout "$(left 9999)" python3 experiments/check_gpu_kernels.py --only forward --no-timing \
+     --out "$OUT/check_forward_h200.md" > "$OUT/check_forward.log" 2>&1) &
+  (export CUDA_VISIBLE_DEVICES=1
+   timeout "$(left 200)" python3 experiments/benchmarks/grouped_matmul_tiles.py --budget-s 170 \
+     --out "$OUT/grouped_matmul_tiles_h200.md" > "$OUT/grouped_matmul_tiles.log" 2>&1
+   timeout "$(left 9999)" python3 experiments/profile_train.py --preset 100m --batch 1 --seq 8192 --parts "" \
+     --variants grouped/sdpa/bfloat16,grouped/segment/bfloat16 --steps-timed 5 \
+     --out "$OUT/train_profile_100m_segment_h200.md" > "$OUT/train_profile_100m.log" 2>&1) &
   wait ;;
 esac
 tar czf "$FINAL/results.tgz" -C "$OUT" . && rm -rf "$OUT"
