@@ -7,6 +7,7 @@ Shapes: 8192 tokens x top-2 = 16384 rows over 8 experts (multinomial group sizes
   down  x [16384, 2816] @ w [8, 2816, 2048]
   dx    dy [16384, n] @ w[g]^T                   (ragged_dot with transpose_rhs)
   dw    x_g^T dy_g -> [8, k, n]                  (transposed_ragged_dot)
+  up fused  w1 and w3 as one [8, 2048, 5632] matmul (would one launch beat two?)
 A config is block_m x block_n x block_k, max_concurrent_steps, grid_block_n. Median ms of 20 calls.
 
     python3 experiments/benchmarks/grouped_matmul_tiles.py --out $OUT/grouped_matmul_tiles_h200.md
@@ -52,7 +53,7 @@ def main():
     E, m = 8, args.rows
     sizes = jnp.asarray(rng.multinomial(m, np.full(E, 1 / E)), jnp.int32)
     bf = jnp.bfloat16
-    shapes = {"up": (2048, 2816), "down": (2816, 2048)}
+    shapes = {"up": (2048, 2816), "down": (2816, 2048), "up fused": (2048, 5632)}
     data = {}
     for name, (k, n) in shapes.items():
         normal = lambda *shape: rng.standard_normal(shape)  # noqa: E731
@@ -65,16 +66,17 @@ def main():
         ms = median_ms(f, x, w, iters=20)
         dense.append(f"{name} {ms:.3f} ({2 * x.shape[0] * x.shape[1] * w.shape[2] / ms / 1e9:.0f})")
     lines.append("Dense matmul of the same FLOPs: " + ", ".join(dense) + "\n")
-    lines += ["| config | up fwd | up dx | up dw | down fwd | down dx | down dw | sum |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["| config | up fwd | up dx | up dw | down fwd | down dx | down dw | up fused fwd | up fused dx | "
+              "up fused dw | sum (2 up + down) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for spec in args.configs.split(","):
         if time.time() - t0 > args.budget_s:
             lines.append(f"| {spec} | skipped: over --budget-s | | | | | | |")
             continue
         kw = parse(spec)
         cells, total = [], 0.0
-        for x, w, dy in data.values():
+        for name, (x, w, dy) in data.items():
             flops = 2 * x.shape[0] * x.shape[1] * w.shape[2]
+            weight = {"up": 2, "down": 1}.get(name, 0)  # the layer runs up twice (w1, w3) and down once
             fns = (
                 (jax.jit(lambda a, b, kw=kw: ragged_dot_mgpu.ragged_dot(a, b, group_sizes=sizes, **kw)), (x, w)),
                 (jax.jit(lambda a, b, kw=kw: ragged_dot_mgpu.ragged_dot(a, b, group_sizes=sizes, transpose_rhs=True,
@@ -85,7 +87,7 @@ def main():
             for fn, fargs in fns:
                 try:
                     ms = median_ms(fn, *fargs, iters=20)
-                    total += ms
+                    total += weight * ms
                     cells.append(f"{ms:.3f} ({flops / ms / 1e9:.0f})")
                 except Exception as e:  # noqa: BLE001 - a config that does not compile is a cell, not a crash
                     total = float("nan")
