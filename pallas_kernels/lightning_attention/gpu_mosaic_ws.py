@@ -49,7 +49,10 @@ runs in the jnp reference from the kernel's final state); forward only; sm_90 on
 
 Status: checked in JAX's GPU interpret mode (against the reference and against gpu_mosaic) and through
 Mosaic GPU's lowering passes (jax.export for CUDA on a CPU); not yet run on a GPU. A barrier mistake on
-the GPU shows as a hang rather than a wrong answer.
+the GPU shows as a hang rather than a wrong answer. The GPU interpret mode (``interpret=True``) on a host with
+few cores needs XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false set before JAX starts:
+otherwise the simulated warpgroups' blocking barrier waits can take all of XLA's callback threads and the
+interpreter (not the kernel) hangs (seen on 2 cores; tests/kernels/test_gpu_mosaic_ws.py runs it in a subprocess).
 """
 
 from __future__ import annotations
