@@ -151,6 +151,11 @@ def check_forward(args):
             for label, kw in MOSAIC_VARIANTS[1:]:
                 impls.append((label, lambda q, k, v, d, s, kw=kw: gpu_mosaic.lightning_attention_fwd(
                     q, k, v, d, initial_state=s, **kw)))
+            from pallas_kernels.lightning_attention import gpu_mosaic_ws  # warp-specialised (3 warpgroups)
+
+            for slots in (2, 3):
+                impls.append((f"mosaic_gpu ws slots={slots}", lambda q, k, v, d, s, n=slots:
+                              gpu_mosaic_ws.lightning_attention_fwd_ws(q, k, v, d, initial_state=s, num_slots=n)))
     else:
         print(f"  gpu_mosaic not available: {_MOSAIC_ERR}")
         if not args.interpret:
