@@ -36,7 +36,9 @@ IMPLS = ("auto", "xla", "mosaic_gpu")
 # Tiles of the Mosaic kernels (a 128 x 128 fp32 accumulator per warpgroup, 64-wide k steps, 5 stages in flight:
 # 160 KB of SMEM). Swept on an H200 at the 1b MoE shapes (experiments/results/grouped_matmul_tiles_h200.md): 5 stages
 # took the layer's six expert matmuls (fwd, dx, dw of up x 2 and down) from 4.70 to 4.31 ms against 4 stages; 3 stages,
-# 128-wide k steps, 256-row or 256-column tiles and other grid_block_n were slower or did not compile.
+# 128-wide k steps, 256-row or 256-column tiles and other grid_block_n were slower or did not compile. The 1b train
+# step (profile_train, segment attention): 133.1 -> 131.8 ms
+# (experiments/results/train_profile_1b_segment_5stages_h200.md).
 _FWD = dict(block_m=128, block_n=128, block_k=64, max_concurrent_steps=5, grid_block_n=2)
 _DW = dict(block_m=128, block_n=128, block_k=64, max_concurrent_steps=5, grid_block_n=2)
 _ALIGN = 128
