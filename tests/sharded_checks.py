@@ -14,7 +14,8 @@ and "ok" at the end; exits non-zero on the first mismatch.
           8-device data x fsdp x tensor mesh (params / Adam state placed by the rules table) against one device.
   layers  context-parallel lightning attention (4 devices) with packed segments and an initial
           state, outputs / final state / gradients; the fused qkv projection split over ``tensor``
-          needs no communication (whole heads per shard); the H*D RMSNorm gets its all-reduce.
+          needs no communication (whole heads per shard); the H*D RMSNorm gets its all-reduce; the softmax
+          layer's packed-document kernel under shard_map (heads split alike, kv heads repeated, batch split).
 """
 
 from __future__ import annotations
@@ -390,6 +391,37 @@ def check_layers():
         sys.exit(f"H*D RMSNorm under tensor parallelism: error {err}, collectives {comm}")
 
 
+def check_segment_attention():
+    """The softmax layer's packed-document kernel (impl="segment"; interpret mode on the CPU) under shard_map:
+    query and kv heads split alike (tensor 2), kv heads repeated to their query heads where there are fewer than
+    the tensor axis' devices (tensor 4, 2 kv heads), batch and heads split together; outputs and input gradients
+    against the einsum path on one device."""
+    from m1jax.model.attention import SoftmaxAttention
+
+    config = ModelConfig.tiny(num_attention_heads=4, num_key_value_heads=2)
+    layer = SoftmaxAttention(config, 1, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(3), (2, 24, config.hidden_size))
+    pos = jnp.broadcast_to(jnp.arange(24), (2, 24))
+    seg = jnp.array([[1] * 7 + [2] * 10 + [3] * 7, [4] * 24], jnp.int32)
+
+    def value_and_grad(m, x):
+        return jax.value_and_grad(lambda x: jnp.sum(jnp.sin(m(x, positions=pos, segment_ids=seg)[0])))(x)
+
+    layer.impl = "einsum"
+    ref = nnx.jit(value_and_grad)(layer, x)
+    for sizes in (dict(tensor=2, fsdp=1), dict(tensor=4, fsdp=1), dict(data=2, tensor=2, fsdp=1)):
+        n = int(np.prod(list(sizes.values())))
+        mesh = sh.make_mesh(sh.MeshConfig(**sizes), devices=jax.devices()[:n])
+        sharded = sh.shard_model(nnx.clone(layer), mesh)
+        sharded.impl = "segment"
+        with sh.use_mesh(mesh):
+            got = nnx.jit(value_and_grad)(sharded, x)
+        errs = [rel_err(a, r) for a, r in zip(got, ref, strict=True)]
+        print(json.dumps({"segment_attention": sizes, "max_rel_err": max(errs)}), flush=True)
+        if max(errs) > TOL:
+            sys.exit(f"segment attention under {sizes} differs from one device: {errs}")
+
+
 def check_rl():
     import ml_collections
 
@@ -448,6 +480,7 @@ if __name__ == "__main__":
         check_rl()
     elif sys.argv[1] == "layers":
         check_layers()
+        check_segment_attention()
     else:
         sys.exit(f"unknown check {sys.argv[1]!r}")
     print("ok")

@@ -56,13 +56,12 @@ def test_rl_defaults_to_the_split_precision_head():
     assert rl_config(tiny.replace(lm_head_precision="bf16x6")).model.lm_head_precision == "bf16x6"
 
 
-def test_split_precision_head_backward_is_bf16_with_fp32_accumulation():
+def test_split_precision_head_backward_is_bf16_with_fp32_accumulation(rng):
     """The split-precision heads' written-out backward (the GPU / TPU path; on a CPU lm_head_logits takes IEEE fp32
     both ways): forward as the fp32 products, gradients = float64 products of the bf16-rounded operands, dh in h's
     fp32, the fp32 weight's gradient fp32, and both backward dots on bf16 operands."""
     from m1jax.model.head import split_precision_logits
 
-    rng = np.random.default_rng()
     h = jnp.asarray(rng.standard_normal((2, 3, 32)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((32, 48)) / 6, jnp.float32)
     g = jnp.asarray(rng.standard_normal((2, 3, 48)), jnp.float32)

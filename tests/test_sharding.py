@@ -125,9 +125,11 @@ def test_expert_parallel_moe_all_to_all():
 
 def test_context_parallel_and_tensor_parallel_layers():
     """Context-parallel lightning attention (4 devices) is exact incl. gradients, packed segments and an
-    initial state; qkv split over tensor keeps whole heads (no collectives); the H*D norm all-reduces."""
+    initial state; qkv split over tensor keeps whole heads (no collectives); the H*D norm all-reduces; the
+    softmax layer's segment kernel under shard_map equals one device (three meshes)."""
     lines = _run(["layers"], 8)
     assert sum("context_parallel" in x for x in lines) == 4
+    assert sum("segment_attention" in x for x in lines) == 3
 
 
 def test_sharded_rl_update_matches_one_device():

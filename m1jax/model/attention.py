@@ -202,8 +202,9 @@ class SoftmaxAttention(nnx.Module):
 
 def _segment_kernel(q, k, v, segment_ids):
     """pallas_kernels.segment_attention on the ambient mesh: inside ``shard_map`` over batch and heads (XLA cannot
-    split a Pallas call); the heads stay whole where the query and kv heads do not shard alike (GQA groups must
-    stay together)."""
+    split a Pallas call). Where the kv heads do not shard like the query heads (fewer kv heads than the head axis'
+    devices), each kv head is repeated for its query heads first, so every shard holds whole GQA groups and the
+    query heads stay split (the repeat's gradient sums back)."""
     params = SegmentParams(interpret=jax.default_backend() != "gpu")
     mesh = active_mesh()
     if mesh is None or mesh.size == 1:
@@ -211,6 +212,8 @@ def _segment_kernel(q, k, v, segment_ids):
     qs = logical_to_spec(("batch", None, "heads", None), q.shape, mesh)
     ks = logical_to_spec(("batch", None, "kv_heads", None), k.shape, mesh)
     if qs[2] != ks[2]:
-        qs, ks = P(qs[0], None, None, None), P(ks[0], None, None, None)
+        group = q.shape[2] // k.shape[2]
+        k, v = (jnp.repeat(a, group, axis=2) for a in (k, v))
+        ks = qs
     return jax.shard_map(lambda q, k, v, s: segment_attention(q, k, v, s, params=params), mesh=mesh,
                          in_specs=(qs, ks, ks, P(qs[0], None)), out_specs=qs, check_vma=False)(q, k, v, segment_ids)

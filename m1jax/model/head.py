@@ -8,7 +8,7 @@ RL needs); a split-precision dot gives fp32-level accuracy at a fraction of IEEE
             the whole head (norm, matmul, log-softmax) 2.3x a bf16 head's forward time, 1.74x forward + backward
             (experiments/results/lm_head_h200_split_bwd.md, H200). The RL default;
   "bf16x6"  six bf16 products: ~3e-6;
-  "tf32"    TF32 products: ~3e-4 (JAX's DEFAULT for fp32 on GPUs).
+  "tf32"    TF32 products: ~3e-4 (JAX's DEFAULT for fp32 on GPUs); its bf16 backward is coarser than its forward.
 The precision names the forward, whose probabilities are what sampler and learner must agree on. The backward of
 every choice but "highest" multiplies bf16 operands with fp32 accumulation (``layers.dense_grads``, as every other
 matmul of the model does): the logits' gradient is rounded to bf16, the fp32 weight's gradient stays fp32. Left to

@@ -25,7 +25,7 @@ def default_config(model: ModelConfig) -> ml_collections.ConfigDict:
     # The fp32 head's products as three bf16 products (m1jax/model/head.py): on one H200 (1b head, 8192 x 2048 x
     # 32768, experiments/results/lm_head_h200.json) 1.4e-5 max relative logit error vs float64 at 2.3x a bf16
     # head's forward time and 1.74x forward + backward, its backward in bf16 like the body's (lm_head_h200_split_bwd.md;
-    # IEEE fp32: 2.1e-6 at 8.0x / 11.5x). Identical to IEEE fp32 on a CPU. "highest" restores it.
+    # IEEE fp32: 2.1e-6 at 8.1x / 11.5x). Identical to IEEE fp32 on a CPU. "highest" restores it.
     if cfg.model.lm_head_precision == "highest":
         cfg.model.lm_head_precision = "bf16x3"
     cfg.seed = 0

@@ -25,10 +25,11 @@ Backends:
 
 Measured on one H200 (JAX 0.11.2, H=64, D=128, fp32 state, steps in a jitted loop): triton 147 us
 per step at B=64 (3.65 TB/s on state bytes), 553 us at B=256 (3.88 TB/s); XLA's fusion of
-``reference.step`` is within 2-4% (150 / 577 us). Tiles (experiments/results/lightning_decode_tiles_h200.md,
+``reference.step`` is within 2-4% (150 / 577 us). Tiles (experiments/results/lightning_decode_tiles_sweep_h200.md,
 unrolled fenced steps): at B64 block_v 128 with 8 warps takes 158 us against 167 us for 64 / 4 (the old default)
-and 152 us for a plain copy of the state's size; at B256 591 against 607 us; so block_v defaults to 128 (8 warps)
-once batch * heads * dv / 128 >= 1024 programs, 64 below (B1: 128 programs, not 64). Errors vs
+and 152 us for a plain copy of the state's size; at B256 591 against 607 us (64 / 8 warps 585 and 128 / 16 warps
+580 were as good there); so block_v defaults to 128 (8 warps) once batch * heads * dv / 128 >= 1024 programs, 64
+below (B1: 128 programs, not 64; the threshold between B1 and B64 is not measured). Errors vs
 reference.step: fp32 o ~1e-7 relative, state bit-exact. The TPU kernel has only run in interpret mode.
 Side by side with fla in one process (experiments/results/lightning_attention_bench_part2_h200.md,
 H200, 2026-11-22, per step in a jitted loop): XLA reference.step 13.0 / 159.7 / 562 us at B 1 / 64 /

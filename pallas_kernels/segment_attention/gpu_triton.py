@@ -289,7 +289,8 @@ def check_inputs(q, k, v, segment_ids):
 @functools.partial(jax.jit, static_argnames=("scale", "params"))
 def segment_attention(q, k, v, segment_ids=None, *, scale=None, params: Params = Params()):
     """Causal softmax attention within segments (runs of equal ids; module docstring). q [b, t, h, d], k / v
-    [b, t, kv, d] in one float dtype -> [b, t, h, d]. Differentiable in q, k, v."""
+    [b, t, kv, d] -> [b, t, h, d] in q's dtype (computed in the promoted dtype of q, k, v). ``scale`` (default
+    1 / sqrt(d)) is a static Python float. Differentiable in q, k, v."""
     check_inputs(q, k, v, segment_ids)
     params.check()
     b, t, h, d = q.shape
@@ -299,4 +300,4 @@ def segment_attention(q, k, v, segment_ids=None, *, scale=None, params: Params =
     pad = lambda x: x if tp == t else jnp.pad(x, ((0, 0), (0, tp - t), (0, 0), (0, 0)))  # noqa: E731
     dtype = jnp.result_type(q, k, v)
     o = _attention(pad(q.astype(dtype)), pad(k.astype(dtype)), pad(v.astype(dtype)), start, end, scale, params)
-    return o[:, :t]
+    return o[:, :t].astype(q.dtype)
