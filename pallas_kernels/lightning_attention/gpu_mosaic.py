@@ -160,6 +160,66 @@ def _buffers(c, dk, block_v, num_slots, lean, p_in_smem):
     return permanent, main_loop, staging, barriers
 
 
+def _smem_types(group, *, dtype, block_v):
+    """{name: plgpu.SMEM} for a ``_buffers``-style group {name: (shape, dtype or None = the input dtype)}.
+
+    The two SMEM operands of a wgmma must share one swizzle, and v / the bf16 state have rows of block_v elements
+    (64 bytes at block_v = 32), so every 16-bit buffer uses that row width's swizzle; fp32 ones (never wgmma
+    operands) use their own rows'."""
+    transforms16 = _transforms(block_v * dtype.itemsize, dtype.itemsize)
+    types = {}
+    for name, (shape, dt) in group.items():
+        dt = dtype if dt is None else jnp.dtype(dt)
+        if len(shape) == 1:
+            types[name] = plgpu.SMEM(shape, dt)
+        else:
+            tr = transforms16 if dt == dtype else _transforms(shape[-1] * dt.itemsize, dt.itemsize)
+            types[name] = plgpu.SMEM(shape, dt, transforms=tr)
+    return types
+
+
+def _launch(body, scratch, args, *, block_v, interpret, **kernel_kw):
+    """Run ``body`` over the grid (dv / block_v, heads, batch) on args = (q, k, v, tables..., s0): outputs
+    (o [B, T, H, dv] in q's dtype, final state [B, H, dk, dv] fp32)."""
+    q, v = args[0], args[2]
+    b, t, h, dk = q.shape
+    dv = v.shape[-1]
+    if interpret:
+        kernel_kw["interpret"] = plgpu.InterpretGPUParams()
+    return plgpu.kernel(
+        body,
+        out_type=(jax.ShapeDtypeStruct((b, t, h, dv), q.dtype), jax.ShapeDtypeStruct((b, h, dk, dv), jnp.float32)),
+        scratch_types=scratch,
+        grid=(dv // block_v, h, b),
+        grid_names=("v", "h", "b"),
+        compiler_params=plgpu.CompilerParams(),
+        **kernel_kw,
+    )(*args)
+
+
+def with_tail(run, q, k, v, decay, initial_state, c):
+    """The forward over whole blocks of ``c`` tokens by ``run(q, k, v, mask, qdec, kdec, bdec, s0, has_init) ->
+    (o, final state)`` (a kernel call), the T % c tail in the jnp reference from the kernel's final state (exact).
+    Returns (o [B, T, H, dv] in q.dtype, final fp32 state)."""
+    t, dk, dv = q.shape[1], q.shape[-1], v.shape[-1]
+    t_main = (t // c) * c
+    state = None if initial_state is None else initial_state.astype(jnp.float32)
+    outs = []
+    if t_main:
+        mask, qdec, kdec, bdec = _decay_tables(decay, c, dk)
+        s0 = state if state is not None else jnp.zeros((1, 1, dk, dv), jnp.float32)
+        sl = lambda x: x if t_main == t else x[:, :t_main]  # noqa: E731
+        o_main, state = run(sl(q), sl(k), sl(v), mask, qdec, kdec, bdec, s0, has_init=state is not None)
+        outs.append(o_main)
+    if t_main < t:
+        o_tail, state = reference.chunked(
+            q[:, t_main:], k[:, t_main:], v[:, t_main:], decay, initial_state=state, block_size=c
+        )
+        outs.append(o_tail)
+    o = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+    return o, state
+
+
 def smem_bytes(dk, block_v=BLOCK_V, num_slots=2, lean=False, *, p_in_smem=False, c=64, itemsize=2):
     """Dynamic SMEM bytes per CTA of the kernel (buffers as allocated by Mosaic GPU, barriers included).
 
@@ -181,10 +241,8 @@ def smem_bytes(dk, block_v=BLOCK_V, num_slots=2, lean=False, *, p_in_smem=False,
 
 def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, interpret, p_in_smem=None,
                  num_slots=2, fused=False, lean=False):
-    b, t, h, dk = q.shape
-    dv = v.shape[-1]
+    t, dk = q.shape[1], q.shape[3]
     nblk = t // c
-    nv = dv // block_v
     dtype = q.dtype
     f32 = jnp.float32
     wgmma_layout = plgpu.Layout.WGMMA
@@ -196,18 +254,7 @@ def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, i
     # The two SMEM operands of a wgmma must share one swizzle, and v / sb_smem have rows of block_v
     # elements (64 bytes at block_v = 32), so every 16-bit buffer uses that row width's swizzle; the fp32
     # ones (mask, state staging) are never wgmma operands and use their own rows' (128 bytes or more).
-    transforms16 = _transforms(block_v * dtype.itemsize, dtype.itemsize)
-
-    def smem_types(group):
-        types = {}
-        for name, (shape, dt) in group.items():
-            dt = dtype if dt is None else jnp.dtype(dt)
-            if len(shape) == 1:
-                types[name] = plgpu.SMEM(shape, dt)
-            else:
-                tr = transforms16 if dt == dtype else _transforms(shape[-1] * dt.itemsize, dt.itemsize)
-                types[name] = plgpu.SMEM(shape, dt, transforms=tr)
-        return types
+    smem_types = functools.partial(_smem_types, dtype=dtype, block_v=block_v)
 
     def body(q_ref, k_ref, v_ref, m_ref, qd_ref, kd_ref, bd_ref, s0_ref, o_ref, sf_ref, *,
              m_smem, qd_smem, kd_smem, bd_smem, q_bar, k_bar, v_bar, c_bar, st_smem=None):
@@ -383,21 +430,7 @@ def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, i
 
     scratch = smem_types(permanent)
     scratch.update({name: plgpu.Barrier(num_barriers=n) for name, n in barriers.items()})
-    kwargs = {}
-    if interpret:
-        kwargs["interpret"] = plgpu.InterpretGPUParams()
-    return plgpu.kernel(
-        body,
-        out_type=(
-            jax.ShapeDtypeStruct((b, t, h, dv), dtype),
-            jax.ShapeDtypeStruct((b, h, dk, dv), f32),
-        ),
-        scratch_types=scratch,
-        grid=(nv, h, b),
-        grid_names=("v", "h", "b"),
-        compiler_params=plgpu.CompilerParams(),
-        **kwargs,
-    )(q, k, v, mask, qdec, kdec, bdec, s0)
+    return _launch(body, scratch, (q, k, v, mask, qdec, kdec, bdec, s0), block_v=block_v, interpret=interpret)
 
 
 def check_supported(q, k, v, decay, initial_state=None, block_size=64):
@@ -443,28 +476,9 @@ def lightning_attention_fwd(
     if lean and fused:
         raise ValueError("lean=True needs fused=False (the fused step writes K * decay before Q K^T), got fused=True")
     c = int(block_size)
-    b, t, h, dk = q.shape
-    dv = v.shape[-1]
-    t_main = (t // c) * c
-    state = None if initial_state is None else initial_state.astype(jnp.float32)
-    outs = []
-    if t_main:
-        mask, qdec, kdec, bdec = _decay_tables(decay, c, dk)
-        s0 = state if state is not None else jnp.zeros((1, 1, dk, dv), jnp.float32)
-        sl = lambda x: x if t_main == t else x[:, :t_main]  # noqa: E731
-        o_main, state = _kernel_call(
-            sl(q), sl(k), sl(v), mask, qdec, kdec, bdec, s0,
-            c=c, block_v=int(block_v), has_init=state is not None, interpret=interpret, p_in_smem=p_in_smem,
-            num_slots=int(num_slots), fused=bool(fused), lean=bool(lean),
-        )
-        outs.append(o_main)
-    if t_main < t:
-        o_tail, state = reference.chunked(
-            q[:, t_main:], k[:, t_main:], v[:, t_main:], decay, initial_state=state, block_size=c
-        )
-        outs.append(o_tail)
-    o = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
-    return o, state
+    run = functools.partial(_kernel_call, c=c, block_v=int(block_v), interpret=interpret, p_in_smem=p_in_smem,
+                            num_slots=int(num_slots), fused=bool(fused), lean=bool(lean))
+    return with_tail(run, q, k, v, decay, initial_state, c)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -71,16 +71,16 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from pallas_kernels.lightning_attention import reference
 from pallas_kernels.lightning_attention.gpu_mosaic import (
     BLOCK_V,
-    _decay_tables,
+    _launch,
     _load,
+    _smem_types,
     _t,
-    _transforms,
     check_supported,
     pl,
     plgpu,
+    with_tail,
 )
 
 INTRA, STATE, MEM = 0, 1, 2  # warpgroup indices
@@ -123,8 +123,7 @@ def smem_bytes(dk, num_slots=2, *, p_in_smem=False, c=64, itemsize=2):
 
 
 def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, has_init, interpret, num_slots, p_in_smem):
-    b, t, h, dk = q.shape
-    dv = v.shape[-1]
+    t, dk = q.shape[1], q.shape[3]
     block_v = BLOCK_V
     nblk = t // c
     dtype = q.dtype
@@ -132,16 +131,7 @@ def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, has_init, interpret,
     wgmma_layout = plgpu.Layout.WGMMA
     row_layout = plgpu.Layout.WGMMA.reduce(1)
     bufs, barriers = _buffers(c, dk, block_v, num_slots, p_in_smem)
-    transforms16 = _transforms(block_v * dtype.itemsize, dtype.itemsize)
-
-    scratch = {}
-    for name, (shape, dt) in bufs.items():
-        dt = dtype if dt is None else jnp.dtype(dt)
-        if len(shape) == 1:
-            scratch[name] = plgpu.SMEM(shape, dt)
-        else:
-            tr = transforms16 if dt == dtype else _transforms(shape[-1] * dt.itemsize, dt.itemsize)
-            scratch[name] = plgpu.SMEM(shape, dt, transforms=tr)
+    scratch = _smem_types(bufs, dtype=dtype, block_v=block_v)
     for name, (n, arrivals) in barriers.items():
         scratch[name] = plgpu.Barrier(num_arrivals=arrivals, num_barriers=n)
 
@@ -288,23 +278,8 @@ def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, has_init, interpret,
             plgpu.copy_smem_to_gmem(st_smem, sf_ref.at[bb, hh, :, pl.ds(v0, block_v)])
             plgpu.wait_smem_to_gmem(0)
 
-    kwargs = {}
-    if interpret:
-        kwargs["interpret"] = plgpu.InterpretGPUParams()
-    return plgpu.kernel(
-        body,
-        out_type=(
-            jax.ShapeDtypeStruct((b, t, h, dv), dtype),
-            jax.ShapeDtypeStruct((b, h, dk, dv), f32),
-        ),
-        scratch_types=scratch,
-        grid=(dv // block_v, h, b),
-        grid_names=("v", "h", "b"),
-        num_threads=3,
-        thread_name="wg",
-        compiler_params=plgpu.CompilerParams(),
-        **kwargs,
-    )(q, k, v, mask, qdec, kdec, bdec, s0)
+    return _launch(body, scratch, (q, k, v, mask, qdec, kdec, bdec, s0), block_v=block_v, interpret=interpret,
+                   num_threads=3, thread_name="wg")
 
 
 @functools.partial(jax.jit, static_argnames=("block_size", "interpret", "num_slots", "p_in_smem"))
@@ -319,27 +294,9 @@ def lightning_attention_fwd_ws(q, k, v, decay, *, initial_state=None, block_size
     if num_slots not in (2, 3):
         raise ValueError(f"num_slots must be 2 or 3, got {num_slots!r}")
     c = int(block_size)
-    t = q.shape[1]
-    t_main = (t // c) * c
-    state = None if initial_state is None else initial_state.astype(jnp.float32)
-    outs = []
-    if t_main:
-        dk, dv = q.shape[-1], v.shape[-1]
-        mask, qdec, kdec, bdec = _decay_tables(decay, c, dk)
-        s0 = state if state is not None else jnp.zeros((1, 1, dk, dv), jnp.float32)
-        sl = lambda x: x if t_main == t else x[:, :t_main]  # noqa: E731
-        o_main, state = _kernel_call(
-            sl(q), sl(k), sl(v), mask, qdec, kdec, bdec, s0, c=c, has_init=state is not None, interpret=interpret,
-            num_slots=int(num_slots), p_in_smem=bool(interpret) if p_in_smem is None else bool(p_in_smem),
-        )
-        outs.append(o_main)
-    if t_main < t:
-        o_tail, state = reference.chunked(
-            q[:, t_main:], k[:, t_main:], v[:, t_main:], decay, initial_state=state, block_size=c
-        )
-        outs.append(o_tail)
-    o = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
-    return o, state
+    run = functools.partial(_kernel_call, c=c, interpret=interpret, num_slots=int(num_slots),
+                            p_in_smem=bool(interpret) if p_in_smem is None else bool(p_in_smem))
+    return with_tail(run, q, k, v, decay, initial_state, c)
 
 
 __all__ = ["lightning_attention_fwd_ws", "smem_bytes"]
