@@ -33,7 +33,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from experiments.check_gpu_kernels import finish, guarded, record  # noqa: E402
+from experiments.gpu_check_record import finish, guarded, record  # noqa: E402
 from m1jax import MiniMaxM1, ModelConfig  # noqa: E402
 from m1jax.train.step import set_kernels  # noqa: E402
 

@@ -74,6 +74,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import pallas_kernels  # noqa: E402
+from experiments.benchmarks import mosaic_layouts  # noqa: E402
 from pallas_kernels.lightning_attention import ops  # noqa: E402
 
 H, D = 64, 128
@@ -321,41 +322,6 @@ def our_impls(args):
     return impls
 
 
-_VARIANT_TOKEN = re.compile(r"bv(32|64)|slots([23])|lean|ws([23]?)")
-
-
-def parse_mosaic_variants(text):
-    """'bv32,bv32lean,slots3' -> [(row label, lightning_attention_fwd kwargs)] (argparse type)."""
-    variants = []
-    for spec in filter(None, (s.strip() for s in text.split(","))):
-        kw, pos, ws = {"block_v": 64, "lean": False, "num_slots": 2}, 0, False
-        while pos < len(spec):
-            m = _VARIANT_TOKEN.match(spec, pos)
-            if m is None:
-                raise argparse.ArgumentTypeError(
-                    f"bad mosaic variant {spec!r}: join bv32 / bv64, lean, slots2 / slots3 (e.g. bv32lean), "
-                    "or ws / ws3 (warp-specialised)")
-            if m.group(1):
-                kw["block_v"] = int(m.group(1))
-            elif m.group(2):
-                kw["num_slots"] = int(m.group(2))
-            elif m.group(3) is not None:
-                ws = True
-                kw["num_slots"] = int(m.group(3) or kw["num_slots"])
-            else:
-                kw["lean"] = True
-            pos = m.end()
-        if ws:  # gpu_mosaic_ws: block_v 64, no lean layout
-            if kw["block_v"] != 64 or kw["lean"]:
-                raise argparse.ArgumentTypeError(f"bad mosaic variant {spec!r}: ws takes only slots2 / slots3")
-            variants.append((f"mosaic_gpu fwd ws slots{kw['num_slots']}", {"ws": True, "num_slots": kw["num_slots"]}))
-            continue
-        label = f"mosaic_gpu fwd bv{kw['block_v']}" + (" lean" if kw["lean"] else "")
-        label += f" slots{kw['num_slots']}" if kw["num_slots"] != 2 else ""
-        variants.append((label, kw))
-    return variants
-
-
 def mosaic_variants(args):
     """(label, jitted (q, k, v, decay) -> o) for --mosaic-variants; [] without the flag."""
     if not args.mosaic_variants:
@@ -364,18 +330,7 @@ def mosaic_variants(args):
     if not on_gpu and not mosaic_interpret_available():
         note(f"--mosaic-variants skipped: no GPU and JAX {jax.__version__} has no Mosaic GPU interpret mode")
         return []
-    from pallas_kernels.lightning_attention import gpu_mosaic, gpu_mosaic_ws
-
-    out = []
-    for label, kw in args.mosaic_variants:
-        def fwd(q, k, v, d, kw=kw):
-            if kw.get("ws"):
-                return gpu_mosaic_ws.lightning_attention_fwd_ws(q, k, v, d, interpret=not on_gpu,
-                                                                num_slots=kw["num_slots"])[0]
-            return gpu_mosaic.lightning_attention_fwd(q, k, v, d, interpret=not on_gpu, **kw)[0]
-
-        out.append((label, jax.jit(fwd)))
-    return out
+    return mosaic_layouts.forward_fns(args.mosaic_variants, interpret=not on_gpu)
 
 
 def cudnn_attention(q, k, v, d):
@@ -551,7 +506,7 @@ def main():
     ap.add_argument("--skip-fla", action="store_true")
     ap.add_argument("--skip-cudnn", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="CPU smoke test: tiny shapes, interpret mode")
-    ap.add_argument("--mosaic-variants", type=parse_mosaic_variants, default=None,
+    ap.add_argument("--mosaic-variants", type=mosaic_layouts.parse, default=None,
                     help="also time the Mosaic GPU forward in these layouts (fwd only), a comma list of specs "
                     "joining bv32 / bv64, lean, slots2 / slots3, e.g. bv32,bv32lean,bv64lean,slots3; ws / ws3: the "
                     "warp-specialised forward (gpu_mosaic_ws) with 2 / 3 slots")
