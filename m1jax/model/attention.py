@@ -81,10 +81,11 @@ class SoftmaxAttention(nnx.Module):
         q = constrain(q, ("batch", "seq", "heads", None))
         k, v = (constrain(a, ("batch", None, "kv_heads", None)) for a in (k, v))
 
-        if kv_cache is None and segment_ids is not None and self._use_segment_kernel():
+        path = self._full_path(packed=segment_ids is not None)
+        if kv_cache is None and path == "segment":
             o = _segment_kernel(*(a.astype(self.dtype) for a in (q, k, v)), segment_ids)
             return dense(o.reshape(b, n, H * D), self.o_proj[...], self.dtype), None
-        if kv_cache is None and self._use_sdpa():
+        if kv_cache is None and path == "sdpa":
             mask = None if segment_ids is None else run_mask(segment_ids)
             return dense(self._sdpa(q, k, v, mask).reshape(b, n, H * D), self.o_proj[...], self.dtype), None
 
@@ -115,7 +116,7 @@ class SoftmaxAttention(nnx.Module):
                 return dense(o.reshape(b, 1, H * D), self.o_proj[...], self.dtype), new_cache
             if not cache_empty:
                 k, v = ck, cv
-            if cache_empty and self._use_sdpa():
+            if cache_empty and self._full_path(packed=False) == "sdpa":
                 o = self._sdpa_left_padded(q, k, v, None if kv_start is None else kv_start - q_pos[:, 0])
                 return dense(o.reshape(b, n, H * D), self.o_proj[...], self.dtype), new_cache
             k_pos = q_pos if cache_empty else jnp.arange(ck.shape[1])[None, :]
@@ -151,21 +152,18 @@ class SoftmaxAttention(nnx.Module):
         """cuDNN's fused attention applies: a GPU and 16-bit activations."""
         return jax.default_backend() == "gpu" and self.dtype in (jnp.bfloat16, jnp.float16)
 
-    def _use_sdpa(self) -> bool:
+    def _full_path(self, *, packed: bool) -> str:
+        """The attention path over the new tokens themselves (SOFTMAX_IMPLS): "segment" (packed rows only; the
+        Pallas kernel needs a power-of-two head dim in [16, 256] when "auto" picks it), "sdpa" or "einsum"."""
         if self.impl not in SOFTMAX_IMPLS:
             raise ValueError(f"softmax attention impl must be one of {SOFTMAX_IMPLS}, got {self.impl!r}")
-        if self.impl == "auto":
-            return self._fused_auto()
-        return self.impl in ("sdpa", "segment")
-
-    def _use_segment_kernel(self) -> bool:
-        """The Pallas segment kernel for a packed row (SOFTMAX_IMPLS): "segment", or "auto" where the fused paths
-        apply and the head dim suits the kernel (a power of two in [16, 256])."""
-        if self.impl == "auto":
+        impl = self.impl
+        if impl == "auto":
+            if not self._fused_auto():
+                return "einsum"
             d = self.head_dim
-            return self._fused_auto() and 16 <= d <= 256 and d & (d - 1) == 0
-        self._use_sdpa()  # validates impl
-        return self.impl == "segment"
+            impl = "segment" if packed and 16 <= d <= 256 and d & (d - 1) == 0 else "sdpa"
+        return "sdpa" if impl == "segment" and not packed else impl
 
     def _fused_auto(self) -> bool:
         """cuDNN / Pallas apply: a GPU, 16-bit activations, and no context parallelism (the einsum path is the one
