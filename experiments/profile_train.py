@@ -178,8 +178,9 @@ TRACES = []  # markdown tables of --trace
 
 
 def trace_steps(step, state, batch, variant, trace_dir):
-    """Kernel-level profile of 2 train steps (experiments/trace_summary.py); returns the advanced state."""
-    from experiments.trace_summary import markdown_table, traced_kernels
+    """Kernel-level profile of 2 train steps (experiments/trace_summary.py), each kernel named with its JAX op and
+    source line from the compiled HLO (also written next to the trace); returns the advanced state."""
+    from experiments.trace_summary import hlo_sources, markdown_table, traced_kernels
 
     box = [state]
 
@@ -189,8 +190,17 @@ def trace_steps(step, state, batch, variant, trace_dir):
 
     log_dir = os.path.join(trace_dir, variant.replace("/", "_").replace(":", "_"))
     try:
+        sources = {}
+        try:
+            hlo = step.lower(state, batch).compile().as_text()
+            os.makedirs(log_dir, exist_ok=True)
+            with open(os.path.join(log_dir, "step.hlo.txt"), "w") as fh:
+                fh.write(hlo)
+            sources = hlo_sources(hlo)
+        except Exception as e:  # noqa: BLE001 - the sources are a side note of a side note
+            print(f"no HLO sources: {type(e).__name__}: {str(e)[:200]}", flush=True)
         TRACES.append(markdown_table(traced_kernels(call, 2, log_dir), 2, f"train step {variant}", top=40,
-                                     log_dir=log_dir))
+                                     log_dir=log_dir, sources=sources))
     except Exception as e:  # noqa: BLE001 - the trace is a side note
         TRACES.append(f"### train step {variant}\n\ntrace failed: {type(e).__name__}: {str(e)[:300]}\n")
     print(TRACES[-1], flush=True)

@@ -104,7 +104,59 @@ def traced_kernels(fn, calls: int, log_dir: str, all_threads: bool = False) -> l
     return summarise(trace_events(log_dir, all_threads), calls)
 
 
-def markdown_table(rows: list[dict], calls: int, title: str, top: int = 25, log_dir: str | None = None) -> str:
+_FUSION_LINE = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=.*?\b(fusion|custom-call)\(")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_FRAME_ID = re.compile(r"stack_frame_id=(\d+)")
+_TABLE_ROW = re.compile(r"^(\d+) (.*)$")
+
+
+def _hlo_tables(hlo_text: str) -> dict[str, dict[int, str]]:
+    """The FileNames / FunctionNames / FileLocations / StackFrames tables at the top of an HLO module's text."""
+    tables, name = {}, None
+    for line in hlo_text.splitlines():
+        if line in ("FileNames", "FunctionNames", "FileLocations", "StackFrames"):
+            name = line
+            tables[name] = {}
+        elif name and (m := _TABLE_ROW.match(line)):
+            tables[name][int(m.group(1))] = m.group(2)
+        elif line.startswith("%") or line.startswith("ENTRY"):
+            break
+    return tables
+
+
+def _frame_source(tables, frame_id: int) -> str:
+    """'file.py:line (function)' of a stack frame's own location (JAX records the innermost user frame)."""
+    try:
+        frame = tables["StackFrames"][frame_id]
+        loc = tables["FileLocations"][int(re.search(r"file_location_id=(\d+)", frame).group(1))]
+        field = dict(re.findall(r"(\w+)=(\d+)", loc))
+        file = tables["FileNames"][int(field["file_name_id"])].strip('"')
+        func = tables["FunctionNames"][int(field["function_name_id"])].strip('"')
+        return f"{os.path.basename(file)}:{field['line']} ({func})"
+    except (KeyError, AttributeError, ValueError):
+        return ""
+
+
+def hlo_sources(hlo_text: str) -> dict[str, str]:
+    """Kernel name -> where it comes from, read off a compiled module's HLO text (``jit(f).lower(..).compile()
+    .as_text()``): each fusion / custom-call instruction's JAX op (the last two parts of its op_name) and the source
+    line of its stack frame, keyed by the instruction name with dots as underscores, which is how XLA names the GPU
+    kernels in a trace."""
+    tables, out = _hlo_tables(hlo_text), {}
+    for line in hlo_text.splitlines():
+        m = _FUSION_LINE.match(line)
+        if not m:
+            continue
+        op, frame = _OP_NAME.search(line), _FRAME_ID.search(line)
+        note = "/".join(op.group(1).split("/")[-2:]) if op else ""
+        if frame:
+            note += f" @ {_frame_source(tables, int(frame.group(1)))}"
+        out[m.group(1).replace(".", "_")] = note.strip(" @")
+    return out
+
+
+def markdown_table(rows: list[dict], calls: int, title: str, top: int = 25, log_dir: str | None = None,
+                   sources: dict[str, str] | None = None) -> str:
     if not rows:
         seen = f" Threads in the trace: {census(log_dir)}." if log_dir else ""
         return f"### {title}\n\nNo device stream events in the trace (CPU backend, or CUPTI unavailable).{seen}\n"
@@ -117,15 +169,17 @@ def markdown_table(rows: list[dict], calls: int, title: str, top: int = 25, log_
            f"Per call (mean of {calls} traced calls): {busy / 1e3:.3f} ms of kernel time in {launches:.0f} launches "
            f"({busy / max(launches, 1):.1f} us each on average). By category: "
            + ", ".join(f"{c} {us / 1e3:.3f} ms ({100 * us / busy:.0f}%)" for c, us in by_cat.most_common()) + ".", "",
-           "| kernel | category | us / call | launches / call | mean us |", "|---|---|---|---|---|"]
+           "| kernel | category | us / call | launches / call | mean us |" + (" source |" if sources else ""),
+           "|---|---|---|---|---|" + ("---|" if sources else "")]
     for r in rows[:top]:
         name = r["name"] if len(r["name"]) <= 70 else r["name"][:67] + "..."
+        src = f" {sources.get(r['name'], '')} |" if sources else ""
         out.append(f"| `{name}` | {r['category']} | {r['us_per_call']:.1f} | {r['launches_per_call']:.1f} | "
-                   f"{r['mean_us']:.1f} |")
+                   f"{r['mean_us']:.1f} |{src}")
     if len(rows) > top:
         rest = rows[top:]
         out.append(f"| ({len(rest)} more kernels) | | {sum(r['us_per_call'] for r in rest):.1f} | "
-                   f"{sum(r['launches_per_call'] for r in rest):.1f} | |")
+                   f"{sum(r['launches_per_call'] for r in rest):.1f} | |" + (" |" if sources else ""))
     return "\n".join(out) + "\n"
 
 

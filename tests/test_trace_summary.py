@@ -45,3 +45,21 @@ def test_a_trace_without_device_streams_says_so(tmp_path):
     assert ts.trace_events(str(tmp_path)) == []
     text = ts.markdown_table([], 1, "t", log_dir=str(tmp_path))
     assert "No device stream events" in text and "'/host:CPU'" in text
+
+
+def test_hlo_sources_name_each_fusion_by_its_op_and_source_line():
+    import jax
+    import jax.numpy as jnp
+
+    def f(x, y):
+        a = jnp.where(x > 0, jnp.sin(x) * y, 0.0)  # line A
+        return jnp.sum(a, axis=1) + 1
+
+    line_a = f.__code__.co_firstlineno + 1
+    text = jax.jit(f).lower(jnp.ones((64, 64)), jnp.ones((64, 64))).compile().as_text()
+    sources = ts.hlo_sources(text)
+    assert sources, "no fusion found in the compiled HLO"
+    assert any(f"test_trace_summary.py:{line_a} (" in v for v in sources.values()), sources
+    rows = [dict(name=n, category="fusion", us_per_call=1.0, launches_per_call=1.0, mean_us=1.0) for n in sources]
+    table = ts.markdown_table(rows, 1, "t", sources=sources)
+    assert "| source |" in table and f"test_trace_summary.py:{line_a}" in table

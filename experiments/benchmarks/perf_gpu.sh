@@ -23,8 +23,10 @@
 #                cuDNN's dense mask vs the segment kernel
 # Stage 6  one GPU: stage 5's warp-specialised forward again (its smoke check was too strict: one bf16 ulp of o),
 #          forward only next to fla, then the forward and expert-matmul checks (the new 5-stage tiles)
+# Stage 7  (session of 2026-12-01, second) one GPU: where the lightning layer's time goes (benchmarks/lightning_layer.py,
+#          traced, kernels named by source line), then the 1b train step traced the same way
 set -u -o pipefail
-STAGE=${1:?stage 1 to 6}
+STAGE=${1:?stage 1 to 7}
 TOTAL=${2:-540}
 FINAL=${OUT:-/tmp/out}; OUT=$FINAL/r; mkdir -p "$OUT"  # $OUT returns only a few files: all go into one tarball
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -134,6 +136,12 @@ case $STAGE in
     --out "$OUT/lightning_ws_h200.md" > "$OUT/lightning_ws.log" 2>&1
   timeout "$(left 9999)" python3 experiments/check_gpu_kernels.py --only forward,grouped_matmul --quick --no-timing \
     --out "$OUT/check_forward_h200.md" > "$OUT/check_forward.log" 2>&1 ;;
+7)
+  timeout "$(left 200)" python3 experiments/benchmarks/lightning_layer.py --variants off --trace /tmp/ll \
+    --out "$OUT/lightning_layer_h200.md" > "$OUT/lightning_layer.log" 2>&1
+  timeout "$(left 9999)" $PT --parts "" --variants grouped/segment/bfloat16 --steps-timed 3 --trace /tmp/trt \
+    --out "$OUT/train_trace_1b_segment_h200.md" > "$OUT/train_trace.log" 2>&1
+  cp /tmp/trt/*/step.hlo.txt "$OUT/" 2>/dev/null ;;
 esac
 tar czf "$FINAL/results.tgz" -C "$OUT" . && rm -rf "$OUT"
 ls -la "$FINAL"
