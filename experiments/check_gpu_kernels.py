@@ -285,6 +285,49 @@ def check_segments(args):
                 args.interpret, jax.random.fold_in(key, 20 + i), 1e-2, 2e-2))
 
 
+def qkv_grads(impl, shape, q, k, v, decay, s0, seg, do, dst, interpret):
+    """pallas_kernels.lightning_attention_qkv on the interleaved q|k|v: (o, state) and d qkv (split back into dq, dk,
+    dv) and d s0 against jax.vjp of the fp32 reference on q, k, v."""
+    d = q.shape[-1]
+
+    def f(x, s):
+        return pallas_kernels.lightning_attention_qkv(x, decay, initial_state=s, segment_ids=seg, return_state=True,
+                                                      impl=impl, interpret=interpret)
+
+    def vjp(x, s):
+        out, pullback = jax.vjp(f, x, s)
+        return out, pullback((do, dst))
+
+    (o, st), (dqkv, ds0) = jax.jit(vjp)(jnp.concatenate([q, k, v], axis=-1), s0)
+    (ro, rs), rgrads = jax.jit(ref_vjp)(q, k, v, decay, s0, seg, do, dst)
+    check = f"qkv {impl} fwd+bwd"
+    record(check, shape, "o", o, ro, 1e-2)
+    record(check, shape, "state", st, rs, 1e-2)
+    got = (dqkv[..., :d], dqkv[..., d: 2 * d], dqkv[..., 2 * d:], ds0)
+    for name, g, r in zip(("dq", "dk", "dv", "ds0"), got, rgrads, strict=True):
+        record(check, shape, name, g, r, 2e-2)
+
+
+def check_qkv(args):
+    print("\n== lightning_attention_qkv (interleaved q|k|v in place, d qkv written in place) vs jax.vjp(reference) ==")
+    key = jax.random.PRNGKey(6)
+    # (b, t, h, d, segments (0: none)); B1 T8192 H16 is the 1b layer (seq_split "auto" splits it)
+    cases = [(1, 100, 2, 64, 3), (1, 130, 2, 64, 0)]  # interpret; no segments: the Mosaic forward (JAX >= 0.11)
+    if not args.interpret:
+        cases = [(1, 8192, 16, 128, 5), (2, 1000, 4, 128, 0)]
+    impls = ("triton", "mosaic_gpu") if gpu_mosaic is not None else ("triton",)
+    for i, (b, t, h, d, n_seg) in enumerate(cases):
+        q, k, v, decay, s0 = make_inputs(jax.random.fold_in(key, i), b, t, h, d, d, jnp.bfloat16, "minimax", True)
+        seg = make_segments(jax.random.fold_in(key, 10 + i), b, t, n_seg) if n_seg else None
+        kd, ks = jax.random.split(jax.random.fold_in(key, 20 + i))
+        do = jax.random.normal(kd, (b, t, h, d), F32).astype(q.dtype)
+        dst = jax.random.normal(ks, (b, h, d, d), F32)
+        shape = f"B{b} T{t} H{h} D{d}{f' {n_seg} segs' if n_seg else ''} s0"
+        for impl in impls:
+            guarded(f"qkv {impl} {shape}", functools.partial(
+                qkv_grads, impl, shape, q, k, v, decay, s0, seg, do, dst, args.interpret))
+
+
 def check_auto(args):
     print("\n== impl='auto' resolution ==")
     dev = jax.devices()[0]
@@ -436,7 +479,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer correctness shapes")
     ap.add_argument("--out", default=None, help="write the markdown summary here")
     ap.add_argument("--only", default="", help="comma-separated subset of: forward,op,segments,auto,decode,"
-                    "decode_attention,segment_attention,grouped_matmul,timings")
+                    "decode_attention,segment_attention,grouped_matmul,qkv,timings")
     args = ap.parse_args()
     if args.interpret:
         from jax.experimental.pallas import mosaic_gpu as plgpu
@@ -459,7 +502,7 @@ def main():
     parts = {"forward": check_forward, "op": check_op, "segments": check_segments, "auto": check_auto,
              "decode": check_decode, "decode_attention": check_decode_attention,
              "segment_attention": check_segment_attention,
-             "grouped_matmul": check_grouped_matmul, "timings": timings}
+             "grouped_matmul": check_grouped_matmul, "qkv": check_qkv, "timings": timings}
     only = [p for p in args.only.split(",") if p] or list(parts)
     for name in only:
         if name not in parts:

@@ -344,3 +344,46 @@ def test_grouped_dispatch_gradients_match_a_scatter_formulation(rng, k):
     want = jax.value_and_grad(loss(scatter_version), (0, 1))(x, wts)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         assert rel_err(a, b) < 1e-6
+
+
+def test_lightning_layer_hands_the_kernels_its_interleaved_qkv(rng, monkeypatch):
+    """LightningAttention.fused (default) gives the Triton kernels the per-head interleaved q|k|v projection whole
+    (lightning_cp.lightning_attention_qkv) instead of XLA slices: output, final state and the gradients w.r.t. the
+    parameters and x equal the sliced path's and the reference's, with packed segments and a ragged length (the
+    kernels run in interpret mode on the CPU)."""
+    from m1jax.model.lightning import LightningAttention
+    from pallas_kernels.lightning_attention import gpu_triton, ops
+
+    calls = []
+
+    def interpreted(kernel):  # the model never asks for interpret mode: force it (and count the calls)
+        def run(*a, interpret=False, **kw):
+            calls.append(kernel.__name__)
+            return kernel(*a, interpret=True, **kw)
+
+        return lambda: run
+
+    monkeypatch.setitem(ops._IMPLS, "triton", interpreted(gpu_triton.lightning_attention))
+    monkeypatch.setitem(ops._QKV_IMPLS, "triton", interpreted(gpu_triton.lightning_attention_qkv))
+    config = ModelConfig.tiny(num_attention_heads=2, head_dim=16, block_size=16)
+    layer = LightningAttention(config, 1, rngs=nnx.Rngs(int(rng.integers(1 << 30))))
+    x = jnp.asarray(rng.standard_normal((2, 37, config.hidden_size)).astype(np.float32))
+    segments = jnp.asarray(np.sort(rng.integers(1, 4, (2, 37)), axis=1))
+    graphdef, params = nnx.split(layer, nnx.Param)
+
+    def run(impl, fused):
+        def loss(params, x):
+            m = nnx.merge(graphdef, params)
+            m.kernel_impl, m.fused = impl, fused
+            y, state = m(x, segment_ids=segments)
+            return jnp.sum(y * jnp.cos(y)) + jnp.sum(state), (y, state)
+
+        return jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))(params, x)
+
+    (g_ref, (y_ref, s_ref)), (g_sliced, _), (g_fused, (y, s)) = (
+        run("reference", False), run("triton", False), run("triton", True))
+    assert calls == ["lightning_attention", "lightning_attention_qkv"]
+    assert rel_err(y, y_ref) < 1e-5 and rel_err(s, s_ref) < 1e-5
+    for g in (g_sliced, g_fused):
+        for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref), strict=True):
+            assert rel_err(a, b) < 1e-4

@@ -53,6 +53,10 @@ class LightningAttention(nnx.Module):
         self.decay = tuple(float(s) for s in lightning_decay(c, layer))  # static, not a parameter
         self.dtype = c.jnp_dtype
         self.kernel_impl = "auto"
+        # static: hand the kernels the interleaved q|k|v projection whole (lightning_cp.lightning_attention_qkv:
+        # the GPU kernels read it in place and write its gradient in place); False slices q, k, v in XLA first
+        # and concatenates their gradients (the A/B baseline of experiments/benchmarks/lightning_layer.py).
+        self.fused = True
 
     def __call__(self, x, *, segment_ids=None, state=None, pad_mask=None):
         """x [b, n, hidden] -> (y [b, n, hidden], final fp32 state [b, H, D, D]).
@@ -65,12 +69,19 @@ class LightningAttention(nnx.Module):
         H, D = self.num_heads, self.head_dim
         qkv = jax.nn.silu(dense(x, self.qkv_proj[...], self.dtype)).reshape(b, n, H, 3 * D)
         qkv = constrain(qkv, ("batch", "seq", "heads", None))  # per-head interleaved: heads split whole
+        decay = jnp.asarray(self.decay, jnp.float32)
+        decode = state is not None and n == 1 and segment_ids is None
+        if self.fused and pad_mask is None and not decode:
+            o, state = lightning_cp.lightning_attention_qkv(
+                qkv, decay, initial_state=state, segment_ids=segment_ids, block_size=self.block_size,
+                impl=self.kernel_impl,
+            )
+            return self._output(x, o), state
         q, k, v = qkv[..., :D], qkv[..., D : 2 * D], qkv[..., 2 * D :]
         if pad_mask is not None:  # where, not a product: a non-finite padded activation must not leak
             keep = pad_mask[:, :, None, None]
             k, v = jnp.where(keep, k, 0), jnp.where(keep, v, 0)
-        decay = jnp.asarray(self.decay, jnp.float32)
-        if state is not None and n == 1 and segment_ids is None:
+        if decode:
             o, state = lightning_cp.lightning_decode(q[:, 0], k[:, 0], v[:, 0], decay, state)
             o = o[:, None]
         else:
@@ -78,6 +89,11 @@ class LightningAttention(nnx.Module):
                 q, k, v, decay, initial_state=state, segment_ids=segment_ids,
                 block_size=self.block_size, impl=self.kernel_impl,
             )
-        o = self.norm(o.reshape(b, n, H * D).astype(self.dtype))
+        return self._output(x, o), state
+
+    def _output(self, x, o):
+        """H*D RMSNorm of o [b, n, H, D], the sigmoid gate of x, the output projection."""
+        b, n = o.shape[:2]
+        o = self.norm(o.reshape(b, n, -1).astype(self.dtype))
         o = jax.nn.sigmoid(dense(x, self.output_gate[...], self.dtype)) * o
-        return dense(o, self.out_proj[...], self.dtype), state
+        return dense(o, self.out_proj[...], self.dtype)

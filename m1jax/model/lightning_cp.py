@@ -34,33 +34,53 @@ _HI = jax.lax.Precision.HIGHEST
 
 def lightning_attention(q, k, v, decay, *, initial_state=None, segment_ids=None, block_size: int, impl: str):
     """q, k, v [b, n, H, D]; decay [H] -> (o [b, n, H, D] in q.dtype, final fp32 state [b, H, D, D])."""
+    return _on_mesh(lambda qkv: (qkv[0], qkv[1], qkv[2]), (q, k, v), decay, initial_state, segment_ids,
+                    block_size, impl, qkv=False)
+
+
+def lightning_attention_qkv(qkv, decay, *, initial_state=None, segment_ids=None, block_size: int, impl: str):
+    """``lightning_attention`` of the per-head interleaved qkv [b, n, H, 3 D] (q | k | v), handed to the kernels
+    whole (``pallas_kernels.lightning_attention_qkv``: no slices, no gradient concatenation) except under
+    context parallelism, whose correction needs q and k apart."""
+    d = qkv.shape[-1] // 3
+    return _on_mesh(lambda x: (x[..., :d], x[..., d: 2 * d], x[..., 2 * d:]), qkv, decay, initial_state,
+                    segment_ids, block_size, impl, qkv=True)
+
+
+def _on_mesh(split, x, decay, initial_state, segment_ids, block_size, impl, *, qkv: bool):
+    """The kernel on ``x`` (q, k, v, or one interleaved qkv when ``qkv``; ``split`` gives q, k, v of it)."""
     kernel_kw = dict(return_state=True, block_size=block_size, impl=impl)
+
+    def kernel(x, decay, **kw):
+        if qkv:
+            return pallas_kernels.lightning_attention_qkv(x, decay, **kw, **kernel_kw)
+        return pallas_kernels.lightning_attention(*x, decay, **kw, **kernel_kw)
+
     mesh = active_mesh()
     if mesh is None or mesh.size == 1:
-        return pallas_kernels.lightning_attention(q, k, v, decay, initial_state=initial_state,
-                                                  segment_ids=segment_ids, **kernel_kw)
-    spec = logical_to_spec(QKV_AXES, q.shape, mesh)
+        return kernel(x, decay, initial_state=initial_state, segment_ids=segment_ids)
+    lead = x if qkv else x[0]
+    spec = logical_to_spec(QKV_AXES, lead.shape, mesh)
     batch, ctx, heads = spec[0], mesh_axes(spec[1]), spec[2]
     state_spec, seg_spec = P(batch, heads, None, None), P(batch, spec[1])
     C = 1
     for a in ctx:
         C *= mesh.shape[a]
 
-    def body(q, k, v, decay, state0, seg):
+    def body(x, decay, state0, seg):
         if not ctx:
-            return pallas_kernels.lightning_attention(q, k, v, decay, initial_state=state0, segment_ids=seg,
-                                                      **kernel_kw)
-        o, s_local = pallas_kernels.lightning_attention(q, k, v, decay, segment_ids=seg, **kernel_kw)
-        return _context_correction(q, o, s_local, decay, state0, seg, ctx, C)
+            return kernel(x, decay, initial_state=state0, segment_ids=seg)
+        o, s_local = kernel(x, decay, segment_ids=seg)
+        return _context_correction(split(x)[0], o, s_local, decay, state0, seg, ctx, C)
 
-    args = (q, k, v, decay, initial_state, segment_ids)
-    specs = (spec, spec, spec, P(heads), state_spec, seg_spec)
+    args = (x, decay, initial_state, segment_ids)
+    specs = (spec if qkv else (spec,) * 3, P(heads), state_spec, seg_spec)
     present = [i for i, a in enumerate(args) if a is not None]
 
     def call(*xs):  # shard_map over the arrays that exist (state / segment ids are optional)
         full = [None] * len(args)
-        for i, x in zip(present, xs, strict=True):
-            full[i] = x
+        for i, a in zip(present, xs, strict=True):
+            full[i] = a
         return body(*full)
 
     # check_vma=False: the kernels build their own (unvarying) zero states inside scans and Pallas calls.

@@ -524,4 +524,29 @@ def lightning_attention(
     return gpu_triton.with_triton_backward(fwd, params)(q, k, v, decay, initial_state, None)
 
 
-__all__ = ["lightning_attention_fwd", "lightning_attention", "check_supported", "unsupported_reason"]
+@functools.partial(jax.jit, static_argnames=("block_size", "interpret"))
+def lightning_attention_qkv(qkv, decay, *, initial_state=None, segment_ids=None, block_size=64, interpret=False):
+    """``lightning_attention`` on an interleaved qkv [B, T, H, 3 D] (ops' ``lightning_attention_qkv``): the
+    Mosaic forward on q, k, v sliced in XLA (its TMA loads take whole arrays), and the Triton backward writing
+    d qkv interleaved in place (``gpu_triton.backward_qkv``: no concatenation). Where the Mosaic forward does not
+    apply, ``gpu_triton.lightning_attention_qkv``; where neither interleaved kernel does, the sliced path."""
+    d = qkv.shape[-1] // 3
+    q, k, v = qkv[..., :d], qkv[..., d: 2 * d], qkv[..., 2 * d:]
+    if gpu_triton.qkv_unsupported_reason(qkv) is not None:
+        return lightning_attention(q, k, v, decay, initial_state=initial_state, segment_ids=segment_ids,
+                                   block_size=block_size, interpret=interpret)
+    if unsupported_reason(q, k, v, decay, initial_state, segment_ids) is not None:
+        return gpu_triton.lightning_attention_qkv(qkv, decay, initial_state=initial_state, segment_ids=segment_ids,
+                                                  block_size=block_size, interpret=interpret)
+
+    def fwd(qkv, decay, initial_state, segment_ids):
+        del segment_ids  # None here
+        return lightning_attention_fwd(qkv[..., :d], qkv[..., d: 2 * d], qkv[..., 2 * d:], decay,
+                                       initial_state=initial_state, interpret=interpret)
+
+    params = gpu_triton.TritonParams.make(block_size=block_size, interpret=interpret)
+    return gpu_triton.with_triton_backward_qkv(fwd, params)(qkv, decay, initial_state, None)
+
+
+__all__ = ["lightning_attention_fwd", "lightning_attention", "lightning_attention_qkv", "check_supported",
+           "unsupported_reason"]

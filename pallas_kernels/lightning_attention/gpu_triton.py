@@ -167,9 +167,10 @@ def _block_factors(cfg: _Cfg, s, i, seg_ref):
 
 
 def _split_refs(cfg: _Cfg, rest, n_out: int):
-    if cfg.has_seg:
-        return rest[0], rest[1 : 1 + n_out]
-    return None, rest[:n_out]
+    """(segment ref or None, the n_out output refs) from the refs after the fixed inputs; an input aliased to
+    an output (the interleaved gradient buffer, ``_backward``) comes between them and is skipped."""
+    seg, rest = (rest[0], rest[1:]) if cfg.has_seg else (None, rest)
+    return seg, rest[len(rest) - n_out:]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -257,11 +258,15 @@ def _dv_kernel(decay_ref, q_ref, k_ref, do_ref, dst_ref, *rest, cfg: _Cfg):
 # ----------------------------------------------------------------------------------------------
 
 
-def _seq_spec(cfg: _Cfg, d: int, split: bool):
-    """[B, Tp, H, D] -> one (batch, head) and the whole padded sequence; D whole or tile j."""
+def _seq_spec(cfg: _Cfg, d: int, split: bool, offset: int = 0):
+    """[B, Tp, H, D] -> one (batch, head) and the whole padded sequence; D whole or tile j. ``offset`` (a multiple
+    of d) starts the columns there: q, k or v inside an interleaved [B, Tp, H, 3 D] q|k|v array."""
+    if offset % d:
+        raise ValueError(f"column offset {offset} is not a multiple of the tile {d}")
+    o = offset // d
     if split:
-        return pl.BlockSpec((None, cfg.tp, None, d), lambda b, h, j: (b, 0, h, j))
-    return pl.BlockSpec((None, cfg.tp, None, d), lambda b, h, j: (b, 0, h, 0))
+        return pl.BlockSpec((None, cfg.tp, None, d), lambda b, h, j: (b, 0, h, o + j))
+    return pl.BlockSpec((None, cfg.tp, None, d), lambda b, h, j: (b, 0, h, o))
 
 
 def _state_spec(rows: int, cols: int, split_rows: bool):
@@ -278,7 +283,7 @@ def _common_specs(cfg: _Cfg, decay, seg):
     return decay_spec, seg_specs, seg_args
 
 
-def _call(kernel, cfg: _Cfg, name, grid, in_specs, out_specs, out_shape, args, *, bwd=True):
+def _call(kernel, cfg: _Cfg, name, grid, in_specs, out_specs, out_shape, args, *, bwd=True, aliases=None):
     return pl.pallas_call(
         functools.partial(kernel, cfg=cfg),
         grid=grid,
@@ -290,12 +295,18 @@ def _call(kernel, cfg: _Cfg, name, grid, in_specs, out_specs, out_shape, args, *
         ),
         interpret=cfg.interpret,
         name=name,
+        input_output_aliases=aliases or {},
     )(*args)
 
 
-def _forward(cfg: _Cfg, q, k, v, decay, s0, seg):
-    b, tp, h, dk = q.shape
-    dv = v.shape[-1]
+def _forward(cfg: _Cfg, q, k, v, decay, s0, seg, *, dk=None):
+    """Separate q [B, Tp, H, Dk], k, v [.., Dv]; or ``dk`` given and q = k = v = one interleaved [B, Tp, H, 3 Dk]
+    array (q | k | v per head, Dv = Dk)."""
+    b, tp, h = q.shape[:3]
+    qkv = dk is not None
+    dk = dk if qkv else q.shape[-1]
+    dv = dk if qkv else v.shape[-1]
+    off_k, off_v = (dk, 2 * dk) if qkv else (0, 0)
     bv = cfg.fwd_block_v
     decay_spec, seg_specs, seg_args = _common_specs(cfg, decay, seg)
     return _call(
@@ -303,7 +314,7 @@ def _forward(cfg: _Cfg, q, k, v, decay, s0, seg):
         cfg,
         "lightning_attention_fwd",
         (b, h, dv // bv),
-        [decay_spec, _seq_spec(cfg, dk, False), _seq_spec(cfg, dk, False), _seq_spec(cfg, bv, True),
+        [decay_spec, _seq_spec(cfg, dk, False), _seq_spec(cfg, dk, False, off_k), _seq_spec(cfg, bv, True, off_v),
          _state_spec(dk, bv, False), *seg_specs],
         [_seq_spec(cfg, bv, True), _state_spec(dk, bv, False)],
         [jax.ShapeDtypeStruct((b, tp, h, dv), q.dtype), jax.ShapeDtypeStruct((b, h, dk, dv), _F32)],
@@ -312,34 +323,54 @@ def _forward(cfg: _Cfg, q, k, v, decay, s0, seg):
     )
 
 
-def _backward(cfg: _Cfg, q, k, v, decay, s0, seg, do, dst):
-    b, tp, h, dk = q.shape
-    dv = v.shape[-1]
+def _backward(cfg: _Cfg, q, k, v, decay, s0, seg, do, dst, *, dk=None):
+    """(dq, dk, dv, ds0); with ``dk`` given, q = k = v is the interleaved array (``_forward``) and the gradient is
+    one interleaved array (dqkv, ds0): each kernel writes its third of one buffer, passed on from kernel to kernel
+    as an aliased input, so no concatenation follows."""
+    b, tp, h = q.shape[:3]
+    qkv = dk is not None
+    dk = dk if qkv else q.shape[-1]
+    dv = dk if qkv else v.shape[-1]
+    off_k, off_v = (dk, 2 * dk) if qkv else (0, 0)
     bk, bv = cfg.block_k, cfg.block_v
     decay_spec, seg_specs, seg_args = _common_specs(cfg, decay, seg)
-    full_v = _seq_spec(cfg, dv, False)
+    full_v = _seq_spec(cfg, dv, False, off_v)
+    full_do = _seq_spec(cfg, dv, False)
+    grad_shape = (lambda x: jax.ShapeDtypeStruct(q.shape, q.dtype)) if qkv else (
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype))
+
+    def carried(prev, n_in):  # the interleaved buffer so far, as an input aliased to output 0
+        return ([prev], [pl.BlockSpec(memory_space=pl.ANY)], {n_in: 0}) if qkv else ([], [], None)
+
     (dq,) = _call(
         _dq_kernel, cfg, "lightning_attention_bwd_dq", (b, h, dk // bk),
-        [decay_spec, _seq_spec(cfg, bk, True), full_v, full_v, _state_spec(bk, dv, True), *seg_specs],
+        [decay_spec, _seq_spec(cfg, bk, True, off_k), full_v, full_do, _state_spec(bk, dv, True), *seg_specs],
         [_seq_spec(cfg, bk, True)],
-        [jax.ShapeDtypeStruct(q.shape, q.dtype)],
+        [grad_shape(q)],
         (decay, k, v, do, s0, *seg_args),
     )
+    args, specs, aliases = carried(dq, 5 + len(seg_args))
     (dk_,) = _call(
         _dk_kernel, cfg, "lightning_attention_bwd_dk", (b, h, dk // bk),
-        [decay_spec, _seq_spec(cfg, bk, True), full_v, full_v, _state_spec(bk, dv, True), *seg_specs],
-        [_seq_spec(cfg, bk, True)],
-        [jax.ShapeDtypeStruct(k.shape, k.dtype)],
-        (decay, q, v, do, dst, *seg_args),
+        [decay_spec, _seq_spec(cfg, bk, True), full_v, full_do, _state_spec(bk, dv, True), *seg_specs, *specs],
+        [_seq_spec(cfg, bk, True, off_k)],
+        [grad_shape(k)],
+        (decay, q, v, do, dst, *seg_args, *args),
+        aliases=aliases,
     )
+    args, specs, aliases = carried(dk_, 5 + len(seg_args))
     full_k = _seq_spec(cfg, dk, False)
     dv_, ds0 = _call(
         _dv_kernel, cfg, "lightning_attention_bwd_dv", (b, h, dv // bv),
-        [decay_spec, full_k, full_k, _seq_spec(cfg, bv, True), _state_spec(dk, bv, False), *seg_specs],
-        [_seq_spec(cfg, bv, True), _state_spec(dk, bv, False)],
-        [jax.ShapeDtypeStruct(v.shape, v.dtype), jax.ShapeDtypeStruct(s0.shape, _F32)],
-        (decay, q, k, do, dst, *seg_args),
+        [decay_spec, full_k, _seq_spec(cfg, dk, False, off_k), _seq_spec(cfg, bv, True),
+         _state_spec(dk, bv, False), *seg_specs, *specs],
+        [_seq_spec(cfg, bv, True, off_v), _state_spec(dk, bv, False)],
+        [grad_shape(v), jax.ShapeDtypeStruct(s0.shape, _F32)],
+        (decay, q, k, do, dst, *seg_args, *args),
+        aliases=aliases,
     )
+    if qkv:
+        return dv_, ds0
     return dq, dk_, dv_, ds0
 
 
@@ -388,31 +419,23 @@ class TritonParams:
         )
 
 
-def _prepare(p: TritonParams, q, k, v, decay, initial_state, segment_ids):
-    """Kernel config and padded, compute-dtype operands (q, k, v, decay, s0, seg) of one call."""
-    b, t, h, dk = q.shape
-    dv = v.shape[-1]
-    dkp = _padded_head_dim(dk, "q/k")
-    dvp = _padded_head_dim(dv, "v")
+def _config(p: TritonParams, b: int, t: int, h: int, dkp: int, dvp: int, has_seg: bool) -> _Cfg:
     fwd_block_v = p.fwd_block_v
     if fwd_block_v is None:
         fwd_block_v = 64 if b * h * max(1, dvp // 64) >= _FWD_MIN_PROGRAMS else 32
     fbv = min(dvp, max(MIN_TILE, _pow2_floor(fwd_block_v)))
     bk = min(dkp, max(MIN_TILE, _pow2_floor(p.bwd_block)))
     bv = min(dvp, max(MIN_TILE, _pow2_floor(p.bwd_block)))
-
     c = max(MIN_TILE, _pow2_floor(min(int(p.block_size), MAX_BLOCK_SIZE)))
     c = max(MIN_TILE, min(c, _pow2_ceil(t)))
-    nblk = -(-t // c)
-    tp = nblk * c
-    cfg = _Cfg(
-        t=t, c=c, nblk=nblk, fwd_block_v=fbv, block_k=bk, block_v=bv, has_seg=segment_ids is not None,
+    return _Cfg(
+        t=t, c=c, nblk=-(-t // c), fwd_block_v=fbv, block_k=bk, block_v=bv, has_seg=has_seg,
         num_warps=p.num_warps, num_stages=p.num_stages, interpret=p.interpret,
     )
-    dt = jnp.result_type(q.dtype, k.dtype, v.dtype)
-    q_, k_, v_ = (x.astype(dt) for x in (q, k, v))
-    q_, k_ = (_pad_axis(_pad_axis(x, 3, dkp), 1, tp) for x in (q_, k_))
-    v_ = _pad_axis(_pad_axis(v_, 3, dvp), 1, tp)
+
+
+def _state_and_segments(cfg: _Cfg, b, h, dkp, dvp, initial_state, segment_ids):
+    """The padded fp32 initial state (zeros if None) and int32 segment ids (None if None)."""
     if initial_state is None:
         s0 = jnp.zeros((b, h, dkp, dvp), _F32)
     else:
@@ -420,8 +443,23 @@ def _prepare(p: TritonParams, q, k, v, decay, initial_state, segment_ids):
     seg = None
     if segment_ids is not None:
         seg = segment_ids.astype(jnp.int32)
-        if tp != t:  # padding gets its own id (never equal to a real one), like reference.chunked
-            seg = jnp.pad(seg, ((0, 0), (0, tp - t)), constant_values=jnp.min(seg) - 1)
+        if cfg.tp != cfg.t:  # padding gets its own id (never equal to a real one), like reference.chunked
+            seg = jnp.pad(seg, ((0, 0), (0, cfg.tp - cfg.t)), constant_values=jnp.min(seg) - 1)
+    return s0, seg
+
+
+def _prepare(p: TritonParams, q, k, v, decay, initial_state, segment_ids):
+    """Kernel config and padded, compute-dtype operands (q, k, v, decay, s0, seg) of one call."""
+    b, t, h, dk = q.shape
+    dv = v.shape[-1]
+    dkp = _padded_head_dim(dk, "q/k")
+    dvp = _padded_head_dim(dv, "v")
+    cfg = _config(p, b, t, h, dkp, dvp, segment_ids is not None)
+    dt = jnp.result_type(q.dtype, k.dtype, v.dtype)
+    q_, k_, v_ = (x.astype(dt) for x in (q, k, v))
+    q_, k_ = (_pad_axis(_pad_axis(x, 3, dkp), 1, cfg.tp) for x in (q_, k_))
+    v_ = _pad_axis(_pad_axis(v_, 3, dvp), 1, cfg.tp)
+    s0, seg = _state_and_segments(cfg, b, h, dkp, dvp, initial_state, segment_ids)
     return cfg, q_, k_, v_, decay.astype(_F32), s0, seg
 
 
@@ -534,8 +572,103 @@ def lightning_attention(
     return with_triton_backward(fwd_fn, params)(q, k, v, decay, initial_state, segment_ids)
 
 
+# ----------------------------------------------------------------------------------------------
+# Interleaved q | k | v: the lightning layer's projection output read and its gradient written in place
+# ----------------------------------------------------------------------------------------------
+
+
+def qkv_unsupported_reason(qkv) -> str | None:
+    """Why the interleaved kernels cannot take ``qkv`` [B, T, H, 3 D] (a string), or None: D must be a power of
+    two >= 16 (a column tile of the interleaved array cannot be padded in place)."""
+    if qkv.ndim != 4 or qkv.shape[-1] % 3:
+        return f"qkv must be [batch, seq, heads, 3 * head_dim], got shape {qkv.shape}"
+    d = qkv.shape[-1] // 3
+    if d < MIN_TILE or d & (d - 1) or d > MAX_HEAD_DIM:
+        return f"head_dim {d} is not a power of two in [{MIN_TILE}, {MAX_HEAD_DIM}]"
+    return None
+
+
+def _prepare_qkv(p: TritonParams, qkv, initial_state, segment_ids):
+    b, t, h, d3 = qkv.shape
+    d = d3 // 3
+    cfg = _config(p, b, t, h, d, d, segment_ids is not None)
+    s0, seg = _state_and_segments(cfg, b, h, d, d, initial_state, segment_ids)
+    return cfg, _pad_axis(qkv, 1, cfg.tp), s0, seg
+
+
+def forward_qkv(qkv, decay, initial_state=None, segment_ids=None, *, params: TritonParams = TritonParams()):
+    """``forward`` on an interleaved qkv [B, T, H, 3 D] (per head q | k | v, one dtype): the kernel reads its
+    three column ranges in place, so no slices are materialised. Returns (o [B, T, H, D], final fp32 state)."""
+    t, d = qkv.shape[1], qkv.shape[-1] // 3
+    cfg, qkv_, s0, seg = _prepare_qkv(params, qkv, initial_state, segment_ids)
+    o, state = _forward(cfg, qkv_, qkv_, qkv_, decay.astype(_F32), s0, seg, dk=d)
+    return o[:, :t], state
+
+
+def backward_qkv(qkv, decay, initial_state, segment_ids, do, dstate, *, params: TritonParams = TritonParams()):
+    """``backward`` for ``forward_qkv``: (d qkv [B, T, H, 3 D] in qkv's dtype, interleaved like qkv and written by
+    the three kernels into one buffer, d initial_state or None)."""
+    t, d = qkv.shape[1], qkv.shape[-1] // 3
+    cfg, qkv_, s0, seg = _prepare_qkv(params, qkv, initial_state, segment_ids)
+    do_ = _pad_axis(do.astype(qkv.dtype), 1, cfg.tp)
+    dqkv, ds0 = _backward(cfg, qkv_, qkv_, qkv_, decay.astype(_F32), s0, seg, do_, dstate.astype(_F32), dk=d)
+    return dqkv[:, :t], None if initial_state is None else ds0.astype(initial_state.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _qkv_with_bwd(fwd_fn, params, qkv, decay, initial_state, segment_ids):
+    return fwd_fn(qkv, decay, initial_state, segment_ids)
+
+
+def _qkv_with_bwd_fwd(fwd_fn, params, qkv, decay, initial_state, segment_ids):
+    return fwd_fn(qkv, decay, initial_state, segment_ids), (qkv, decay, initial_state, segment_ids)
+
+
+def _qkv_with_bwd_bwd(fwd_fn, params, res, cts):
+    del fwd_fn
+    qkv, decay, initial_state, segment_ids = res
+    dqkv, ds0 = backward_qkv(qkv, decay, initial_state, segment_ids, *cts, params=params)
+    return dqkv, jnp.zeros_like(decay), ds0, None
+
+
+_qkv_with_bwd.defvjp(_qkv_with_bwd_fwd, _qkv_with_bwd_bwd)
+
+
+def with_triton_backward_qkv(fwd_fn, params: TritonParams = TritonParams()):
+    """``with_triton_backward`` for the interleaved layout: ``fwd_fn(qkv, decay, initial_state, segment_ids) ->
+    (o, final state)`` made differentiable in qkv and initial_state with ``backward_qkv`` as its VJP."""
+
+    def f(qkv, decay, initial_state=None, segment_ids=None):
+        return _qkv_with_bwd(fwd_fn, params, qkv, decay, initial_state, segment_ids)
+
+    return f
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("block_size", "interpret", "fwd_block_v", "bwd_block", "num_warps", "num_stages"),
+)
+def lightning_attention_qkv(qkv, decay, *, initial_state=None, segment_ids=None, block_size: int = 64,
+                            interpret: bool = False, fwd_block_v: int | None = None, bwd_block: int = DEFAULT_BWD_BLOCK,
+                            num_warps: int = DEFAULT_NUM_WARPS, num_stages: int | tuple[int, int] = DEFAULT_NUM_STAGES):
+    """``lightning_attention`` of q, k, v = qkv[..., :D], qkv[..., D:2D], qkv[..., 2D:] for an interleaved qkv
+    [B, T, H, 3 D] (D a power of two >= 16), without materialising the slices, and with d qkv written as one
+    interleaved array (no concatenation). Returns (o [B, T, H, D] in qkv's dtype, final fp32 state)."""
+    reason = qkv_unsupported_reason(qkv)
+    if reason is not None:
+        raise ValueError(reason)
+    params = TritonParams.make(block_size, interpret, fwd_block_v, bwd_block, num_warps, num_stages)
+    fwd_fn = functools.partial(forward_qkv, params=params)
+    return with_triton_backward_qkv(fwd_fn, params)(qkv, decay, initial_state, segment_ids)
+
+
 __all__ = [
     "lightning_attention",
+    "lightning_attention_qkv",
+    "forward_qkv",
+    "backward_qkv",
+    "with_triton_backward_qkv",
+    "qkv_unsupported_reason",
     "forward",
     "backward",
     "with_triton_backward",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+import jax
 import jax.numpy as jnp
 
 from pallas_kernels.lightning_attention import reference, split
@@ -101,8 +102,6 @@ def _auto_impl() -> str:
     TPU: "tpu". GPU: "mosaic_gpu" on Hopper (compute capability 9.x) with JAX >= 0.11, else
     "triton". Otherwise "reference".
     """
-    import jax
-
     backend = jax.default_backend()
     if backend == "tpu":
         return "tpu"
@@ -127,8 +126,6 @@ def _seq_parts(seq_split, impl_name, q, v) -> int:
     if seq_split == "auto":
         if impl_name not in ("mosaic_gpu", "triton"):
             return 1
-        import jax
-
         sms = getattr(jax.devices()[0], "core_count", None) or 132
         b, t, h, _ = q.shape
         return split.auto_parts(b, t, h, v.shape[-1], int(sms))
@@ -184,6 +181,63 @@ def lightning_attention(
     return (o, state) if return_state else o
 
 
+# impl name -> callable(qkv, decay, *, initial_state, segment_ids, block_size, interpret) for the interleaved layout
+# (``lightning_attention_qkv``); other impls run on slices.
+def _triton_qkv():
+    from pallas_kernels.lightning_attention import gpu_triton
+
+    return gpu_triton.lightning_attention_qkv
+
+
+def _mosaic_gpu_qkv():
+    from pallas_kernels.lightning_attention import gpu_mosaic
+
+    return gpu_mosaic.lightning_attention_qkv
+
+
+_QKV_IMPLS = {"triton": _triton_qkv, "mosaic_gpu": _mosaic_gpu_qkv}
+
+
+def _qkv_fits(qkv) -> bool:
+    """The interleaved GPU kernels take it: head_dim a power of two in [16, 256] (gpu_triton.qkv_unsupported_reason,
+    restated here so that no kernel module is imported for other backends)."""
+    d = qkv.shape[-1] // 3
+    return 16 <= d <= 256 and d & (d - 1) == 0
+
+
+def lightning_attention_qkv(qkv, decay, *, initial_state=None, return_state: bool = False, segment_ids=None,
+                            block_size: int = DEFAULT_BLOCK_SIZE, impl: str = "auto", interpret: bool = False,
+                            seq_split: int | str = "auto"):
+    """``lightning_attention`` of q, k, v = qkv[..., :D], qkv[..., D:2D], qkv[..., 2D:] for qkv [batch, seq, heads,
+    3 D], the lightning layer's per-head interleaved projection output.
+
+    The GPU kernels ("triton", "mosaic_gpu"; D a power of two in [16, 256]) read the three column ranges in place
+    and write d qkv as one interleaved array, so neither the slices nor the gradient's concatenation (two passes
+    over [batch, seq, 3 heads D] each) are materialised; other impls and shapes run ``lightning_attention`` on
+    the slices. Arguments and results are ``lightning_attention``'s.
+    """
+    if qkv.ndim != 4 or qkv.shape[-1] % 3:
+        raise ValueError(f"qkv must be [batch, seq, heads, 3 * head_dim], got shape {qkv.shape}")
+    d = qkv.shape[-1] // 3
+    view = jax.ShapeDtypeStruct((*qkv.shape[:3], d), qkv.dtype)
+    _check_inputs(view, view, view, decay, initial_state, segment_ids, block_size)
+    name, _ = _resolve_impl(impl)
+    if name not in _QKV_IMPLS or not _qkv_fits(qkv):
+        return lightning_attention(
+            qkv[..., :d], qkv[..., d: 2 * d], qkv[..., 2 * d:], decay, initial_state=initial_state,
+            return_state=return_state, segment_ids=segment_ids, block_size=block_size, impl=impl,
+            interpret=interpret, seq_split=seq_split,
+        )
+    fn = functools.partial(_QKV_IMPLS[name](), block_size=int(block_size), interpret=interpret)
+    parts = _seq_parts(seq_split, name, view, view)
+    if parts > 1:
+        o, state = split.split_sequence_qkv(fn, parts, qkv, decay, initial_state=initial_state,
+                                            segment_ids=segment_ids)
+    else:
+        o, state = fn(qkv, decay, initial_state=initial_state, segment_ids=segment_ids)
+    return (o, state) if return_state else o
+
+
 def lightning_attention_decode(q, k, v, decay, state, *, impl: str = "auto", interpret: bool = False):
     """One decode step for a batch of independent slots (see ``decode.py``).
 
@@ -205,5 +259,6 @@ def lightning_attention_decode(q, k, v, decay, state, *, impl: str = "auto", int
     )
 
 
-__all__ = ["lightning_attention", "lightning_attention_decode", "DEFAULT_BLOCK_SIZE", "IMPLS"]
+__all__ = ["lightning_attention", "lightning_attention_qkv", "lightning_attention_decode", "DEFAULT_BLOCK_SIZE",
+           "IMPLS"]
 

@@ -60,10 +60,9 @@ def _chunk_states(k, v, decay, segment_ids):
     return local, carry, starts
 
 
-def split_sequence(kernel, parts: int, q, k, v, decay, *, initial_state, segment_ids):
-    """``kernel(q, k, v, decay, initial_state=, segment_ids=) -> (o, final state)`` run on ``parts``
-    chunks of the sequence in parallel (see module doc). ``parts`` must divide the sequence length."""
-    b, t, h, dk = q.shape
+def _incoming_states(parts: int, k, v, decay, initial_state, segment_ids):
+    """Steps 1 and 2: (each chunk's incoming state [b * parts, h, dk, dv], the final state [b, h, dk, dv])."""
+    b, t, h, dk = k.shape
     dv = v.shape[-1]
     if t % parts:
         raise ValueError(f"seq_split={parts} must divide the sequence length {t}")
@@ -79,10 +78,28 @@ def split_sequence(kernel, parts: int, q, k, v, decay, *, initial_state, segment
 
     move = lambda a: jnp.moveaxis(a, 1, 0)  # noqa: E731 - scan over the chunk axis
     final, incoming = jax.lax.scan(step, s0, (move(local), move(carry), move(starts)))
-    flat = lambda a: a.reshape(b * parts, L, *a.shape[2:])  # noqa: E731
-    o, _ = kernel(
-        flat(q), flat(k), flat(v), decay,
-        initial_state=jnp.moveaxis(incoming, 0, 1).reshape(b * parts, h, dk, dv),
-        segment_ids=None if segment_ids is None else segment_ids.reshape(b * parts, L),
-    )
-    return o.reshape(b, t, h, dv), final
+    return jnp.moveaxis(incoming, 0, 1).reshape(b * parts, h, dk, dv), final
+
+
+def split_sequence(kernel, parts: int, q, k, v, decay, *, initial_state, segment_ids):
+    """``kernel(q, k, v, decay, initial_state=, segment_ids=) -> (o, final state)`` run on ``parts``
+    chunks of the sequence in parallel (see module doc). ``parts`` must divide the sequence length."""
+    b, t, h, _ = q.shape
+    incoming, final = _incoming_states(parts, k, v, decay, initial_state, segment_ids)
+    flat = lambda a: a.reshape(b * parts, t // parts, *a.shape[2:])  # noqa: E731
+    o, _ = kernel(flat(q), flat(k), flat(v), decay, initial_state=incoming,
+                  segment_ids=None if segment_ids is None else flat(segment_ids))
+    return o.reshape(b, t, h, v.shape[-1]), final
+
+
+def split_sequence_qkv(kernel, parts: int, qkv, decay, *, initial_state, segment_ids):
+    """``split_sequence`` for an interleaved qkv [b, t, h, 3 d]: ``kernel(qkv, decay, initial_state=,
+    segment_ids=)``. Only the chunk states (step 1) slice k and v; the kernel gets the chunks of qkv itself."""
+    b, t, h, d3 = qkv.shape
+    d = d3 // 3
+    incoming, final = _incoming_states(parts, qkv[..., d: 2 * d], qkv[..., 2 * d:], decay, initial_state,
+                                       segment_ids)
+    flat = lambda a: a.reshape(b * parts, t // parts, *a.shape[2:])  # noqa: E731
+    o, _ = kernel(flat(qkv), decay, initial_state=incoming,
+                  segment_ids=None if segment_ids is None else flat(segment_ids))
+    return o.reshape(b, t, h, d), final

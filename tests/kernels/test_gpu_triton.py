@@ -12,6 +12,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from pallas_kernels.lightning_attention import gpu_triton, ops, reference
@@ -92,3 +93,76 @@ def test_head_dim_too_large():
     q = jnp.zeros((1, 8, 1, 300), jnp.float32)
     with pytest.raises(ValueError, match="head dim"):
         gpu_triton.lightning_attention(q, q, q, jnp.ones((1,)), interpret=True)
+
+
+def _qkv_value_and_grads(fn, qkv, s0, seg, do, dst):
+    """(o, state) and the vjp w.r.t. (qkv[, s0]) of ``fn(qkv, initial_state, segment_ids)``."""
+    args = (qkv,) if s0 is None else (qkv, s0)
+    out, vjp = jax.vjp(lambda x, *s: fn(x, s[0] if s else None, seg), *args)
+    return out, vjp((do, dst))
+
+
+def _sliced_reference(qkv, s0, seg):
+    d = qkv.shape[-1] // 3
+    return reference.chunked(qkv[..., :d], qkv[..., d: 2 * d], qkv[..., 2 * d:], DECAY, initial_state=s0,
+                             segment_ids=seg)
+
+
+@pytest.mark.parametrize(
+    "t,d,use_s0,use_seg,dtype,parts",
+    [
+        (37, 16, True, True, jnp.float32, 1),  # ragged last block, segments, initial state
+        (50, 32, False, True, jnp.bfloat16, 1),  # bf16; Dk / Dv in two tiles of the interleaved columns
+        (64, 16, True, True, jnp.float32, 2),  # through the sequence split (chunk states slice k and v)
+    ],
+)
+def test_interleaved_qkv_matches_reference(rng, t, d, use_s0, use_seg, dtype, parts):
+    """ops.lightning_attention_qkv with the Triton kernels reading q | k | v in place and writing d qkv interleaved
+    (aliased from kernel to kernel): outputs and gradients against the reference on the slices."""
+    qkv = jnp.asarray(rng.standard_normal((2, t, H, 3 * d)) / d**0.5, jnp.float32).astype(dtype)
+    s0 = jnp.asarray(rng.standard_normal((2, H, d, d)), jnp.float32) if use_s0 else None
+    seg = _segments(t) if use_seg else None
+    do = jnp.asarray(rng.standard_normal((2, t, H, d)), jnp.float32).astype(dtype)
+    dst = jnp.asarray(rng.standard_normal((2, H, d, d)), jnp.float32)
+
+    def kern(x, s0, seg):
+        return ops.lightning_attention_qkv(x, DECAY, initial_state=s0, segment_ids=seg, return_state=True,
+                                           block_size=16, impl="triton", interpret=True, seq_split=parts)
+
+    outs, grads = jax.jit(functools.partial(_qkv_value_and_grads, kern))(qkv, s0, seg, do, dst)
+    ref_outs, ref_grads = jax.jit(functools.partial(_qkv_value_and_grads, _sliced_reference))(qkv, s0, seg, do, dst)
+    assert grads[0].shape == qkv.shape
+    assert_outputs_and_grads_match(outs, grads, ref_outs, ref_grads, dtype)
+
+
+def test_interleaved_qkv_kernels_lower_to_triton_with_aliasing():
+    """The interleaved forward and the three backward kernels lower for CUDA through jax.export on a CPU machine,
+    the gradient buffer aliased from dQ to dK to dV (checked on an H200 by experiments/check_gpu_kernels.py)."""
+    qkv = jax.ShapeDtypeStruct((1, 256, 4, 384), jnp.bfloat16)
+    seg = jax.ShapeDtypeStruct((1, 256), jnp.int32)
+
+    def fwd_bwd(qkv, seg):
+        o, vjp = jax.vjp(lambda x: gpu_triton.lightning_attention_qkv(x, DECAY[:1].repeat(4), segment_ids=seg)[0],
+                         qkv)
+        return o, vjp(o)
+
+    exported = jax.export.export(
+        jax.jit(fwd_bwd), platforms=["cuda"],
+        disabled_checks=[jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
+    )(qkv, seg)
+    text = exported.mlir_module()
+    for name in ("lightning_attention_fwd", "lightning_attention_bwd_dq", "lightning_attention_bwd_dk",
+                 "lightning_attention_bwd_dv"):
+        assert f'name = "{name}"' in text, name
+    assert text.count("output_operand_alias<") >= 2  # dK and dV write into the buffer dQ started
+
+
+def test_interleaved_qkv_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="3 \\* head_dim"):
+        ops.lightning_attention_qkv(jnp.zeros((1, 8, 2, 50)), jnp.ones((2,)), impl="triton", interpret=True)
+    with pytest.raises(ValueError, match="power of two"):
+        gpu_triton.lightning_attention_qkv(jnp.zeros((1, 8, 2, 72)), jnp.ones((2,)), interpret=True)
+    # a head dim the interleaved kernels cannot tile runs on slices instead, with the same result
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 20, 3, 72)), jnp.float32)
+    o = ops.lightning_attention_qkv(x, DECAY, impl="triton", interpret=True, block_size=16)
+    np.testing.assert_allclose(o, _sliced_reference(x, None, None)[0], atol=5e-5, rtol=5e-5)

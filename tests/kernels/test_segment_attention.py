@@ -102,7 +102,8 @@ def test_bad_inputs_name_the_problem():
 
 def test_kernels_lower_to_triton_for_cuda():
     """The three kernels (forward, dQ, dK/dV) at the 1b shape lower to Triton IR through jax.export for CUDA on a
-    CPU-only machine: what the GPU compiles, short of ptxas (checked on an H200 by experiments/check_gpu_kernels.py --only segment_attention)."""
+    CPU-only machine: what the GPU compiles, short of ptxas (checked on an H200 by experiments/check_gpu_kernels.py
+    --only segment_attention)."""
     q = jax.ShapeDtypeStruct((1, 1024, 16, 128), jnp.bfloat16)
     k = jax.ShapeDtypeStruct((1, 1024, 4, 128), jnp.bfloat16)
     seg = jax.ShapeDtypeStruct((1, 1024), jnp.int32)
