@@ -27,8 +27,9 @@
 #          traced, kernels named by source line), then the 1b train step traced the same way
 # Stage 8  one GPU: the interleaved q|k|v kernels (lightning_attention_qkv) checked against the reference, the
 #          lightning layer fused vs sliced (traced), profile_train's lightning layer and train step, `m1jax train` 1b
+# Stage 9  stage 8 again after the sequence split's backward moved into the interleaved buffer (split_sequence_qkv)
 set -u -o pipefail
-STAGE=${1:?stage 1 to 8}
+STAGE=${1:?stage 1 to 9}
 TOTAL=${2:-540}
 FINAL=${OUT:-/tmp/out}; OUT=$FINAL/r; mkdir -p "$OUT"  # $OUT returns only a few files: all go into one tarball
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -144,13 +145,14 @@ case $STAGE in
   timeout "$(left 9999)" $PT --parts "" --variants grouped/segment/bfloat16 --steps-timed 3 --trace /tmp/trt \
     --out "$OUT/train_trace_1b_segment_h200.md" > "$OUT/train_trace.log" 2>&1
   cp /tmp/trt/*/step.hlo.txt "$OUT/" 2>/dev/null ;;
-8)
+8|9)
+  TAG=$([ "$STAGE" = 8 ] && echo "" || echo "_split")
   timeout "$(left 120)" python3 experiments/check_gpu_kernels.py --only qkv,segments --quick --no-timing \
-    --out "$OUT/check_qkv_h200.md" > "$OUT/check_qkv.log" 2>&1
+    --out "$OUT/check_qkv${TAG}_h200.md" > "$OUT/check_qkv.log" 2>&1
   timeout "$(left 120)" python3 experiments/benchmarks/lightning_layer.py --variants off,on --trace /tmp/ll \
-    --out "$OUT/lightning_layer_fused_h200.md" > "$OUT/lightning_layer.log" 2>&1
+    --out "$OUT/lightning_layer_fused${TAG}_h200.md" > "$OUT/lightning_layer.log" 2>&1
   timeout "$(left 100)" $PT --parts lightning --variants grouped/segment/bfloat16 --steps-timed 5 \
-    --out "$OUT/train_profile_1b_qkv_h200.md" > "$OUT/train_profile.log" 2>&1
+    --out "$OUT/train_profile_1b_qkv${TAG}_h200.md" > "$OUT/train_profile.log" 2>&1
   timeout "$(left 9999)" python3 -m m1jax.cli.main train --config=experiments/pretrain.py:1b \
     --config.data.seq_len=8192 --config.data.batch_size=16 --config.optim.grad_accum_steps=16 --config.steps=14 \
     --config.optim.warmup_steps=2 --config.log.every=1 --config.checkpoint.every=1000000 --workdir=/tmp/w1b \

@@ -524,20 +524,22 @@ def lightning_attention(
     return gpu_triton.with_triton_backward(fwd, params)(q, k, v, decay, initial_state, None)
 
 
-@functools.partial(jax.jit, static_argnames=("block_size", "interpret"))
-def lightning_attention_qkv(qkv, decay, *, initial_state=None, segment_ids=None, block_size=64, interpret=False):
+@functools.partial(jax.jit, static_argnames=("block_size", "interpret", "seq_split"))
+def lightning_attention_qkv(qkv, decay, *, initial_state=None, segment_ids=None, block_size=64, interpret=False,
+                            seq_split=1):
     """``lightning_attention`` on an interleaved qkv [B, T, H, 3 D] (ops' ``lightning_attention_qkv``): the
     Mosaic forward on q, k, v sliced in XLA (its TMA loads take whole arrays), and the Triton backward writing
-    d qkv interleaved in place (``gpu_triton.backward_qkv``: no concatenation). Where the Mosaic forward does not
-    apply, ``gpu_triton.lightning_attention_qkv``; where neither interleaved kernel does, the sliced path."""
+    d qkv interleaved in place (``gpu_triton.backward_qkv``: no concatenation), on ``seq_split`` chunks of the
+    sequence at once when > 1. Where the Mosaic forward does not apply, ``gpu_triton.lightning_attention_qkv``
+    (which raises ValueError for a head dim the interleaved kernels cannot tile)."""
     d = qkv.shape[-1] // 3
     q, k, v = qkv[..., :d], qkv[..., d: 2 * d], qkv[..., 2 * d:]
-    if gpu_triton.qkv_unsupported_reason(qkv) is not None:
-        return lightning_attention(q, k, v, decay, initial_state=initial_state, segment_ids=segment_ids,
-                                   block_size=block_size, interpret=interpret)
+    reason = gpu_triton.qkv_unsupported_reason(qkv)
+    if reason is not None:
+        raise ValueError(reason)
     if unsupported_reason(q, k, v, decay, initial_state, segment_ids) is not None:
         return gpu_triton.lightning_attention_qkv(qkv, decay, initial_state=initial_state, segment_ids=segment_ids,
-                                                  block_size=block_size, interpret=interpret)
+                                                  block_size=block_size, interpret=interpret, seq_split=seq_split)
 
     def fwd(qkv, decay, initial_state, segment_ids):
         del segment_ids  # None here
@@ -545,7 +547,7 @@ def lightning_attention_qkv(qkv, decay, *, initial_state=None, segment_ids=None,
                                        initial_state=initial_state, interpret=interpret)
 
     params = gpu_triton.TritonParams.make(block_size=block_size, interpret=interpret)
-    return gpu_triton.with_triton_backward_qkv(fwd, params)(qkv, decay, initial_state, None)
+    return gpu_triton.qkv_with_backward(fwd, params, seq_split)(qkv, decay, initial_state, None)
 
 
 __all__ = ["lightning_attention_fwd", "lightning_attention", "lightning_attention_qkv", "check_supported",

@@ -70,6 +70,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
+from pallas_kernels.lightning_attention import split
+
 MAX_BLOCK_SIZE = 64
 MIN_TILE = 16
 MAX_HEAD_DIM = 256
@@ -646,20 +648,35 @@ def with_triton_backward_qkv(fwd_fn, params: TritonParams = TritonParams()):
 
 @functools.partial(
     jax.jit,
-    static_argnames=("block_size", "interpret", "fwd_block_v", "bwd_block", "num_warps", "num_stages"),
+    static_argnames=("block_size", "interpret", "seq_split", "fwd_block_v", "bwd_block", "num_warps", "num_stages"),
 )
 def lightning_attention_qkv(qkv, decay, *, initial_state=None, segment_ids=None, block_size: int = 64,
-                            interpret: bool = False, fwd_block_v: int | None = None, bwd_block: int = DEFAULT_BWD_BLOCK,
-                            num_warps: int = DEFAULT_NUM_WARPS, num_stages: int | tuple[int, int] = DEFAULT_NUM_STAGES):
+                            interpret: bool = False, seq_split: int = 1, fwd_block_v: int | None = None,
+                            bwd_block: int = DEFAULT_BWD_BLOCK, num_warps: int = DEFAULT_NUM_WARPS,
+                            num_stages: int | tuple[int, int] = DEFAULT_NUM_STAGES):
     """``lightning_attention`` of q, k, v = qkv[..., :D], qkv[..., D:2D], qkv[..., 2D:] for an interleaved qkv
     [B, T, H, 3 D] (D a power of two >= 16), without materialising the slices, and with d qkv written as one
-    interleaved array (no concatenation). Returns (o [B, T, H, D] in qkv's dtype, final fp32 state)."""
+    interleaved array (no concatenation). ``seq_split`` > 1 runs that many chunks of the sequence at once
+    (``split.split_sequence_qkv``, whose backward also stays in the one buffer). Returns (o [B, T, H, D] in qkv's
+    dtype, final fp32 state)."""
     reason = qkv_unsupported_reason(qkv)
     if reason is not None:
         raise ValueError(reason)
     params = TritonParams.make(block_size, interpret, fwd_block_v, bwd_block, num_warps, num_stages)
-    fwd_fn = functools.partial(forward_qkv, params=params)
-    return with_triton_backward_qkv(fwd_fn, params)(qkv, decay, initial_state, segment_ids)
+    return qkv_with_backward(functools.partial(forward_qkv, params=params), params, seq_split)(
+        qkv, decay, initial_state, segment_ids)
+
+
+def qkv_with_backward(fwd_fn, params: TritonParams, seq_split: int = 1):
+    """``fwd_fn(qkv, decay, initial_state, segment_ids) -> (o, state)`` made differentiable with ``backward_qkv``:
+    whole (``with_triton_backward_qkv``), or on ``seq_split`` chunks (``split.split_sequence_qkv``)."""
+    if int(seq_split) == 1:
+        return with_triton_backward_qkv(fwd_fn, params)
+
+    def bwd_fn(qkv, decay, s0, seg, do, dstate):
+        return backward_qkv(qkv, decay, s0, seg, do, dstate, params=params)
+
+    return split.split_sequence_qkv(fwd_fn, bwd_fn, int(seq_split))
 
 
 __all__ = [
@@ -668,6 +685,7 @@ __all__ = [
     "forward_qkv",
     "backward_qkv",
     "with_triton_backward_qkv",
+    "qkv_with_backward",
     "qkv_unsupported_reason",
     "forward",
     "backward",

@@ -181,8 +181,8 @@ def lightning_attention(
     return (o, state) if return_state else o
 
 
-# impl name -> callable(qkv, decay, *, initial_state, segment_ids, block_size, interpret) for the interleaved layout
-# (``lightning_attention_qkv``); other impls run on slices.
+# impl name -> callable(qkv, decay, *, initial_state, segment_ids, block_size, interpret, seq_split) for the
+# interleaved layout (``lightning_attention_qkv``); other impls run on slices.
 def _triton_qkv():
     from pallas_kernels.lightning_attention import gpu_triton
 
@@ -228,13 +228,9 @@ def lightning_attention_qkv(qkv, decay, *, initial_state=None, return_state: boo
             return_state=return_state, segment_ids=segment_ids, block_size=block_size, impl=impl,
             interpret=interpret, seq_split=seq_split,
         )
-    fn = functools.partial(_QKV_IMPLS[name](), block_size=int(block_size), interpret=interpret)
-    parts = _seq_parts(seq_split, name, view, view)
-    if parts > 1:
-        o, state = split.split_sequence_qkv(fn, parts, qkv, decay, initial_state=initial_state,
-                                            segment_ids=segment_ids)
-    else:
-        o, state = fn(qkv, decay, initial_state=initial_state, segment_ids=segment_ids)
+    o, state = _QKV_IMPLS[name]()(qkv, decay, initial_state=initial_state, segment_ids=segment_ids,
+                                  block_size=int(block_size), interpret=interpret,
+                                  seq_split=_seq_parts(seq_split, name, view, view))
     return (o, state) if return_state else o
 
 

@@ -92,14 +92,85 @@ def split_sequence(kernel, parts: int, q, k, v, decay, *, initial_state, segment
     return o.reshape(b, t, h, v.shape[-1]), final
 
 
-def split_sequence_qkv(kernel, parts: int, qkv, decay, *, initial_state, segment_ids):
-    """``split_sequence`` for an interleaved qkv [b, t, h, 3 d]: ``kernel(qkv, decay, initial_state=,
-    segment_ids=)``. Only the chunk states (step 1) slice k and v; the kernel gets the chunks of qkv itself."""
-    b, t, h, d3 = qkv.shape
-    d = d3 // 3
-    incoming, final = _incoming_states(parts, qkv[..., d: 2 * d], qkv[..., 2 * d:], decay, initial_state,
-                                       segment_ids)
-    flat = lambda a: a.reshape(b * parts, t // parts, *a.shape[2:])  # noqa: E731
-    o, _ = kernel(flat(qkv), decay, initial_state=incoming,
-                  segment_ids=None if segment_ids is None else flat(segment_ids))
-    return o.reshape(b, t, h, d), final
+def _chunk_reach(q, do, decay, segment_ids):
+    """The backward's counterpart of ``_chunk_states``: q, do [b, P, L, h, d] -> (local [b, P, h, dk, dv] fp32, the
+    cotangent a chunk's incoming state gets from its own outputs: sum_j e^{-s (j+1)} q_j^T do_j over the tokens
+    before the chunk's first segment start, which are the ones that state reaches; carry [b, P, h]; starts [b, P])."""
+    b, P, L, h, _ = q.shape
+    f32 = jnp.float32
+    s = decay.astype(f32)
+    j = jnp.arange(L)
+    w = jnp.broadcast_to(jnp.exp(-s[None, :] * (j + 1)[:, None].astype(f32)), (b, P, L, h))
+    carry = jnp.broadcast_to(jnp.exp(-s * L), (b, P, h))
+    starts = jnp.zeros((b, P), bool)
+    if segment_ids is not None:
+        seg = segment_ids.reshape(b, P * L)
+        new = jnp.concatenate([jnp.zeros((b, 1), bool), seg[:, 1:] != seg[:, :-1]], axis=1).reshape(b, P, L)
+        first = jnp.min(jnp.where(new, j, L), axis=-1)  # [b, P] first segment start in the chunk, L: none
+        w = jnp.where((j[None, None, :] < first[..., None])[..., None], w, 0.0)
+        carry = jnp.where((first < L)[..., None], 0.0, carry)
+        starts = new[:, :, 0]
+    qw = (q.astype(f32) * w[..., None]).astype(q.dtype)
+    local = jnp.einsum("bpjhd,bpjhe->bphde", qw, do.astype(q.dtype), preferred_element_type=f32)
+    return local, carry, starts
+
+
+def split_sequence_qkv(fwd_fn, bwd_fn, parts: int):
+    """``split_sequence`` for an interleaved qkv [b, t, h, 3 d], with a backward that never leaves the kernels'
+    interleaved gradient buffer: ``f(qkv, decay, initial_state, segment_ids) -> (o, final state)``, differentiable
+    in qkv and initial_state.
+
+    ``fwd_fn(qkv, decay, s0, seg) -> (o, state)`` and ``bwd_fn(qkv, decay, s0, seg, do, dstate) -> (d qkv, d s0)``
+    are a kernel's raw forward and backward (not differentiable). Left to autodiff, the chunk states' k and v slices
+    would send their own cotangents back through XLA, to be padded, concatenated and added to the kernel's d qkv
+    (two passes over it). Instead the backward finds each chunk's end-state cotangent first, the way the forward
+    finds its incoming state: with R_c = ``_chunk_reach`` (what chunk c's own outputs give its incoming state),
+        dIn_c = R_c + carry_c * dEnd_c,   dEnd_{P-1} = d final,   dEnd_{c-1} = dIn_c (0 when chunk c starts a
+        segment),
+    and one run of ``bwd_fn`` on the chunks, seeded with dEnd_c, gives d qkv whole (and dIn_0 = d initial_state).
+    """
+
+    def chunks(a, b, L):
+        return a.reshape(b * parts, L, *a.shape[2:])
+
+    def forward(qkv, decay, initial_state, segment_ids):
+        b, t, h, d3 = qkv.shape
+        d = d3 // 3
+        incoming, final = _incoming_states(parts, qkv[..., d: 2 * d], qkv[..., 2 * d:], decay, initial_state,
+                                           segment_ids)
+        seg = None if segment_ids is None else chunks(segment_ids, b, t // parts)
+        o, _ = fwd_fn(chunks(qkv, b, t // parts), decay, incoming, seg)
+        return (o.reshape(b, t, h, d), final), incoming
+
+    @jax.custom_vjp
+    def f(qkv, decay, initial_state, segment_ids):
+        return forward(qkv, decay, initial_state, segment_ids)[0]
+
+    def f_fwd(qkv, decay, initial_state, segment_ids):
+        out, incoming = forward(qkv, decay, initial_state, segment_ids)
+        return out, (qkv, decay, initial_state, segment_ids, incoming)
+
+    def f_bwd(res, cts):
+        qkv, decay, initial_state, segment_ids, incoming = res
+        do, dfinal = cts
+        b, t, h, d3 = qkv.shape
+        d, L = d3 // 3, t // parts
+        q = qkv[..., :d].reshape(b, parts, L, h, d)
+        reach, carry, starts = _chunk_reach(q, do.reshape(b, parts, L, h, d), decay, segment_ids)
+
+        def step(d_end, xs):  # reverse over chunks: d_end is the cotangent of chunk c's end state
+            reach_c, carry_c, start_c = xs
+            d_in = reach_c + carry_c[..., None, None] * d_end
+            return jnp.where(start_c[:, None, None, None], 0.0, d_in), d_end
+
+        move = lambda a: jnp.moveaxis(a, 1, 0)  # noqa: E731 - scan over the chunk axis
+        _, d_end = jax.lax.scan(step, dfinal.astype(jnp.float32), (move(reach), move(carry), move(starts)),
+                                reverse=True)
+        seg = None if segment_ids is None else chunks(segment_ids, b, L)
+        dqkv, d_in = bwd_fn(chunks(qkv, b, L), decay, incoming, seg, chunks(do, b, L),
+                            jnp.moveaxis(d_end, 0, 1).reshape(b * parts, h, d, d))
+        ds0 = None if initial_state is None else d_in.reshape(b, parts, h, d, d)[:, 0].astype(initial_state.dtype)
+        return dqkv.reshape(qkv.shape), jnp.zeros_like(decay), ds0, None
+
+    f.defvjp(f_fwd, f_bwd)
+    return f

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -47,6 +48,33 @@ def test_split_triton_kernel_equals_whole(rng):
     outs, grads, ref_outs, ref_grads = _split_vs_whole(rng, "triton", 24, 2, jnp.float32, True, True,
                                                        interpret=True)
     assert_outputs_and_grads_match(outs, grads, ref_outs, ref_grads, jnp.float32)
+
+
+@pytest.mark.parametrize("use_s0", [False, True])
+def test_split_interleaved_qkv_equals_whole(rng, use_s0):
+    """ops.lightning_attention_qkv split in 4 (split_sequence_qkv: its backward seeds each chunk's kernels with the
+    chunk's end-state cotangent instead of autodiff through the chunk states) == the unsplit kernels, with a
+    segment starting on a chunk's first token, one inside a chunk and one spanning chunks."""
+    t, parts, d = 64, 4, 16
+    qkv = jnp.asarray(rng.standard_normal((2, t, 3, 3 * d)) / d**0.5, jnp.float32)
+    s0 = jnp.asarray(rng.standard_normal((2, 3, d, d)), jnp.float32) if use_s0 else None
+    seg = _segments(t, parts)
+    do = jnp.asarray(rng.standard_normal((2, t, 3, d)), jnp.float32)
+    dst = jnp.asarray(rng.standard_normal((2, 3, d, d)), jnp.float32)
+
+    def run(parts):
+        def f(x, *s):
+            return ops.lightning_attention_qkv(x, DECAY, initial_state=s[0] if s else None, segment_ids=seg,
+                                               return_state=True, impl="triton", interpret=True, block_size=16,
+                                               seq_split=parts)
+
+        out, vjp = jax.vjp(f, *((qkv,) if s0 is None else (qkv, s0)))
+        return out, vjp((do, dst))
+
+    outs, grads = run(parts)
+    ref_outs, ref_grads = run(1)
+    for a, b in zip((*outs, *grads), (*ref_outs, *ref_grads), strict=True):
+        np.testing.assert_allclose(a, b, atol=5e-5, rtol=5e-5)
 
 
 def test_split_bf16_within_bf16_tolerance(rng):
