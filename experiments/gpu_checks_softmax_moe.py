@@ -43,6 +43,7 @@ def check_grouped_matmul(args):
     sizes[3] = 0
     sizes = np.append(sizes[:-1], sizes[-1] + sizes[3])
     guarded("grouped_matmul", lambda: one(16384 + 37, 2048, 2816, sizes))
+    guarded("grouped_matmul", lambda: one(16384, 2048, 2 * 2816, sizes))  # MoE.fuse_up: w1 | w3 interleaved
     guarded("grouped_matmul", lambda: one(5, 2048, 2816, [2, 0, 0, 3, 0, 0, 0, 0]))
     guarded("grouped_matmul", lambda: one(4096, 768, 1024, rng.multinomial(4096, np.ones(8) / 8)))
 

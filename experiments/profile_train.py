@@ -134,10 +134,12 @@ def profile_moe(c, x, t):
     D = c.hidden_size
     moe = MoE(c, rngs=nnx.Rngs(0))
     flops = 3 * 2 * t * (D * c.num_local_experts + c.num_experts_per_tok * 3 * D * c.intermediate_size)
-    for impl, mm in (("grouped", "xla"), ("grouped", "auto"), ("dense", "auto")):
-        moe.matmul_impl = mm
+    for impl, mm, fuse in (("grouped", "xla", True), ("grouped", "auto", False), ("grouped", "auto", True),
+                           ("dense", "auto", True)):
+        moe.matmul_impl, moe.fuse_up = mm, fuse
         f, p = module_fwd_bwd(moe, lambda m, x, impl=impl: m(x, impl=impl)[0])
-        try_record("MoE", f"{impl}, expert_matmul={mm}", lambda f=f, p=p: timed(f, p, x), flops)
+        name = f"{impl}, expert_matmul={mm}" + ("" if impl == "dense" else f", fuse_up={fuse}")
+        try_record("MoE", name, lambda f=f, p=p: timed(f, p, x), flops)
 
 
 def profile_head(c, x, t, rng):

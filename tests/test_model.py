@@ -387,3 +387,25 @@ def test_lightning_layer_hands_the_kernels_its_interleaved_qkv(rng, monkeypatch)
     for g in (g_sliced, g_fused):
         for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref), strict=True):
             assert rel_err(a, b) < 1e-4
+
+
+def test_moe_fused_up_projection_equals_two_matmuls(rng):
+    """MoE.fuse_up (default) runs w1 and w3 as one grouped matmul against them interleaved along F: outputs and the
+    gradients w.r.t. w1, w3, w2, the router and x equal the two-matmul path's (fp32) and the numpy oracle's."""
+    moe = _moe(rng, E=5, k=2)
+    x = jnp.asarray(rng.standard_normal((2, 9, 16)).astype(np.float32))
+    graphdef, params = nnx.split(moe, nnx.Param)
+
+    def grads(fuse):
+        def loss(params, x):
+            m = nnx.merge(graphdef, params)
+            m.fuse_up = fuse
+            y = m(x, impl="grouped")[0]
+            return jnp.sum(y * jnp.cos(y)), y
+
+        return jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))(params, x)
+
+    (g_fused, y_fused), (g_two, y_two) = grads(True), grads(False)
+    assert rel_err(y_fused, _numpy_moe(moe, x)) < 1e-5 and rel_err(y_fused, y_two) < 1e-6
+    for a, b in zip(jax.tree.leaves(g_fused), jax.tree.leaves(g_two), strict=True):
+        assert rel_err(a, b) < 1e-5

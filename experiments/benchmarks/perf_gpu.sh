@@ -28,8 +28,10 @@
 # Stage 8  one GPU: the interleaved q|k|v kernels (lightning_attention_qkv) checked against the reference, the
 #          lightning layer fused vs sliced (traced), profile_train's lightning layer and train step, `m1jax train` 1b
 # Stage 9  stage 8 again after the sequence split's backward moved into the interleaved buffer (split_sequence_qkv)
+# Stage 10 one GPU: the expert matmul check (with the fused up projection's width), profile_train's MoE (fuse_up off /
+#          on) and lightning layer, the 1b train step traced, `m1jax train` 1b
 set -u -o pipefail
-STAGE=${1:?stage 1 to 9}
+STAGE=${1:?stage 1 to 10}
 TOTAL=${2:-540}
 FINAL=${OUT:-/tmp/out}; OUT=$FINAL/r; mkdir -p "$OUT"  # $OUT returns only a few files: all go into one tarball
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -153,6 +155,16 @@ case $STAGE in
     --out "$OUT/lightning_layer_fused${TAG}_h200.md" > "$OUT/lightning_layer.log" 2>&1
   timeout "$(left 100)" $PT --parts lightning --variants grouped/segment/bfloat16 --steps-timed 5 \
     --out "$OUT/train_profile_1b_qkv${TAG}_h200.md" > "$OUT/train_profile.log" 2>&1
+  timeout "$(left 9999)" python3 -m m1jax.cli.main train --config=experiments/pretrain.py:1b \
+    --config.data.seq_len=8192 --config.data.batch_size=16 --config.optim.grad_accum_steps=16 --config.steps=14 \
+    --config.optim.warmup_steps=2 --config.log.every=1 --config.checkpoint.every=1000000 --workdir=/tmp/w1b \
+    > "$OUT/train_1b_8k.log" 2>&1
+  cp /tmp/w1b/metrics.jsonl "$OUT/train_1b_8k_metrics.jsonl" 2>/dev/null ;;
+10)
+  timeout "$(left 90)" python3 experiments/check_gpu_kernels.py --only grouped_matmul --no-timing \
+    --out "$OUT/check_grouped_matmul_h200.md" > "$OUT/check_grouped_matmul.log" 2>&1
+  timeout "$(left 200)" $PT --parts moe,lightning --variants grouped/segment/bfloat16 --steps-timed 5 --trace /tmp/trt \
+    --out "$OUT/train_profile_1b_fused_h200.md" > "$OUT/train_profile.log" 2>&1
   timeout "$(left 9999)" python3 -m m1jax.cli.main train --config=experiments/pretrain.py:1b \
     --config.data.seq_len=8192 --config.data.batch_size=16 --config.optim.grad_accum_steps=16 --config.steps=14 \
     --config.optim.warmup_steps=2 --config.log.every=1 --config.checkpoint.every=1000000 --workdir=/tmp/w1b \
