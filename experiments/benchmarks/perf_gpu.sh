@@ -65,6 +65,14 @@ PY
   echo "variants: $v" >> "$OUT/ws_smoke.log"
   echo "$v"
 }
+# `m1jax train` 1b at 8K, the command of stop 18 (stage 3 runs it on GPU 1 of two): 14 steps of 16 x 8192 tokens
+train_1b() {
+  timeout "$(left 9999)" python3 -m m1jax.cli.main train --config=experiments/pretrain.py:1b \
+    --config.data.seq_len=8192 --config.data.batch_size=16 --config.optim.grad_accum_steps=16 --config.steps=14 \
+    --config.optim.warmup_steps=2 --config.log.every=1 --config.checkpoint.every=1000000 --workdir=/tmp/w1b \
+    > "$OUT/train_1b_8k.log" 2>&1
+  cp /tmp/w1b/metrics.jsonl "$OUT/train_1b_8k_metrics.jsonl" 2>/dev/null
+}
 case $STAGE in
 1)
   (export CUDA_VISIBLE_DEVICES=0
@@ -155,21 +163,13 @@ case $STAGE in
     --out "$OUT/lightning_layer_fused${TAG}_h200.md" > "$OUT/lightning_layer.log" 2>&1
   timeout "$(left 100)" $PT --parts lightning --variants grouped/segment/bfloat16 --steps-timed 5 \
     --out "$OUT/train_profile_1b_qkv${TAG}_h200.md" > "$OUT/train_profile.log" 2>&1
-  timeout "$(left 9999)" python3 -m m1jax.cli.main train --config=experiments/pretrain.py:1b \
-    --config.data.seq_len=8192 --config.data.batch_size=16 --config.optim.grad_accum_steps=16 --config.steps=14 \
-    --config.optim.warmup_steps=2 --config.log.every=1 --config.checkpoint.every=1000000 --workdir=/tmp/w1b \
-    > "$OUT/train_1b_8k.log" 2>&1
-  cp /tmp/w1b/metrics.jsonl "$OUT/train_1b_8k_metrics.jsonl" 2>/dev/null ;;
+  train_1b ;;
 10)
   timeout "$(left 90)" python3 experiments/check_gpu_kernels.py --only grouped_matmul --no-timing \
     --out "$OUT/check_grouped_matmul_h200.md" > "$OUT/check_grouped_matmul.log" 2>&1
   timeout "$(left 200)" $PT --parts moe,lightning --variants grouped/segment/bfloat16 --steps-timed 5 --trace /tmp/trt \
     --out "$OUT/train_profile_1b_fused_h200.md" > "$OUT/train_profile.log" 2>&1
-  timeout "$(left 9999)" python3 -m m1jax.cli.main train --config=experiments/pretrain.py:1b \
-    --config.data.seq_len=8192 --config.data.batch_size=16 --config.optim.grad_accum_steps=16 --config.steps=14 \
-    --config.optim.warmup_steps=2 --config.log.every=1 --config.checkpoint.every=1000000 --workdir=/tmp/w1b \
-    > "$OUT/train_1b_8k.log" 2>&1
-  cp /tmp/w1b/metrics.jsonl "$OUT/train_1b_8k_metrics.jsonl" 2>/dev/null ;;
+  train_1b ;;
 esac
 tar czf "$FINAL/results.tgz" -C "$OUT" . && rm -rf "$OUT"
 ls -la "$FINAL"
