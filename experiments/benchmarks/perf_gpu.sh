@@ -30,8 +30,9 @@
 # Stage 9  stage 8 again after the sequence split's backward moved into the interleaved buffer (split_sequence_qkv)
 # Stage 10 one GPU: the expert matmul check (with the fused up projection's width), profile_train's MoE (fuse_up off /
 #          on) and lightning layer, the 1b train step traced, `m1jax train` 1b
+# Stage 11 one GPU: `m1jax train` 1b with kernels.fused off, then on (the same command otherwise)
 set -u -o pipefail
-STAGE=${1:?stage 1 to 10}
+STAGE=${1:?stage 1 to 11}
 TOTAL=${2:-540}
 FINAL=${OUT:-/tmp/out}; OUT=$FINAL/r; mkdir -p "$OUT"  # $OUT returns only a few files: all go into one tarball
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -65,13 +66,17 @@ PY
   echo "variants: $v" >> "$OUT/ws_smoke.log"
   echo "$v"
 }
-# `m1jax train` 1b at 8K, the command of stop 18 (stage 3 runs it on GPU 1 of two): 14 steps of 16 x 8192 tokens
+# `m1jax train` 1b at 8K, the command of stop 18 (stage 3 runs it on GPU 1 of two): 14 steps of 16 x 8192 tokens.
+# Usage: train_1b [TAG [SECONDS [EXTRA CONFIG FLAGS...]]]
 train_1b() {
-  timeout "$(left 9999)" python3 -m m1jax.cli.main train --config=experiments/pretrain.py:1b \
+  local tag=${1:-} secs=${2:-9999}
+  shift 2 2>/dev/null
+  rm -rf /tmp/w1b
+  timeout "$(left "$secs")" python3 -m m1jax.cli.main train --config=experiments/pretrain.py:1b \
     --config.data.seq_len=8192 --config.data.batch_size=16 --config.optim.grad_accum_steps=16 --config.steps=14 \
-    --config.optim.warmup_steps=2 --config.log.every=1 --config.checkpoint.every=1000000 --workdir=/tmp/w1b \
-    > "$OUT/train_1b_8k.log" 2>&1
-  cp /tmp/w1b/metrics.jsonl "$OUT/train_1b_8k_metrics.jsonl" 2>/dev/null
+    --config.optim.warmup_steps=2 --config.log.every=1 --config.checkpoint.every=1000000 --workdir=/tmp/w1b "$@" \
+    > "$OUT/train_1b_8k$tag.log" 2>&1
+  cp /tmp/w1b/metrics.jsonl "$OUT/train_1b_8k${tag}_metrics.jsonl" 2>/dev/null
 }
 case $STAGE in
 1)
@@ -170,6 +175,9 @@ case $STAGE in
   timeout "$(left 200)" $PT --parts moe,lightning --variants grouped/segment/bfloat16 --steps-timed 5 --trace /tmp/trt \
     --out "$OUT/train_profile_1b_fused_h200.md" > "$OUT/train_profile.log" 2>&1
   train_1b ;;
+11)
+  train_1b _fused_off 230 --config.kernels.fused=False
+  train_1b _fused_on 9999 ;;
 esac
 tar czf "$FINAL/results.tgz" -C "$OUT" . && rm -rf "$OUT"
 ls -la "$FINAL"

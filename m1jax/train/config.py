@@ -30,7 +30,8 @@ def default_config(model: ModelConfig) -> ml_collections.ConfigDict:
     cfg.steps = 1000
     cfg.init_from = ""  # a params checkpoint (m1jax.train.checkpoint.save_params) to start from
     cfg.dry_run = False  # print sizes, FLOPs and memory estimates, then exit without allocating
-    cfg.kernels = ml_collections.ConfigDict(dict(moe="grouped", expert_matmul="auto", lightning="auto", softmax="auto"))
+    cfg.kernels = ml_collections.ConfigDict(dict(moe="grouped", expert_matmul="auto", lightning="auto", softmax="auto",
+                                                 fused=True))  # fused: see m1jax.train.step.set_kernels
     cfg.remat = False  # recompute each decoder layer in the backward pass (less activation memory)
     cfg.ce_chunk = 0  # > 0: the loss applies the LM head this many positions at a time (no [b, n, vocab] logits)
     cfg.data = ml_collections.ConfigDict(dict(
@@ -165,6 +166,7 @@ def check_kernels(cfg):
     check(cfg, "kernels.lightning", lambda v: v in IMPLS, f"must be one of {IMPLS}")
     check(cfg, "kernels.expert_matmul", lambda v: v in GMM_IMPLS, f"must be one of {GMM_IMPLS}")
     check(cfg, "kernels.softmax", lambda v: v in SOFTMAX_IMPLS, f"must be one of {SOFTMAX_IMPLS}")
+    check(cfg, "kernels.fused", lambda v: isinstance(v, bool), "must be True or False")
 
 
 def check_mesh(cfg):

@@ -17,14 +17,20 @@ from m1jax.train.loss import chunked_cross_entropy_sums, cross_entropy_sums, nex
 
 
 def set_kernels(model: MiniMaxM1, *, moe: str = "grouped", expert_matmul: str = "auto", lightning: str = "auto",
-                softmax: str = "auto", decode: str = "auto") -> MiniMaxM1:
+                softmax: str = "auto", decode: str = "auto", fused: bool = True) -> MiniMaxM1:
     """Choose the MoE path (and its grouped-matmul impl), the lightning-attention and the softmax-attention
-    implementations of every layer, and the softmax layers' one-token decode path (static attributes)."""
+    implementations of every layer, and the softmax layers' one-token decode path (static attributes).
+    ``fused`` sets the fused paths (same results): the lightning kernels on the interleaved q|k|v
+    (LightningAttention.fused) and the experts' one up-projection matmul (MoE.fuse_up); False is the A/B baseline."""
+    if not isinstance(fused, bool):
+        raise ValueError(f"kernels.fused must be True or False, got {fused!r}")
     for layer in model.layers:
         layer.block_sparse_moe.impl = moe
         layer.block_sparse_moe.matmul_impl = expert_matmul
+        layer.block_sparse_moe.fuse_up = fused
         if layer.is_lightning:
             layer.self_attn.kernel_impl = lightning
+            layer.self_attn.fused = fused
         else:
             layer.self_attn.impl = softmax
             layer.self_attn.decode_impl = decode
