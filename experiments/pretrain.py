@@ -16,10 +16,10 @@
   m1_456b   the full MiniMax-M1 shape (456B total, 45.9B active): --config.dry_run=True prints sizes and
             FLOPs; training it needs many devices (--config.mesh.*) and is untested.
 Measured on one H200 (jax 0.11.2, flax 0.12.10; kernels "auto", MoE "grouped"):
-  1b    at 8K context (16 x 8192 tokens per step, grad_accum_steps=16): 67.8k tokens/s, MFU 40.5%, peak
-        59.6 GiB (2026-12-01, experiments/results/train_1b_8k_h200_stop19.md; 49.9k / 29.8% on 2026-11-22);
-        1 x 8192 micro-batch 131.8 ms in experiments/profile_train.py with the 5-stage expert matmul tiles
-        (174.5 ms on 2026-11-22; the 67.8k run predates the tile change).
+  1b    at 8K context (16 x 8192 tokens per step, grad_accum_steps=16): 68.5k tokens/s, MFU 40.9%, peak
+        59.3 GiB (2026-12-01, experiments/results/train_1b_8k_h200_fused.md: 67.7k / 40.4% with
+        kernels.fused=False in the same call; 49.9k / 29.8% on 2026-11-22); 1 x 8192 micro-batch 128.6 ms in
+        experiments/profile_train.py (train_profile_1b_fused_h200.md; 174.5 ms on 2026-11-22).
   100m  not re-measured since the grouped-matmul / cuDNN kernels (before them: ~60k tokens/s, MFU ~4.4%).
 GPU presets default to the procedural tasks with the byte tokenizer so they run anywhere; for text use
 --config.data.source=text --config.data.paths=/data/*.jsonl --config.data.tokenizer=/path/tokenizer.json.
