@@ -303,26 +303,27 @@ def qkv_grads(impl, shape, q, k, v, decay, s0, seg, do, dst, interpret):
     check = f"qkv {impl} fwd+bwd"
     record(check, shape, "o", o, ro, 1e-2)
     record(check, shape, "state", st, rs, 1e-2)
-    got = (dqkv[..., :d], dqkv[..., d: 2 * d], dqkv[..., 2 * d:], ds0)
-    for name, g, r in zip(("dq", "dk", "dv", "ds0"), got, rgrads, strict=True):
+    got = (dqkv[..., :d], dqkv[..., d: 2 * d], dqkv[..., 2 * d:]) + (() if s0 is None else (ds0,))
+    for name, g, r in zip(("dq", "dk", "dv", "ds0")[: len(got)], got, rgrads, strict=True):
         record(check, shape, name, g, r, 2e-2)
 
 
 def check_qkv(args):
     print("\n== lightning_attention_qkv (interleaved q|k|v in place, d qkv written in place) vs jax.vjp(reference) ==")
     key = jax.random.PRNGKey(6)
-    # (b, t, h, d, segments (0: none)); B1 T8192 H16 is the 1b layer (seq_split "auto" splits it)
-    cases = [(1, 100, 2, 64, 3), (1, 130, 2, 64, 0)]  # interpret; no segments: the Mosaic forward (JAX >= 0.11)
+    # (b, t, h, d, segments (0: none), initial state); B1 T8192 H16 is the 1b layer (seq_split "auto" splits it in 4;
+    # without segments that is the Mosaic forward + split_sequence_qkv)
+    cases = [(1, 100, 2, 64, 3, True), (1, 130, 2, 64, 0, False)]  # interpret; no segments: Mosaic (JAX >= 0.11)
     if not args.interpret:
-        cases = [(1, 8192, 16, 128, 5), (2, 1000, 4, 128, 0)]
+        cases = [(1, 8192, 16, 128, 5, True), (1, 8192, 16, 128, 0, False), (2, 1000, 4, 128, 0, True)]
     impls = ("triton", "mosaic_gpu") if gpu_mosaic is not None else ("triton",)
-    for i, (b, t, h, d, n_seg) in enumerate(cases):
-        q, k, v, decay, s0 = make_inputs(jax.random.fold_in(key, i), b, t, h, d, d, jnp.bfloat16, "minimax", True)
+    for i, (b, t, h, d, n_seg, init) in enumerate(cases):
+        q, k, v, decay, s0 = make_inputs(jax.random.fold_in(key, i), b, t, h, d, d, jnp.bfloat16, "minimax", init)
         seg = make_segments(jax.random.fold_in(key, 10 + i), b, t, n_seg) if n_seg else None
         kd, ks = jax.random.split(jax.random.fold_in(key, 20 + i))
         do = jax.random.normal(kd, (b, t, h, d), F32).astype(q.dtype)
         dst = jax.random.normal(ks, (b, h, d, d), F32)
-        shape = f"B{b} T{t} H{h} D{d}{f' {n_seg} segs' if n_seg else ''} s0"
+        shape = f"B{b} T{t} H{h} D{d}{f' {n_seg} segs' if n_seg else ''}{' s0' if init else ''}"
         for impl in impls:
             guarded(f"qkv {impl} {shape}", functools.partial(
                 qkv_grads, impl, shape, q, k, v, decay, s0, seg, do, dst, args.interpret))

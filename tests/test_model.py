@@ -348,9 +348,9 @@ def test_grouped_dispatch_gradients_match_a_scatter_formulation(rng, k):
 
 def test_lightning_layer_hands_the_kernels_its_interleaved_qkv(rng, monkeypatch):
     """LightningAttention.fused (default) gives the Triton kernels the per-head interleaved q|k|v projection whole
-    (lightning_cp.lightning_attention_qkv) instead of XLA slices: output, final state and the gradients w.r.t. the
-    parameters and x equal the sliced path's and the reference's, with packed segments and a ragged length (the
-    kernels run in interpret mode on the CPU)."""
+    (lightning_cp.lightning_attention_qkv) instead of XLA slices when differentiated: output, final state and the
+    gradients w.r.t. the parameters and x equal the sliced path's and the reference's, with packed segments and a
+    ragged length (the kernels run in interpret mode on the CPU); a forward-only call runs the sliced kernels."""
     from m1jax.model.lightning import LightningAttention
     from pallas_kernels.lightning_attention import gpu_triton, ops
 
@@ -383,6 +383,9 @@ def test_lightning_layer_hands_the_kernels_its_interleaved_qkv(rng, monkeypatch)
     (g_ref, (y_ref, s_ref)), (g_sliced, _), (g_fused, (y, s)) = (
         run("reference", False), run("triton", False), run("triton", True))
     assert calls == ["lightning_attention", "lightning_attention_qkv"]
+    layer.kernel_impl = "triton"  # not differentiated, the fused layer runs the sliced kernels (same values)
+    y_fwd, s_fwd = jax.jit(lambda x: layer(x, segment_ids=segments))(x)
+    assert calls[2:] == ["lightning_attention"] and rel_err(y_fwd, y) < 1e-5 and rel_err(s_fwd, s) < 1e-5
     assert rel_err(y, y_ref) < 1e-5 and rel_err(s, s_ref) < 1e-5
     for g in (g_sliced, g_fused):
         for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref), strict=True):

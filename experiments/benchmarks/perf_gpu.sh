@@ -70,7 +70,7 @@ PY
 # Usage: train_1b [TAG [SECONDS [EXTRA CONFIG FLAGS...]]]
 train_1b() {
   local tag=${1:-} secs=${2:-9999}
-  shift 2 2>/dev/null
+  shift $(($# < 2 ? $# : 2))
   rm -rf /tmp/w1b
   timeout "$(left "$secs")" python3 -m m1jax.cli.main train --config=experiments/pretrain.py:1b \
     --config.data.seq_len=8192 --config.data.batch_size=16 --config.optim.grad_accum_steps=16 --config.steps=14 \

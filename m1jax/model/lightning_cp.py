@@ -21,6 +21,8 @@ token) never splits the sequence.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
@@ -34,21 +36,49 @@ _HI = jax.lax.Precision.HIGHEST
 
 def lightning_attention(q, k, v, decay, *, initial_state=None, segment_ids=None, block_size: int, impl: str):
     """q, k, v [b, n, H, D]; decay [H] -> (o [b, n, H, D] in q.dtype, final fp32 state [b, H, D, D])."""
-    return _on_mesh(lambda qkv: (qkv[0], qkv[1], qkv[2]), (q, k, v), decay, initial_state, segment_ids,
-                    block_size, impl, qkv=False)
+    return _on_mesh(lambda qkv: qkv[0], (q, k, v), decay, initial_state, segment_ids, block_size, impl, qkv=False)
 
 
 def lightning_attention_qkv(qkv, decay, *, initial_state=None, segment_ids=None, block_size: int, impl: str):
-    """``lightning_attention`` of the per-head interleaved qkv [b, n, H, 3 D] (q | k | v), handed to the kernels
-    whole (``pallas_kernels.lightning_attention_qkv``: no slices, no gradient concatenation) except under
-    context parallelism, whose correction needs q and k apart."""
+    """``lightning_attention`` of the per-head interleaved qkv [b, n, H, 3 D] (q | k | v).
+
+    Differentiated, the kernels take qkv whole (``pallas_kernels.lightning_attention_qkv``: no slices, and d qkv
+    written in place, without a concatenation; under context parallelism only q is sliced, for the correction).
+    A call that is not differentiated runs ``lightning_attention`` on the slices, the same values: forward only,
+    the interleaved path measured slower on an H200 (1b layer forward 1.40 vs 1.20 ms, the cause not traced;
+    experiments/results/lightning_layer_fused_split_h200.md), while forward + backward it is faster.
+    """
+    return _fused_when_differentiated(int(block_size), impl, qkv, decay, initial_state, segment_ids)
+
+
+def _interleaved(qkv, decay, initial_state, segment_ids, block_size, impl):
     d = qkv.shape[-1] // 3
-    return _on_mesh(lambda x: (x[..., :d], x[..., d: 2 * d], x[..., 2 * d:]), qkv, decay, initial_state,
-                    segment_ids, block_size, impl, qkv=True)
+    return _on_mesh(lambda x: x[..., :d], qkv, decay, initial_state, segment_ids, block_size, impl, qkv=True)
 
 
-def _on_mesh(split, x, decay, initial_state, segment_ids, block_size, impl, *, qkv: bool):
-    """The kernel on ``x`` (q, k, v, or one interleaved qkv when ``qkv``; ``split`` gives q, k, v of it)."""
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _fused_when_differentiated(block_size, impl, qkv, decay, initial_state, segment_ids):
+    d = qkv.shape[-1] // 3
+    return lightning_attention(qkv[..., :d], qkv[..., d: 2 * d], qkv[..., 2 * d:], decay,
+                               initial_state=initial_state, segment_ids=segment_ids, block_size=block_size, impl=impl)
+
+
+def _fused_fwd(block_size, impl, qkv, decay, initial_state, segment_ids):
+    out, pullback = jax.vjp(lambda x, s: _interleaved(x, decay, s, segment_ids, block_size, impl), qkv, initial_state)
+    return out, (pullback, decay)
+
+
+def _fused_bwd(block_size, impl, res, cts):
+    pullback, decay = res
+    dqkv, ds0 = pullback(cts)
+    return dqkv, jnp.zeros_like(decay), ds0, None  # decay: a fixed buffer (zero gradient, as the kernels define)
+
+
+_fused_when_differentiated.defvjp(_fused_fwd, _fused_bwd)
+
+
+def _on_mesh(q_of, x, decay, initial_state, segment_ids, block_size, impl, *, qkv: bool):
+    """The kernel on ``x`` (q, k, v, or one interleaved qkv when ``qkv``; ``q_of(x)`` is its q)."""
     kernel_kw = dict(return_state=True, block_size=block_size, impl=impl)
 
     def kernel(x, decay, **kw):
@@ -71,7 +101,7 @@ def _on_mesh(split, x, decay, initial_state, segment_ids, block_size, impl, *, q
         if not ctx:
             return kernel(x, decay, initial_state=state0, segment_ids=seg)
         o, s_local = kernel(x, decay, segment_ids=seg)
-        return _context_correction(split(x)[0], o, s_local, decay, state0, seg, ctx, C)
+        return _context_correction(q_of(x), o, s_local, decay, state0, seg, ctx, C)
 
     args = (x, decay, initial_state, segment_ids)
     specs = (spec if qkv else (spec,) * 3, P(heads), state_spec, seg_spec)

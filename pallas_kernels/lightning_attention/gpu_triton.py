@@ -172,6 +172,7 @@ def _split_refs(cfg: _Cfg, rest, n_out: int):
     """(segment ref or None, the n_out output refs) from the refs after the fixed inputs; an input aliased to
     an output (the interleaved gradient buffer, ``_backward``) comes between them and is skipped."""
     seg, rest = (rest[0], rest[1:]) if cfg.has_seg else (None, rest)
+    assert len(rest) in (n_out, n_out + 1), f"{len(rest)} refs after the inputs, expected {n_out} outputs (+1 alias)"
     return seg, rest[len(rest) - n_out:]
 
 

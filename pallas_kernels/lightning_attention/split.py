@@ -38,6 +38,18 @@ def auto_parts(b: int, t: int, h: int, dv: int, num_sms: int) -> int:
     return p
 
 
+def _chunk_carry(decay, segment_ids, b: int, P: int, L: int, h: int):
+    """(carry [b, P, h]: e^{-s L}, or 0 when a segment starts inside chunk c (its first token included), which
+    drops the incoming state; starts [b, P]: a segment starts at the chunk's first token; new [b, P, L]: segment
+    starts (an id differing from the previous token's), or None without segment ids)."""
+    carry = jnp.broadcast_to(jnp.exp(-decay.astype(jnp.float32) * L), (b, P, h))
+    if segment_ids is None:
+        return carry, jnp.zeros((b, P), bool), None
+    seg = segment_ids.reshape(b, P * L)
+    new = jnp.concatenate([jnp.zeros((b, 1), bool), seg[:, 1:] != seg[:, :-1]], axis=1).reshape(b, P, L)
+    return jnp.where(jnp.any(new, axis=-1)[..., None], 0.0, carry), new[:, :, 0], new
+
+
 def _chunk_states(k, v, decay, segment_ids):
     """k [b, P, L, h, dk], v [b, P, L, h, dv] -> (local [b, P, h, dk, dv] fp32, carry [b, P, h] fp32,
     starts [b, P] bool: a segment starts at the chunk's first token)."""
@@ -46,15 +58,10 @@ def _chunk_states(k, v, decay, segment_ids):
     s = decay.astype(f32)
     j = jnp.arange(L)
     w = jnp.broadcast_to(jnp.exp(-s[None, :] * (L - 1 - j)[:, None].astype(f32)), (b, P, L, h))  # [b, P, L, h]
-    carry = jnp.broadcast_to(jnp.exp(-s * L), (b, P, h))
-    starts = jnp.zeros((b, P), bool)
-    if segment_ids is not None:
-        seg = segment_ids.reshape(b, P * L)
-        new = jnp.concatenate([jnp.zeros((b, 1), bool), seg[:, 1:] != seg[:, :-1]], axis=1).reshape(b, P, L)
+    carry, starts, new = _chunk_carry(decay, segment_ids, b, P, L, h)
+    if new is not None:
         last = jnp.max(jnp.where(new, j, -1), axis=-1)  # [b, P] last segment start in the chunk, -1: none
         w = jnp.where((j[None, None, :] >= last[..., None])[..., None], w, 0.0)
-        carry = jnp.where((last >= 0)[..., None], 0.0, carry)
-        starts = new[:, :, 0]
     kw = (k.astype(f32) * w[..., None]).astype(k.dtype)
     local = jnp.einsum("bpjhd,bpjhe->bphde", kw, v, preferred_element_type=f32)
     return local, carry, starts
@@ -101,15 +108,10 @@ def _chunk_reach(q, do, decay, segment_ids):
     s = decay.astype(f32)
     j = jnp.arange(L)
     w = jnp.broadcast_to(jnp.exp(-s[None, :] * (j + 1)[:, None].astype(f32)), (b, P, L, h))
-    carry = jnp.broadcast_to(jnp.exp(-s * L), (b, P, h))
-    starts = jnp.zeros((b, P), bool)
-    if segment_ids is not None:
-        seg = segment_ids.reshape(b, P * L)
-        new = jnp.concatenate([jnp.zeros((b, 1), bool), seg[:, 1:] != seg[:, :-1]], axis=1).reshape(b, P, L)
+    carry, starts, new = _chunk_carry(decay, segment_ids, b, P, L, h)
+    if new is not None:
         first = jnp.min(jnp.where(new, j, L), axis=-1)  # [b, P] first segment start in the chunk, L: none
         w = jnp.where((j[None, None, :] < first[..., None])[..., None], w, 0.0)
-        carry = jnp.where((first < L)[..., None], 0.0, carry)
-        starts = new[:, :, 0]
     qw = (q.astype(f32) * w[..., None]).astype(q.dtype)
     local = jnp.einsum("bpjhd,bpjhe->bphde", qw, do.astype(q.dtype), preferred_element_type=f32)
     return local, carry, starts
