@@ -31,8 +31,10 @@
 # Stage 10 one GPU: the expert matmul check (with the fused up projection's width), profile_train's MoE (fuse_up off /
 #          on) and lightning layer, the 1b train step traced, `m1jax train` 1b
 # Stage 11 one GPU: `m1jax train` 1b with kernels.fused off, then on (the same command otherwise)
+# Stage 12 (not run yet: written when the session's device time was spent) check_gpu_kernels.py --only qkv after the
+#          review added the unsegmented split case (Mosaic forward + split_sequence_qkv) without an initial state
 set -u -o pipefail
-STAGE=${1:?stage 1 to 11}
+STAGE=${1:?stage 1 to 12}
 TOTAL=${2:-540}
 FINAL=${OUT:-/tmp/out}; OUT=$FINAL/r; mkdir -p "$OUT"  # $OUT returns only a few files: all go into one tarball
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -178,6 +180,9 @@ case $STAGE in
 11)
   train_1b _fused_off 230 --config.kernels.fused=False
   train_1b _fused_on 9999 ;;
+12)
+  timeout "$(left 9999)" python3 experiments/check_gpu_kernels.py --only qkv --no-timing \
+    --out "$OUT/check_qkv_nosegs_h200.md" > "$OUT/check_qkv.log" 2>&1 ;;
 esac
 tar czf "$FINAL/results.tgz" -C "$OUT" . && rm -rf "$OUT"
 ls -la "$FINAL"
