@@ -352,7 +352,7 @@ def test_lightning_layer_hands_the_kernels_its_interleaved_qkv(rng, monkeypatch)
     gradients w.r.t. the parameters and x equal the sliced path's and the reference's, with packed segments and a
     ragged length (the kernels run in interpret mode on the CPU); a forward-only call runs the sliced kernels."""
     from m1jax.model.lightning import LightningAttention
-    from pallas_kernels.lightning_attention import gpu_triton, ops
+    from pallas_kernels.lightning_attention import gpu_triton, gpu_triton_qkv, ops
 
     calls = []
 
@@ -364,7 +364,7 @@ def test_lightning_layer_hands_the_kernels_its_interleaved_qkv(rng, monkeypatch)
         return lambda: run
 
     monkeypatch.setitem(ops._IMPLS, "triton", interpreted(gpu_triton.lightning_attention))
-    monkeypatch.setitem(ops._QKV_IMPLS, "triton", interpreted(gpu_triton.lightning_attention_qkv))
+    monkeypatch.setitem(ops._QKV_IMPLS, "triton", interpreted(gpu_triton_qkv.lightning_attention_qkv))
     config = ModelConfig.tiny(num_attention_heads=2, head_dim=16, block_size=16)
     layer = LightningAttention(config, 1, rngs=nnx.Rngs(int(rng.integers(1 << 30))))
     x = jnp.asarray(rng.standard_normal((2, 37, config.hidden_size)).astype(np.float32))

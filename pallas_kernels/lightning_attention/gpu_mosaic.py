@@ -83,7 +83,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from pallas_kernels.lightning_attention import gpu_triton, reference
+from pallas_kernels.lightning_attention import gpu_triton, gpu_triton_qkv, reference
 
 try:  # Mosaic GPU Pallas; the API below is the one of JAX 0.11.x.
     from jax.experimental import pallas as pl
@@ -529,16 +529,16 @@ def lightning_attention_qkv(qkv, decay, *, initial_state=None, segment_ids=None,
                             seq_split=1):
     """``lightning_attention`` on an interleaved qkv [B, T, H, 3 D] (ops' ``lightning_attention_qkv``): the
     Mosaic forward on q, k, v sliced in XLA (its TMA loads take whole arrays), and the Triton backward writing
-    d qkv interleaved in place (``gpu_triton.backward_qkv``: no concatenation), on ``seq_split`` chunks of the
-    sequence at once when > 1. Where the Mosaic forward does not apply, ``gpu_triton.lightning_attention_qkv``
+    d qkv interleaved in place (``gpu_triton_qkv.backward_qkv``: no concatenation), on ``seq_split`` chunks of the
+    sequence at once when > 1. Where the Mosaic forward does not apply, ``gpu_triton_qkv.lightning_attention_qkv``
     (which raises ValueError for a head dim the interleaved kernels cannot tile)."""
     d = qkv.shape[-1] // 3
     q, k, v = qkv[..., :d], qkv[..., d: 2 * d], qkv[..., 2 * d:]
-    reason = gpu_triton.qkv_unsupported_reason(qkv)
+    reason = gpu_triton_qkv.qkv_unsupported_reason(qkv)
     if reason is not None:
         raise ValueError(reason)
     if unsupported_reason(q, k, v, decay, initial_state, segment_ids) is not None:
-        return gpu_triton.lightning_attention_qkv(qkv, decay, initial_state=initial_state, segment_ids=segment_ids,
+        return gpu_triton_qkv.lightning_attention_qkv(qkv, decay, initial_state=initial_state, segment_ids=segment_ids,
                                                   block_size=block_size, interpret=interpret, seq_split=seq_split)
 
     def fwd(qkv, decay, initial_state, segment_ids):
@@ -547,7 +547,7 @@ def lightning_attention_qkv(qkv, decay, *, initial_state=None, segment_ids=None,
                                        initial_state=initial_state, interpret=interpret)
 
     params = gpu_triton.TritonParams.make(block_size=block_size, interpret=interpret)
-    return gpu_triton.qkv_with_backward(fwd, params, seq_split)(qkv, decay, initial_state, None)
+    return gpu_triton_qkv.qkv_with_backward(fwd, params, seq_split)(qkv, decay, initial_state, None)
 
 
 __all__ = ["lightning_attention_fwd", "lightning_attention", "lightning_attention_qkv", "check_supported",

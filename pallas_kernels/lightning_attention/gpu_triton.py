@@ -33,6 +33,9 @@ fwd_fn, params)`` wraps a forward function in the one custom_vjp used here (``li
 is the Triton forward wrapped this way; gpu_mosaic.py wraps its Hopper forward), and ``backward``
 runs the three kernels for given inputs and cotangents (padding and casts inside).
 
+The same kernels also run on the lightning layer's interleaved q | k | v projection, read and differentiated in
+place: ``gpu_triton_qkv.py`` (``_forward`` / ``_backward`` take column offsets for it).
+
 Segment ids (packed sequences), exactly as ``reference.chunked``: intra-block pairs from different
 segments are masked; tokens not in the segment of the incoming state get no inter term; only tokens
 in the segment of the block's last real token enter the new state; and the old state is dropped
@@ -69,8 +72,6 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
-
-from pallas_kernels.lightning_attention import split
 
 MAX_BLOCK_SIZE = 64
 MIN_TILE = 16
@@ -575,119 +576,8 @@ def lightning_attention(
     return with_triton_backward(fwd_fn, params)(q, k, v, decay, initial_state, segment_ids)
 
 
-# ----------------------------------------------------------------------------------------------
-# Interleaved q | k | v: the lightning layer's projection output read and its gradient written in place
-# ----------------------------------------------------------------------------------------------
-
-
-def qkv_unsupported_reason(qkv) -> str | None:
-    """Why the interleaved kernels cannot take ``qkv`` [B, T, H, 3 D] (a string), or None: D must be a power of
-    two >= 16 (a column tile of the interleaved array cannot be padded in place)."""
-    if qkv.ndim != 4 or qkv.shape[-1] % 3:
-        return f"qkv must be [batch, seq, heads, 3 * head_dim], got shape {qkv.shape}"
-    d = qkv.shape[-1] // 3
-    if d < MIN_TILE or d & (d - 1) or d > MAX_HEAD_DIM:
-        return f"head_dim {d} is not a power of two in [{MIN_TILE}, {MAX_HEAD_DIM}]"
-    return None
-
-
-def _prepare_qkv(p: TritonParams, qkv, initial_state, segment_ids):
-    b, t, h, d3 = qkv.shape
-    d = d3 // 3
-    cfg = _config(p, b, t, h, d, d, segment_ids is not None)
-    s0, seg = _state_and_segments(cfg, b, h, d, d, initial_state, segment_ids)
-    return cfg, _pad_axis(qkv, 1, cfg.tp), s0, seg
-
-
-def forward_qkv(qkv, decay, initial_state=None, segment_ids=None, *, params: TritonParams = TritonParams()):
-    """``forward`` on an interleaved qkv [B, T, H, 3 D] (per head q | k | v, one dtype): the kernel reads its
-    three column ranges in place, so no slices are materialised. Returns (o [B, T, H, D], final fp32 state)."""
-    t, d = qkv.shape[1], qkv.shape[-1] // 3
-    cfg, qkv_, s0, seg = _prepare_qkv(params, qkv, initial_state, segment_ids)
-    o, state = _forward(cfg, qkv_, qkv_, qkv_, decay.astype(_F32), s0, seg, dk=d)
-    return o[:, :t], state
-
-
-def backward_qkv(qkv, decay, initial_state, segment_ids, do, dstate, *, params: TritonParams = TritonParams()):
-    """``backward`` for ``forward_qkv``: (d qkv [B, T, H, 3 D] in qkv's dtype, interleaved like qkv and written by
-    the three kernels into one buffer, d initial_state or None)."""
-    t, d = qkv.shape[1], qkv.shape[-1] // 3
-    cfg, qkv_, s0, seg = _prepare_qkv(params, qkv, initial_state, segment_ids)
-    do_ = _pad_axis(do.astype(qkv.dtype), 1, cfg.tp)
-    dqkv, ds0 = _backward(cfg, qkv_, qkv_, qkv_, decay.astype(_F32), s0, seg, do_, dstate.astype(_F32), dk=d)
-    return dqkv[:, :t], None if initial_state is None else ds0.astype(initial_state.dtype)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _qkv_with_bwd(fwd_fn, params, qkv, decay, initial_state, segment_ids):
-    return fwd_fn(qkv, decay, initial_state, segment_ids)
-
-
-def _qkv_with_bwd_fwd(fwd_fn, params, qkv, decay, initial_state, segment_ids):
-    return fwd_fn(qkv, decay, initial_state, segment_ids), (qkv, decay, initial_state, segment_ids)
-
-
-def _qkv_with_bwd_bwd(fwd_fn, params, res, cts):
-    del fwd_fn
-    qkv, decay, initial_state, segment_ids = res
-    dqkv, ds0 = backward_qkv(qkv, decay, initial_state, segment_ids, *cts, params=params)
-    return dqkv, jnp.zeros_like(decay), ds0, None
-
-
-_qkv_with_bwd.defvjp(_qkv_with_bwd_fwd, _qkv_with_bwd_bwd)
-
-
-def with_triton_backward_qkv(fwd_fn, params: TritonParams = TritonParams()):
-    """``with_triton_backward`` for the interleaved layout: ``fwd_fn(qkv, decay, initial_state, segment_ids) ->
-    (o, final state)`` made differentiable in qkv and initial_state with ``backward_qkv`` as its VJP."""
-
-    def f(qkv, decay, initial_state=None, segment_ids=None):
-        return _qkv_with_bwd(fwd_fn, params, qkv, decay, initial_state, segment_ids)
-
-    return f
-
-
-@functools.partial(
-    jax.jit,
-    static_argnames=("block_size", "interpret", "seq_split", "fwd_block_v", "bwd_block", "num_warps", "num_stages"),
-)
-def lightning_attention_qkv(qkv, decay, *, initial_state=None, segment_ids=None, block_size: int = 64,
-                            interpret: bool = False, seq_split: int = 1, fwd_block_v: int | None = None,
-                            bwd_block: int = DEFAULT_BWD_BLOCK, num_warps: int = DEFAULT_NUM_WARPS,
-                            num_stages: int | tuple[int, int] = DEFAULT_NUM_STAGES):
-    """``lightning_attention`` of q, k, v = qkv[..., :D], qkv[..., D:2D], qkv[..., 2D:] for an interleaved qkv
-    [B, T, H, 3 D] (D a power of two >= 16), without materialising the slices, and with d qkv written as one
-    interleaved array (no concatenation). ``seq_split`` > 1 runs that many chunks of the sequence at once
-    (``split.split_sequence_qkv``, whose backward also stays in the one buffer). Returns (o [B, T, H, D] in qkv's
-    dtype, final fp32 state)."""
-    reason = qkv_unsupported_reason(qkv)
-    if reason is not None:
-        raise ValueError(reason)
-    params = TritonParams.make(block_size, interpret, fwd_block_v, bwd_block, num_warps, num_stages)
-    return qkv_with_backward(functools.partial(forward_qkv, params=params), params, seq_split)(
-        qkv, decay, initial_state, segment_ids)
-
-
-def qkv_with_backward(fwd_fn, params: TritonParams, seq_split: int = 1):
-    """``fwd_fn(qkv, decay, initial_state, segment_ids) -> (o, state)`` made differentiable with ``backward_qkv``:
-    whole (``with_triton_backward_qkv``), or on ``seq_split`` chunks (``split.split_sequence_qkv``)."""
-    if int(seq_split) == 1:
-        return with_triton_backward_qkv(fwd_fn, params)
-
-    def bwd_fn(qkv, decay, s0, seg, do, dstate):
-        return backward_qkv(qkv, decay, s0, seg, do, dstate, params=params)
-
-    return split.split_sequence_qkv(fwd_fn, bwd_fn, int(seq_split))
-
-
 __all__ = [
     "lightning_attention",
-    "lightning_attention_qkv",
-    "forward_qkv",
-    "backward_qkv",
-    "with_triton_backward_qkv",
-    "qkv_with_backward",
-    "qkv_unsupported_reason",
     "forward",
     "backward",
     "with_triton_backward",

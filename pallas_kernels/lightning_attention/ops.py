@@ -184,9 +184,9 @@ def lightning_attention(
 # impl name -> callable(qkv, decay, *, initial_state, segment_ids, block_size, interpret, seq_split) for the
 # interleaved layout (``lightning_attention_qkv``); other impls run on slices.
 def _triton_qkv():
-    from pallas_kernels.lightning_attention import gpu_triton
+    from pallas_kernels.lightning_attention import gpu_triton_qkv
 
-    return gpu_triton.lightning_attention_qkv
+    return gpu_triton_qkv.lightning_attention_qkv
 
 
 def _mosaic_gpu_qkv():
@@ -199,7 +199,7 @@ _QKV_IMPLS = {"triton": _triton_qkv, "mosaic_gpu": _mosaic_gpu_qkv}
 
 
 def _qkv_fits(qkv) -> bool:
-    """The interleaved GPU kernels take it: head_dim a power of two in [16, 256] (gpu_triton.qkv_unsupported_reason,
+    """The interleaved GPU kernels take it: head_dim a power of two in [16, 256] (gpu_triton_qkv.qkv_unsupported_reason,
     restated here so that no kernel module is imported for other backends)."""
     d = qkv.shape[-1] // 3
     return 16 <= d <= 256 and d & (d - 1) == 0

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pallas_kernels.lightning_attention import gpu_triton, ops, reference
+from pallas_kernels.lightning_attention import gpu_triton, gpu_triton_qkv, ops, reference
 from tests.kernels.common import (
     DECAY,
     assert_decay_gradient_is_zero_and_op_matches_reference,
@@ -142,7 +142,7 @@ def test_interleaved_qkv_kernels_lower_to_triton_with_aliasing():
     seg = jax.ShapeDtypeStruct((1, 256), jnp.int32)
 
     def fwd_bwd(qkv, seg):
-        o, vjp = jax.vjp(lambda x: gpu_triton.lightning_attention_qkv(x, DECAY[:1].repeat(4), segment_ids=seg)[0],
+        o, vjp = jax.vjp(lambda x: gpu_triton_qkv.lightning_attention_qkv(x, DECAY[:1].repeat(4), segment_ids=seg)[0],
                          qkv)
         return o, vjp(o)
 
@@ -161,7 +161,7 @@ def test_interleaved_qkv_rejects_bad_shapes():
     with pytest.raises(ValueError, match="3 \\* head_dim"):
         ops.lightning_attention_qkv(jnp.zeros((1, 8, 2, 50)), jnp.ones((2,)), impl="triton", interpret=True)
     with pytest.raises(ValueError, match="power of two"):
-        gpu_triton.lightning_attention_qkv(jnp.zeros((1, 8, 2, 72)), jnp.ones((2,)), interpret=True)
+        gpu_triton_qkv.lightning_attention_qkv(jnp.zeros((1, 8, 2, 72)), jnp.ones((2,)), interpret=True)
     # a head dim the interleaved kernels cannot tile runs on slices instead, with the same result
     x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 20, 3, 72)), jnp.float32)
     o = ops.lightning_attention_qkv(x, DECAY, impl="triton", interpret=True, block_size=16)
