@@ -83,15 +83,16 @@ def packed_segments(rng, b, n, mean_doc):
     return jnp.asarray(out)
 
 
-def module_fwd_bwd(module, call):
-    """jit(params, x) -> (loss, grads): forward + backward of sum(call(module, x)) in fp32."""
+def module_fwd_bwd(module, call, *, grad: bool = True):
+    """(jit(params, x) -> (loss, grads), params): forward + backward of sum(call(module, x)) in fp32; with
+    ``grad=False`` the jitted forward alone (-> loss)."""
     graphdef, params = nnx.split(module, nnx.Param)
 
     def loss(params, x):
         y = call(nnx.merge(graphdef, params), x)
         return jnp.sum(y.astype(jnp.float32))
 
-    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1))), params
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)) if grad else loss), params
 
 
 def profile_parts(c: ModelConfig, b, n, seg, rng, only):
@@ -256,6 +257,25 @@ def profile_steps(c: ModelConfig, b, n, seg, rng, variants, steps_timed, remat, 
             jax.clear_caches()
 
 
+def preset_config(name: str) -> ModelConfig:
+    """The model config of an experiments/pretrain.py preset ("1b", "100m", ...)."""
+    spec = importlib.util.spec_from_file_location("pretrain", os.path.join(ROOT, "experiments", "pretrain.py"))
+    pretrain = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pretrain)
+    return model_config(pretrain.get_config(name))
+
+
+def write_report(path, title, header, script, intro, columns, rows, traces_heading, traces):
+    """A markdown result file: title, device header, the command line that made it (this process's argv), the
+    table of ``rows`` (tuples of strings) under ``columns``, then the kernel ``traces`` (markdown) if any."""
+    with open(path, "w") as fh:
+        fh.write(f"# {title}\n\n{header}\n\n`python3 {script} {' '.join(sys.argv[1:])}`\n\n{intro}\n\n"
+                 f"| {' | '.join(columns)} |\n|{'---|' * len(columns)}\n")
+        fh.writelines(f"| {' | '.join(r)} |\n" for r in rows)
+        if traces:
+            fh.write(f"\n## {traces_heading}\n\n" + "\n".join(traces))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="1b")
@@ -274,10 +294,7 @@ def main():
                     "tables (experiments/trace_summary.py) to --out")
     args = ap.parse_args()
 
-    spec = importlib.util.spec_from_file_location("pretrain", os.path.join(ROOT, "experiments", "pretrain.py"))
-    pretrain = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pretrain)
-    c = model_config(pretrain.get_config(args.preset))
+    c = preset_config(args.preset)
     if args.layers:
         c = c.replace(num_hidden_layers=args.layers, attn_type_list=hybrid_layout(args.layers))
     rng = np.random.default_rng(0)
@@ -296,14 +313,10 @@ def main():
     variants = [v for v in args.variants.split(",") if v]
     profile_steps(c, b, n, seg, rng, variants, args.steps_timed, args.remat, args.trace)
     if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(f"# Train-step profile\n\n{header}\n\n`python3 experiments/profile_train.py "
-                     f"{' '.join(sys.argv[1:])}`\n\nMedian over repeats after warm-up; forward + backward unless "
-                     "named fwd. TFLOP/s counts model FLOPs (m1jax.train.flops).\n\n"
-                     "| part | variant | ms | TFLOP/s | note |\n|---|---|---|---|---|\n")
-            fh.writelines(f"| {' | '.join(r)} |\n" for r in ROWS)
-            if TRACES:
-                fh.write("\n## Kernels of the traced train steps\n\n" + "\n".join(TRACES))
+        write_report(args.out, "Train-step profile", header, "experiments/profile_train.py",
+                     "Median over repeats after warm-up; forward + backward unless named fwd. TFLOP/s counts model "
+                     "FLOPs (m1jax.train.flops).", ("part", "variant", "ms", "TFLOP/s", "note"), ROWS,
+                     "Kernels of the traced train steps", TRACES)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 At the 1b preset's layer (hidden 2048, 16 heads x 128, block 256), one row of --seq tokens (packed documents,
 mean --mean-doc), bf16, forward + backward (gradients w.r.t. the parameters and x) unless named fwd:
   * layer: LightningAttention as the model runs it, per --variants (the module's ``fused`` setting: "off" slices
-    q / k / v in XLA for the kernel, "on" hands it the interleaved projection, lightning_attention_qkv);
+    q / k / v in XLA for the kernel, "on" hands it the interleaved projection, lightning_attention_qkv, when
+    differentiated; since 8f31c19 the "layer fwd" row of "on" runs the sliced path too, see lightning_cp);
   * matmuls: the layer's three projections alone (qkv, gate, out), their outputs summed: the matmul floor;
   * kernel: pallas_kernels.lightning_attention alone on q, k, v of the layer's shape, with the segments;
 With --trace, each layer variant's kernels are listed (experiments/trace_summary.py) with their JAX op and source
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import os
 import platform
 import sys
@@ -32,47 +32,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 from experiments.benchmarks.timing import median_ms  # noqa: E402
-from m1jax.config import ModelConfig  # noqa: E402
+from experiments.profile_train import module_fwd_bwd, packed_segments, preset_config, write_report  # noqa: E402
 from m1jax.model.layers import dense  # noqa: E402
 from m1jax.model.lightning import LightningAttention  # noqa: E402
-from m1jax.train.config import model_config  # noqa: E402
 from pallas_kernels.lightning_attention import lightning_attention  # noqa: E402
 
 ROWS: list[tuple] = []
 TRACES: list[str] = []
 
 
-def layer_config() -> ModelConfig:
-    """The 1b preset's model config (experiments/pretrain.py); its layer 0 is a lightning layer."""
-    spec = importlib.util.spec_from_file_location("pretrain", os.path.join(ROOT, "experiments", "pretrain.py"))
-    pretrain = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pretrain)
-    return model_config(pretrain.get_config("1b"))
-
-
-def packed_segments(rng, n: int, mean_doc: float):
-    out, pos, seg = np.zeros((1, n), np.int32), 0, 1
-    while pos < n:
-        length = max(1, int(rng.exponential(mean_doc)))
-        out[0, pos: pos + length] = seg
-        pos, seg = pos + length, seg + 1
-    return jnp.asarray(out)
-
-
 def record(part, variant, ms, note=""):
     ROWS.append((part, variant, f"{ms:.3f}", note))
     print(f"{part:24s} {variant:28s} {ms:9.3f} ms {note}", flush=True)
-
-
-def layer_fn(module, seg, fwd_only):
-    graphdef, params = nnx.split(module, nnx.Param)
-
-    def loss(params, x):
-        y, _ = nnx.merge(graphdef, params)(x, segment_ids=seg)
-        return jnp.sum(y.astype(jnp.float32))
-
-    f = jax.jit(loss) if fwd_only else jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
-    return f, params
 
 
 def trace(f, args, title, trace_dir):
@@ -94,9 +65,9 @@ def main():
     ap.add_argument("--out", default="")
     a = ap.parse_args()
 
-    c = layer_config()
+    c = preset_config("1b")  # its layer 0 is a lightning layer
     rng = np.random.default_rng(0)
-    seg = packed_segments(rng, a.seq, a.mean_doc)
+    seg = packed_segments(rng, 1, a.seq, a.mean_doc)
     x = jnp.asarray(rng.standard_normal((1, a.seq, c.hidden_size)), jnp.bfloat16)
     H, D, E = c.num_attention_heads, c.head_dim, c.hidden_size
     dev = jax.devices()[0]
@@ -130,10 +101,10 @@ def main():
         module = LightningAttention(c, 0, rngs=nnx.Rngs(0))
         module.fused = variant == "on"
         try:
-            f, p = layer_fn(module, seg, fwd_only=False)
-            t = median_ms(f, p, x)
-            record("layer", f"fused={variant}", t)
-            ff, _ = layer_fn(module, seg, fwd_only=True)
+            call = lambda m, x: m(x, segment_ids=seg)[0]  # noqa: E731
+            f, p = module_fwd_bwd(module, call)
+            record("layer", f"fused={variant}", median_ms(f, p, x))
+            ff, _ = module_fwd_bwd(module, call, grad=False)
             record("layer fwd", f"fused={variant}", median_ms(ff, p, x))
             if a.trace:
                 trace(f, (p, x), f"layer fused={variant}", a.trace)
@@ -142,13 +113,9 @@ def main():
             print("FAILED", variant, e, flush=True)
 
     if a.out:
-        with open(a.out, "w") as fh:
-            fh.write(f"# Lightning layer: where the time goes\n\n{header}\n\n`python3 experiments/benchmarks/"
-                     f"lightning_layer.py {' '.join(sys.argv[1:])}`\n\nMedian ms, forward + backward unless named fwd."
-                     "\n\n| part | variant | ms | note |\n|---|---|---|---|\n")
-            fh.writelines(f"| {' | '.join(r)} |\n" for r in ROWS)
-            if TRACES:
-                fh.write("\n## Kernels\n\n" + "\n".join(TRACES))
+        write_report(a.out, "Lightning layer: where the time goes", header, "experiments/benchmarks/lightning_layer.py",
+                     "Median ms, forward + backward unless named fwd.", ("part", "variant", "ms", "note"), ROWS,
+                     "Kernels", TRACES)
 
 
 if __name__ == "__main__":
