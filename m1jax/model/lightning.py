@@ -53,9 +53,9 @@ class LightningAttention(nnx.Module):
         self.decay = tuple(float(s) for s in lightning_decay(c, layer))  # static, not a parameter
         self.dtype = c.jnp_dtype
         self.kernel_impl = "auto"
-        # static: hand the kernels the interleaved q|k|v projection whole (lightning_cp.lightning_attention_qkv:
-        # the GPU kernels read it in place and write its gradient in place); False slices q, k, v in XLA first
-        # and concatenates their gradients (the A/B baseline of experiments/benchmarks/lightning_layer.py).
+        # static: when the layer is differentiated, hand the kernels the interleaved q|k|v projection whole
+        # (lightning_cp.lightning_attention_qkv: the GPU kernels read it and write its gradient in place; forward
+        # only it runs the sliced path); False always slices q, k, v in XLA and concatenates their gradients.
         self.fused = True
 
     def __call__(self, x, *, segment_ids=None, state=None, pad_mask=None):
