@@ -37,6 +37,10 @@ What is timed, at H=64, D=128, bf16 (MiniMax-M1's lightning layer), MiniMax laye
     directly (no ops adapter, no seq_split), fwd only, rows "mosaic_gpu fwd bv32 lean" etc.; "bv64" is
     the default layout called the same way; "ws" / "ws3": gpu_mosaic_ws.lightning_attention_fwd_ws
     (warp-specialised, num_slots 2 / 3), rows "mosaic_gpu fwd ws slots2" / "... slots3";
+  * with --bwd-variants (a comma list of split, joint, one, each optionally with w<warps> s<stages> of the joint
+    kernel, e.g. split,joint,jointw4s3): the Mosaic forward + the Triton backward in that kernel layout
+    (gpu_triton.BWD_LAYOUTS), fwd+bwd rows "mosaic_gpu fwd + triton bwd joint", and the backward alone (cotangent of
+    sum(o), zero final-state cotangent), rows "triton bwd joint" in a "bwd" section;
   * cuDNN causal softmax attention forward: jax.nn.dot_product_attention(implementation="cudnn");
   * a device copy: torch copy_ of 2 GiB (when torch sees the GPU) and JAX x + 1 over 2 GiB;
   * decode (one token, fp32 state [B, H, D, D]) at B = 1, 64, 256: ours via
@@ -54,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import math
 import os
@@ -333,6 +338,58 @@ def mosaic_variants(args):
     return mosaic_layouts.forward_fns(args.mosaic_variants, interpret=not on_gpu)
 
 
+_BWD_TOKEN = re.compile(r"^(split|joint|one)(?:w(\d+))?(?:s(\d+))?$")
+
+
+def parse_bwd_variants(text):
+    """'split,joint,jointw4s3' -> [(spec, gpu_triton.TritonParams.make kwargs)] (argparse type): the backward's dK /
+    dV as two kernels (split) or one (joint), with the joint kernel's warps (w) and stages (s)."""
+    out = []
+    for spec in filter(None, (x.strip() for x in text.split(","))):
+        m = _BWD_TOKEN.match(spec)
+        if m is None or (m.group(1) == "split" and (m.group(2) or m.group(3))):
+            raise argparse.ArgumentTypeError(f"bad backward variant {spec!r}: split, or joint[w<warps>][s<stages>]")
+        kw = {"bwd_layout": m.group(1)}
+        if m.group(2):
+            kw["dkv_warps"] = int(m.group(2))
+        if m.group(3):
+            kw["dkv_stages"] = int(m.group(3))
+        out.append((spec, kw))
+    return out
+
+
+def backward_variants(args):
+    """[(fwd+bwd label, spec, fwd+bwd fn(q, k, v, decay) -> o differentiable, bwd fn(q, k, v, decay, do) -> grads)] for
+    --bwd-variants: the Mosaic forward (Triton where Mosaic is unavailable) with the Triton backward in that layout,
+    and that backward alone."""
+    if not args.bwd_variants:
+        return []
+    from pallas_kernels.lightning_attention import gpu_mosaic, gpu_triton
+
+    on_gpu = jax.default_backend() == "gpu"
+    use_mosaic = on_gpu or mosaic_interpret_available()
+    out = []
+    for spec, kw in args.bwd_variants:
+        params = gpu_triton.TritonParams.make(interpret=not on_gpu, **kw)
+        if use_mosaic:
+            def fwd(q, k, v, d, s0, seg):
+                del seg
+                return gpu_mosaic.lightning_attention_fwd(q, k, v, d, initial_state=s0, interpret=not on_gpu)
+        else:
+            fwd = functools.partial(gpu_triton.forward, params=params)
+        diff = gpu_triton.with_triton_backward(fwd, params)
+
+        def fwd_bwd(q, k, v, d, diff=diff):
+            return diff(q, k, v, d)[0]
+
+        def bwd(q, k, v, d, do, params=params):
+            dst = jnp.zeros((q.shape[0], q.shape[2], q.shape[3], v.shape[3]), jnp.float32)
+            return gpu_triton.backward(q, k, v, d, None, None, do, dst, params=params)[:3]
+
+        out.append((f"{'mosaic_gpu' if use_mosaic else 'triton'} fwd + triton bwd {spec}", spec, fwd_bwd, jax.jit(bwd)))
+    return out
+
+
 def cudnn_attention(q, k, v, d):
     del d
     return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
@@ -351,6 +408,7 @@ def bench_jax(shapes, args, decode):
     decay = jnp.asarray(minimax_decay(H))
     impls = our_impls(args)
     variants = mosaic_variants(args)
+    bwd_variants = backward_variants(args)
     use_cudnn = on_gpu and not args.skip_cudnn
     if not on_gpu:
         note("not on a GPU: cuDNN attention skipped")
@@ -375,6 +433,13 @@ def bench_jax(shapes, args, decode):
             measure("fwd+bwd", name, label, nbytes, time_jax, g, q, k, v, skip=skip)
         for label, f in variants:  # forward only
             measure("fwd", name, label, nbytes, time_jax, f, q, k, v, decay)
+        for label, spec, fwd_bwd, bwd in bwd_variants:
+            loss = lambda q, k, v, fn=fwd_bwd: jnp.sum(fn(q, k, v, decay).astype(jnp.float32))  # noqa: E731
+            g = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+            measure("fwd+bwd", name, label, nbytes, time_jax, g, q, k, v)
+            do = None if q is None else jnp.ones_like(v)  # the cotangent of sum(o), as in the fwd+bwd rows
+            measure("bwd", name, f"triton bwd {spec}", nbytes, time_jax, bwd, q, k, v, decay, do)
+            del do
         if use_cudnn:
             f = jax.jit(lambda q, k, v: cudnn_attention(q, k, v, decay))
             measure("fwd", name, "cuDNN causal softmax", nbytes, time_jax, f, q, k, v)
@@ -510,6 +575,9 @@ def main():
                     help="also time the Mosaic GPU forward in these layouts (fwd only), a comma list of specs "
                     "joining bv32 / bv64, lean, slots2 / slots3, e.g. bv32,bv32lean,bv64lean,slots3; ws / ws3: the "
                     "warp-specialised forward (gpu_mosaic_ws) with 2 / 3 slots")
+    ap.add_argument("--bwd-variants", type=parse_bwd_variants, default=None,
+                    help="also time the Mosaic forward + Triton backward (fwd+bwd) and the backward alone (bwd) with "
+                    "dK / dV as two kernels (split) or one (joint[w<warps>][s<stages>]), e.g. split,joint,jointw4")
     ap.add_argument("--out", default=None, help="markdown output (default experiments/results/...; also $OUT)")
     args = ap.parse_args()
     args.impls = set(args.impls.split(",")) if args.impls else None

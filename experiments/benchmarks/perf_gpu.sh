@@ -31,10 +31,12 @@
 # Stage 10 one GPU: the expert matmul check (with the fused up projection's width), profile_train's MoE (fuse_up off /
 #          on) and lightning layer, the 1b train step traced, `m1jax train` 1b
 # Stage 11 one GPU: `m1jax train` 1b with kernels.fused off, then on (the same command otherwise)
-# Stage 12 (not run yet: written when the session's device time was spent) check_gpu_kernels.py --only qkv after the
-#          review added the unsegmented split case (Mosaic forward + split_sequence_qkv) without an initial state
+# Stage 12 (written when the session's device time was spent; run as part of stage 13) check_gpu_kernels.py --only qkv
+#          after the review added the unsegmented split case (Mosaic forward + split_sequence_qkv) without s0
+# Stage 13 (session of 2026-12-01, third) one GPU: the Triton backward's kernel layouts (split / joint dK-dV / one
+#          launch) fwd+bwd and bwd alone next to fla at B1T16K, B4T16K, B1T64K; then their checks and stage 12's
 set -u -o pipefail
-STAGE=${1:?stage 1 to 12}
+STAGE=${1:?stage 1 to 13}
 TOTAL=${2:-540}
 FINAL=${OUT:-/tmp/out}; OUT=$FINAL/r; mkdir -p "$OUT"  # $OUT returns only a few files: all go into one tarball
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -183,6 +185,12 @@ case $STAGE in
 12)
   timeout "$(left 9999)" python3 experiments/check_gpu_kernels.py --only qkv --no-timing \
     --out "$OUT/check_qkv_nosegs_h200.md" > "$OUT/check_qkv.log" 2>&1 ;;
+13)
+  timeout "$(left 360)" python3 experiments/benchmarks/lightning_attention.py --shapes B1T16K,B4T16K,B1T64K \
+    --skip-cudnn --impls mosaic_gpu --bwd-variants "${BWD_VARIANTS:-split,joint,one,joints3,onew4}" --budget-s 320 \
+    --out "$OUT/lightning_bwd_layouts_h200.md" > "$OUT/lightning_bwd_layouts.log" 2>&1
+  timeout "$(left 9999)" python3 experiments/check_gpu_kernels.py --only bwd_layouts,qkv --no-timing \
+    --out "$OUT/check_bwd_layouts_qkv_h200.md" > "$OUT/check_bwd_layouts_qkv.log" 2>&1 ;;
 esac
 tar czf "$FINAL/results.tgz" -C "$OUT" . && rm -rf "$OUT"
 ls -la "$FINAL"

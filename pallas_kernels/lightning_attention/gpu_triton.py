@@ -82,8 +82,23 @@ DEFAULT_BWD_BLOCK = 64  # state tile of the backward kernels (Dk split for dQ / 
 _FWD_MIN_PROGRAMS = 256
 DEFAULT_NUM_WARPS = 4
 DEFAULT_NUM_STAGES = (3, 3)  # (forward, backward); see the module docstring for measurements
+# The joint dK / dV kernel keeps the whole [Dk, Dv] fp32 dS in registers: 8 warps (64 registers a thread for it at
+# D = 128), and 2 stages of four [C, D] tiles (q, k, v, dO: 64 KB a stage at C = D = 128 bf16).
+DEFAULT_DKV_WARPS = 8
+DEFAULT_DKV_STAGES = 2
+# The backward's kernels: "split" dQ (split over Dk), dK (split over Dk) and dV (split over Dv), three launches;
+# "joint" the dQ kernel, then dK and dV from one reverse walk over the whole dS (``_dkv_kernel``); "one" both walks
+# side by side in one launch (``_bwd_kernel``).
+BWD_LAYOUTS = ("split", "joint", "one")
+DEFAULT_BWD_LAYOUT = "split"
 
 _F32 = jnp.float32
+
+
+def _check_layout(layout: str) -> str:
+    if layout not in BWD_LAYOUTS:
+        raise ValueError(f"bwd_layout {layout!r} is not one of {BWD_LAYOUTS}")
+    return layout
 
 
 def _pow2_floor(x: int) -> int:
@@ -106,6 +121,9 @@ class _Cfg:
     num_warps: int
     num_stages: tuple[int, int]  # (forward, backward) software-pipelining stages
     interpret: bool
+    bwd_layout: str = DEFAULT_BWD_LAYOUT  # BWD_LAYOUTS
+    dkv_warps: int = DEFAULT_DKV_WARPS
+    dkv_stages: int = DEFAULT_DKV_STAGES
 
     @property
     def tp(self) -> int:
@@ -200,22 +218,30 @@ def _fwd_kernel(decay_ref, q_ref, k_ref, v_ref, s0_ref, *rest, cfg: _Cfg):
     st_ref[...] = state
 
 
-def _dq_kernel(decay_ref, k_ref, v_ref, do_ref, s0_ref, *rest, cfg: _Cfg):
-    # k [Tp, BK], v / do [Tp, Dv], s0 [BK, Dv] -> dq [Tp, BK]
-    seg_ref, (dq_ref,) = _split_refs(cfg, rest, 1)
-    s = decay_ref[pl.program_id(1)].astype(_F32)
+def _dq_walk(cfg: _Cfg, s, seg_ref, k_ref, v_ref, do_ref, s0_ref, store_dq):
+    """The dQ pass: forward over the blocks with the forward state's rows k_ref's columns, [BK, Dv] (all of Dk in
+    ``_bwd_kernel``); ``store_dq(slice, dq block)`` writes."""
     dt = k_ref.dtype
 
-    def body(i, state):  # rows kcols of the forward state, [BK, Dv]
+    def body(i, state):
         sl, mask, qdec, kdec, keep = _block_factors(cfg, s, i, seg_ref)
         kb, vb, dob = k_ref[sl, :], v_ref[sl, :], do_ref[sl, :]
         da = _dot(dob, vb, 1, 1) * mask  # [t, u]
-        dq = _dot(da.astype(dt), kb, 1, 0) + qdec[:, None] * _dot(dob, state.astype(dt), 1, 1)
-        dq_ref[sl, :] = dq.astype(dq_ref.dtype)
+        store_dq(sl, _dot(da.astype(dt), kb, 1, 0) + qdec[:, None] * _dot(dob, state.astype(dt), 1, 1))
         kd = (kb.astype(_F32) * kdec[:, None]).astype(dt)
         return keep * state + _dot(kd, vb, 0, 0)
 
     lax.fori_loop(0, cfg.nblk, body, s0_ref[...].astype(_F32))
+
+
+def _dq_kernel(decay_ref, k_ref, v_ref, do_ref, s0_ref, *rest, cfg: _Cfg):
+    # k [Tp, BK], v / do [Tp, Dv], s0 [BK, Dv] -> dq [Tp, BK]
+    seg_ref, (dq_ref,) = _split_refs(cfg, rest, 1)
+
+    def store_dq(sl, x):
+        dq_ref[sl, :] = x.astype(dq_ref.dtype)
+
+    _dq_walk(cfg, decay_ref[pl.program_id(1)].astype(_F32), seg_ref, k_ref, v_ref, do_ref, s0_ref, store_dq)
 
 
 def _dk_kernel(decay_ref, q_ref, v_ref, do_ref, dst_ref, *rest, cfg: _Cfg):
@@ -257,6 +283,77 @@ def _dv_kernel(decay_ref, q_ref, k_ref, do_ref, dst_ref, *rest, cfg: _Cfg):
     ds0_ref[...] = lax.fori_loop(0, cfg.nblk, body, dst_ref[...].astype(_F32))
 
 
+def _dkv_walk(cfg: _Cfg, s, seg_ref, q_ref, k_ref, v_ref, do_ref, dst_ref, store_dk, store_dv):
+    """The dK and dV passes as one: a reverse walk over the blocks with the whole dS [Dk, Dv] (the gradient w.r.t.
+    the state after the block), so one dS update (Qd^T dO) and one read of q and dO serve both. Returns d(initial
+    state)."""
+    dt = q_ref.dtype
+
+    def body(j, dstate):
+        i = cfg.nblk - 1 - j
+        sl, mask, qdec, kdec, keep = _block_factors(cfg, s, i, seg_ref)
+        qb, kb, vb, dob = q_ref[sl, :], k_ref[sl, :], v_ref[sl, :], do_ref[sl, :]
+        dsb = dstate.astype(dt)
+        da = _dot(dob, vb, 1, 1) * mask  # [t, u]
+        store_dk(sl, _dot(da.astype(dt), qb, 0, 0) + kdec[:, None] * _dot(vb, dsb, 1, 1))
+        a = _dot(qb, kb, 1, 1) * mask  # [t, u]
+        kd = (kb.astype(_F32) * kdec[:, None]).astype(dt)
+        store_dv(sl, _dot(a.astype(dt), dob, 0, 0) + _dot(kd, dsb, 1, 0))
+        qd = (qb.astype(_F32) * qdec[:, None]).astype(dt)
+        return keep * dstate + _dot(qd, dob, 0, 0)
+
+    return lax.fori_loop(0, cfg.nblk, body, dst_ref[...].astype(_F32))
+
+
+def _column_stores(refs, offsets):
+    """One ``store(slice, x)`` per (ref, column offset or None = the ref's whole width)."""
+    def make(ref, off):
+        def store(sl, x):
+            if off is None:
+                ref[sl, :] = x.astype(ref.dtype)
+            else:
+                ref[sl, pl.ds(off, x.shape[-1])] = x.astype(ref.dtype)
+        return store
+    return [make(r, o) for r, o in zip(refs, offsets)]
+
+
+def _dkv_kernel(decay_ref, q_ref, k_ref, v_ref, do_ref, dst_ref, *rest, cfg: _Cfg, cols):
+    # q / k [Tp, Dk], v / do [Tp, Dv], dst [Dk, Dv] -> dk [Tp, Dk], dv [Tp, Dv], ds0 [Dk, Dv]; ``cols``: None (dk
+    # and dv are outputs of their own) or their column offsets in the one interleaved d qkv output block.
+    seg_ref, outs = _split_refs(cfg, rest, 2 if cols else 3)
+    if cols:
+        (g_ref, ds0_ref) = outs
+        stores = _column_stores((g_ref, g_ref), cols)
+    else:
+        *grads, ds0_ref = outs
+        stores = _column_stores(grads, (None, None))
+    s = decay_ref[pl.program_id(1)].astype(_F32)
+    ds0_ref[...] = _dkv_walk(cfg, s, seg_ref, q_ref, k_ref, v_ref, do_ref, dst_ref, *stores)
+
+
+def _bwd_kernel(decay_ref, q_ref, k_ref, v_ref, do_ref, s0_ref, dst_ref, *rest, cfg: _Cfg, cols):
+    # The whole backward in one launch, grid (batch, heads, 2): program 0 walks dQ forward with the whole state,
+    # program 1 walks dK / dV backward (``_dkv_walk``); they run side by side. ``cols``: None (dq, dk, dv outputs of
+    # their own) or the column offsets of dq, dk, dv in the one interleaved d qkv output block.
+    seg_ref, outs = _split_refs(cfg, rest, 2 if cols else 4)
+    if cols:
+        (g_ref, ds0_ref) = outs
+        store_dq, store_dk, store_dv = _column_stores((g_ref,) * 3, cols)
+    else:
+        *grads, ds0_ref = outs
+        store_dq, store_dk, store_dv = _column_stores(grads, (None,) * 3)
+    s = decay_ref[pl.program_id(1)].astype(_F32)
+    role = pl.program_id(2)
+
+    @pl.when(role == 0)
+    def _():
+        _dq_walk(cfg, s, seg_ref, k_ref, v_ref, do_ref, s0_ref, store_dq)
+
+    @pl.when(role == 1)
+    def _():
+        ds0_ref[...] = _dkv_walk(cfg, s, seg_ref, q_ref, k_ref, v_ref, do_ref, dst_ref, store_dk, store_dv)
+
+
 # ----------------------------------------------------------------------------------------------
 # pallas_call wrappers (padded arrays in; grid = (batch, heads, column tiles))
 # ----------------------------------------------------------------------------------------------
@@ -287,16 +384,17 @@ def _common_specs(cfg: _Cfg, decay, seg):
     return decay_spec, seg_specs, seg_args
 
 
-def _call(kernel, cfg: _Cfg, name, grid, in_specs, out_specs, out_shape, args, *, bwd=True, aliases=None):
+def _call(kernel, cfg: _Cfg, name, grid, in_specs, out_specs, out_shape, args, *, bwd=True, aliases=None,
+          launch=None):
+    """``launch``: (num_warps, num_stages) instead of the config's forward / backward pair."""
+    warps, stages = launch or (cfg.num_warps, cfg.num_stages[1 if bwd else 0])
     return pl.pallas_call(
         functools.partial(kernel, cfg=cfg),
         grid=grid,
         in_specs=in_specs,
         out_specs=out_specs,
         out_shape=out_shape,
-        compiler_params=pltriton.CompilerParams(
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages[1 if bwd else 0]
-        ),
+        compiler_params=pltriton.CompilerParams(num_warps=warps, num_stages=stages),
         interpret=cfg.interpret,
         name=name,
         input_output_aliases=aliases or {},
@@ -346,6 +444,8 @@ def _backward(cfg: _Cfg, q, k, v, decay, s0, seg, do, dst, *, dk=None):
     def carried(prev, n_in):  # the interleaved buffer so far, as an input aliased to output 0
         return ([prev], [pl.BlockSpec(memory_space=pl.ANY)], {n_in: 0}) if qkv else ([], [], None)
 
+    if cfg.bwd_layout == "one":
+        return _backward_joint(cfg, q, k, v, decay, s0, seg, do, dst, None, dk if qkv else None)
     (dq,) = _call(
         _dq_kernel, cfg, "lightning_attention_bwd_dq", (b, h, dk // bk),
         [decay_spec, _seq_spec(cfg, bk, True, off_k), full_v, full_do, _state_spec(bk, dv, True), *seg_specs],
@@ -353,6 +453,8 @@ def _backward(cfg: _Cfg, q, k, v, decay, s0, seg, do, dst, *, dk=None):
         [grad_shape(q)],
         (decay, k, v, do, s0, *seg_args),
     )
+    if cfg.bwd_layout == "joint":
+        return _backward_joint(cfg, q, k, v, decay, s0, seg, do, dst, dq, dk if qkv else None)
     args, specs, aliases = carried(dq, 5 + len(seg_args))
     (dk_,) = _call(
         _dk_kernel, cfg, "lightning_attention_bwd_dk", (b, h, dk // bk),
@@ -376,6 +478,42 @@ def _backward(cfg: _Cfg, q, k, v, decay, s0, seg, do, dst, *, dk=None):
     if qkv:
         return dv_, ds0
     return dq, dk_, dv_, ds0
+
+
+def _backward_joint(cfg: _Cfg, q, k, v, decay, s0, seg, do, dst, dq, dk):
+    """``_backward`` with dK and dV from one walk over the whole dS: ``cfg.bwd_layout`` "joint" runs ``_dkv_kernel``
+    (grid (batch, heads, 1)) after the dQ kernel gave ``dq``; "one" runs ``_bwd_kernel`` (grid (batch, heads, 2): dQ
+    and dK / dV side by side, one launch; ``dq`` is None). With ``dk`` given (the interleaved case) the output is
+    one d qkv buffer whose block is a head's whole 3 D columns, written at column offsets (0,) D and 2 D; "joint"
+    takes the dQ kernel's buffer as an input aliased to it."""
+    b, tp, h = q.shape[:3]
+    qkv = dk is not None
+    dk = dk if qkv else q.shape[-1]
+    dv = dk if qkv else v.shape[-1]
+    off_k, off_v = (dk, 2 * dk) if qkv else (0, 0)
+    one = cfg.bwd_layout == "one"
+    decay_spec, seg_specs, seg_args = _common_specs(cfg, decay, seg)
+    states = [_state_spec(dk, dv, False)] * (2 if one else 1)
+    in_specs = [decay_spec, _seq_spec(cfg, dk, False), _seq_spec(cfg, dk, False, off_k),
+                _seq_spec(cfg, dv, False, off_v), _seq_spec(cfg, dv, False), *states, *seg_specs]
+    args = (decay, q, k, v, do, *((s0, dst) if one else (dst,)), *seg_args)
+    ds0_spec, ds0_shape = _state_spec(dk, dv, False), jax.ShapeDtypeStruct(dst.shape, _F32)
+    kernel, name, grid = (_bwd_kernel, "lightning_attention_bwd", (b, h, 2)) if one else (
+        _dkv_kernel, "lightning_attention_bwd_dkv", (b, h, 1))
+    launch = (cfg.dkv_warps, cfg.dkv_stages)
+    if qkv:
+        whole = pl.BlockSpec((None, tp, None, 3 * dk), lambda b, h, j: (b, 0, h, 0))
+        cols = (0, off_k, off_v) if one else (off_k, off_v)
+        carried = {} if one else {len(args): 0}
+        return _call(functools.partial(kernel, cols=cols), cfg, name, grid,
+                     in_specs + ([] if one else [pl.BlockSpec(memory_space=pl.ANY)]), [whole, ds0_spec],
+                     [jax.ShapeDtypeStruct(q.shape, q.dtype), ds0_shape], args + (() if one else (dq,)),
+                     aliases=carried, launch=launch)
+    grads = [(q, dk), (k, dk), (v, dv)][0 if one else 1:]
+    outs = _call(functools.partial(kernel, cols=None), cfg, name, grid, in_specs,
+                 [_seq_spec(cfg, d, False) for _, d in grads] + [ds0_spec],
+                 [jax.ShapeDtypeStruct(x.shape, x.dtype) for x, _ in grads] + [ds0_shape], args, launch=launch)
+    return tuple(outs) if one else (dq, *outs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -411,15 +549,20 @@ class TritonParams:
     bwd_block: int = DEFAULT_BWD_BLOCK
     num_warps: int = DEFAULT_NUM_WARPS
     num_stages: tuple[int, int] = DEFAULT_NUM_STAGES
+    bwd_layout: str = DEFAULT_BWD_LAYOUT
+    dkv_warps: int = DEFAULT_DKV_WARPS
+    dkv_stages: int = DEFAULT_DKV_STAGES
 
     @staticmethod
     def make(block_size=64, interpret=False, fwd_block_v=None, bwd_block=DEFAULT_BWD_BLOCK,
-             num_warps=DEFAULT_NUM_WARPS, num_stages=DEFAULT_NUM_STAGES) -> TritonParams:
+             num_warps=DEFAULT_NUM_WARPS, num_stages=DEFAULT_NUM_STAGES, bwd_layout=DEFAULT_BWD_LAYOUT,
+             dkv_warps=DEFAULT_DKV_WARPS, dkv_stages=DEFAULT_DKV_STAGES) -> TritonParams:
         stages = (num_stages, num_stages) if isinstance(num_stages, int) else tuple(num_stages)
         return TritonParams(
             block_size=int(block_size), interpret=bool(interpret),
             fwd_block_v=None if fwd_block_v is None else int(fwd_block_v), bwd_block=int(bwd_block),
-            num_warps=int(num_warps), num_stages=(int(stages[0]), int(stages[1])),
+            num_warps=int(num_warps), num_stages=(int(stages[0]), int(stages[1])), bwd_layout=_check_layout(bwd_layout),
+            dkv_warps=int(dkv_warps), dkv_stages=int(dkv_stages),
         )
 
 
@@ -434,7 +577,8 @@ def _config(p: TritonParams, b: int, t: int, h: int, dkp: int, dvp: int, has_seg
     c = max(MIN_TILE, min(c, _pow2_ceil(t)))
     return _Cfg(
         t=t, c=c, nblk=-(-t // c), fwd_block_v=fbv, block_k=bk, block_v=bv, has_seg=has_seg,
-        num_warps=p.num_warps, num_stages=p.num_stages, interpret=p.interpret,
+        num_warps=p.num_warps, num_stages=p.num_stages, interpret=p.interpret, bwd_layout=p.bwd_layout,
+        dkv_warps=p.dkv_warps, dkv_stages=p.dkv_stages,
     )
 
 
@@ -541,7 +685,7 @@ def with_triton_backward(fwd_fn, params: TritonParams = TritonParams()):
 
 @functools.partial(
     jax.jit,
-    static_argnames=("block_size", "interpret", "fwd_block_v", "bwd_block", "num_warps", "num_stages"),
+    static_argnames=("block_size", "interpret", "fwd_block_v", "bwd_block", "num_warps", "num_stages", "bwd_layout"),
 )
 def lightning_attention(
     q,
@@ -557,6 +701,7 @@ def lightning_attention(
     bwd_block: int = DEFAULT_BWD_BLOCK,
     num_warps: int = DEFAULT_NUM_WARPS,
     num_stages: int | tuple[int, int] = DEFAULT_NUM_STAGES,
+    bwd_layout: str = DEFAULT_BWD_LAYOUT,
 ):
     """Lightning attention with Pallas Triton kernels; differentiable in q, k, v, initial_state.
 
@@ -566,9 +711,10 @@ def lightning_attention(
     ``block_size`` is rounded down to a power of two in [16, MAX_BLOCK_SIZE]. ``fwd_block_v`` (None:
     automatic) and ``bwd_block`` are the state tiles of the forward and backward kernels, and
     ``num_warps`` / ``num_stages`` (an int or a (forward, backward) pair) the Triton launch
-    parameters; all are performance knobs that do not change the result beyond rounding.
+    parameters; ``bwd_layout`` (one of BWD_LAYOUTS) how the backward's work is split into kernels. All are
+    performance knobs that do not change the result beyond rounding.
     """
-    params = TritonParams.make(block_size, interpret, fwd_block_v, bwd_block, num_warps, num_stages)
+    params = TritonParams.make(block_size, interpret, fwd_block_v, bwd_block, num_warps, num_stages, bwd_layout)
     # Check the head dims eagerly (a clear ValueError before any tracing of the kernels).
     _padded_head_dim(q.shape[-1], "q/k")
     _padded_head_dim(v.shape[-1], "v")
@@ -582,6 +728,7 @@ __all__ = [
     "backward",
     "with_triton_backward",
     "TritonParams",
+    "BWD_LAYOUTS",
     "MAX_BLOCK_SIZE",
     "MAX_HEAD_DIM",
 ]

@@ -166,3 +166,64 @@ def test_interleaved_qkv_rejects_bad_shapes():
     x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 20, 3, 72)), jnp.float32)
     o = ops.lightning_attention_qkv(x, DECAY, impl="triton", interpret=True, block_size=16)
     np.testing.assert_allclose(o, _sliced_reference(x, None, None)[0], atol=5e-5, rtol=5e-5)
+
+
+@pytest.mark.parametrize(
+    "layout,t,dk,dv,use_s0,dtype",
+    [
+        ("joint", 50, 16, 32, True, jnp.float32),  # dK / dV from one walk over the whole dS; Dk != Dv; ragged tail
+        ("one", 37, 32, 16, False, jnp.bfloat16),  # dQ and dK / dV side by side in one launch
+    ],
+)
+def test_backward_layouts_match_reference(rng, layout, t, dk, dv, use_s0, dtype):
+    """The backward's other kernel layouts (gpu_triton.BWD_LAYOUTS) with segments: gradients against the reference,
+    on separate q, k, v and on the interleaved q | k | v (written into one buffer)."""
+    q, k, v, s0 = _inputs(rng, 2, t, dk, dv, dtype)
+    s0 = s0 if use_s0 else None
+    seg = _segments(t)
+    do = jnp.asarray(rng.standard_normal(v.shape), jnp.float32).astype(dtype)
+    dst = jnp.asarray(rng.standard_normal((2, H, dk, dv)), jnp.float32)
+    kern = functools.partial(gpu_triton.lightning_attention, block_size=16, interpret=True, bwd_layout=layout)
+    outs, grads = jax.jit(functools.partial(_value_and_grads, kern))(q, k, v, s0, seg, do, dst)
+    ref_outs, ref_grads = jax.jit(functools.partial(_value_and_grads, reference.chunked))(q, k, v, s0, seg, do, dst)
+    assert_outputs_and_grads_match(outs, grads, ref_outs, ref_grads, dtype)
+
+    d = dk  # the interleaved layout has Dv = Dk
+    qkv = jnp.asarray(rng.standard_normal((2, t, H, 3 * d)) / d**0.5, jnp.float32).astype(dtype)
+    s0 = jnp.asarray(rng.standard_normal((2, H, d, d)), jnp.float32) if use_s0 else None
+    do = jnp.asarray(rng.standard_normal((2, t, H, d)), jnp.float32).astype(dtype)
+    dst = jnp.asarray(rng.standard_normal((2, H, d, d)), jnp.float32)
+
+    def kern_qkv(x, s0, seg):
+        return gpu_triton_qkv.lightning_attention_qkv(x, DECAY, initial_state=s0, segment_ids=seg, block_size=16,
+                                                      interpret=True, bwd_layout=layout)
+
+    outs, grads = jax.jit(functools.partial(_qkv_value_and_grads, kern_qkv))(qkv, s0, seg, do, dst)
+    ref_outs, ref_grads = jax.jit(functools.partial(_qkv_value_and_grads, _sliced_reference))(qkv, s0, seg, do, dst)
+    assert_outputs_and_grads_match(outs, grads, ref_outs, ref_grads, dtype)
+
+
+def test_backward_layouts_lower_to_triton():
+    """The joint dK / dV kernel (after dQ, aliased into its buffer) and the one-launch backward lower for CUDA through
+    jax.export on a CPU machine, on the interleaved q | k | v (a 3 D-wide output block) and on separate arrays."""
+    qkv = jax.ShapeDtypeStruct((1, 256, 4, 384), jnp.bfloat16)
+    x = jax.ShapeDtypeStruct((1, 256, 4, 128), jnp.bfloat16)
+    decay = DECAY[:1].repeat(4)
+    for layout, name, aliases in (("joint", "lightning_attention_bwd_dkv", 1), ("one", "lightning_attention_bwd", 0)):
+        def fwd_bwd(qkv, x, layout=layout):
+            o, vjp = jax.vjp(lambda a: gpu_triton_qkv.lightning_attention_qkv(a, decay, bwd_layout=layout)[0], qkv)
+            o2, vjp2 = jax.vjp(lambda a: gpu_triton.lightning_attention(a, a, a, decay, bwd_layout=layout)[0], x)
+            return vjp(o), vjp2(o2)
+
+        text = jax.export.export(
+            jax.jit(fwd_bwd), platforms=["cuda"],
+            disabled_checks=[jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
+        )(qkv, x).mlir_module()
+        assert text.count(f'name = "{name}"') == 2, layout
+        assert "lightning_attention_bwd_dk\"" not in text and "lightning_attention_bwd_dv\"" not in text
+        assert text.count("output_operand_alias<") == aliases, layout
+
+
+def test_backward_layout_rejects_unknown():
+    with pytest.raises(ValueError, match="bwd_layout"):
+        gpu_triton.TritonParams.make(bwd_layout="fused")
