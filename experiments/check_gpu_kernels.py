@@ -354,7 +354,7 @@ def check_bwd_layouts(args):
             shape = f"B{b} T{t} H{h} D{d}{f' {n_seg} segs' if n_seg else ''}{' s0' if init else ''}"
 
             def run(q=q, k=k, v=v, decay=decay, s0=s0, seg=seg, do=do, dst=dst, shape=shape, sep=sep, inter=inter,
-                    layout=layout):
+                    layout=layout, d=d):
                 def vjps(q, k, v, s0):
                     out, pb = jax.vjp(lambda q, k, v, s: sep(q, k, v, decay, s, seg), q, k, v, s0)
                     out2, pb2 = jax.vjp(lambda x, s: inter(x, decay, s, seg), jnp.concatenate([q, k, v], -1), s0)

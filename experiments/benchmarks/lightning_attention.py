@@ -37,8 +37,8 @@ What is timed, at H=64, D=128, bf16 (MiniMax-M1's lightning layer), MiniMax laye
     directly (no ops adapter, no seq_split), fwd only, rows "mosaic_gpu fwd bv32 lean" etc.; "bv64" is
     the default layout called the same way; "ws" / "ws3": gpu_mosaic_ws.lightning_attention_fwd_ws
     (warp-specialised, num_slots 2 / 3), rows "mosaic_gpu fwd ws slots2" / "... slots3";
-  * with --bwd-variants (a comma list of split, joint, one, each optionally with w<warps> s<stages> of the joint
-    kernel, e.g. split,joint,jointw4s3): the Mosaic forward + the Triton backward in that kernel layout
+  * with --bwd-variants (a comma list of split[b<tile>][w<warps>][s<stages>] and joint[w<warps>][s<stages>], e.g.
+    split,splitb32w8,joint,jointw16): the Mosaic forward + the Triton backward in that kernel layout
     (gpu_triton.BWD_LAYOUTS), fwd+bwd rows "mosaic_gpu fwd + triton bwd joint", and the backward alone (cotangent of
     sum(o), zero final-state cotangent), rows "triton bwd joint" in a "bwd" section;
   * cuDNN causal softmax attention forward: jax.nn.dot_product_attention(implementation="cudnn");
@@ -338,22 +338,28 @@ def mosaic_variants(args):
     return mosaic_layouts.forward_fns(args.mosaic_variants, interpret=not on_gpu)
 
 
-_BWD_TOKEN = re.compile(r"^(split|joint|one)(?:w(\d+))?(?:s(\d+))?$")
+_BWD_TOKEN = re.compile(r"^(split|joint)(?:b(\d+))?(?:w(\d+))?(?:s(\d+))?$")
 
 
 def parse_bwd_variants(text):
-    """'split,joint,jointw4s3' -> [(spec, gpu_triton.TritonParams.make kwargs)] (argparse type): the backward's dK /
-    dV as two kernels (split) or one (joint), with the joint kernel's warps (w) and stages (s)."""
+    """'split,splitb32w8,joint,jointw16s1' -> [(spec, gpu_triton.TritonParams.make kwargs)] (argparse type): the
+    backward's kernel layout (gpu_triton.BWD_LAYOUTS) with, for split, the state tile (b), warps (w) and stages (s)
+    of its three kernels, and for joint the warps and stages of its dK / dV kernel."""
     out = []
     for spec in filter(None, (x.strip() for x in text.split(","))):
         m = _BWD_TOKEN.match(spec)
-        if m is None or (m.group(1) == "split" and (m.group(2) or m.group(3))):
-            raise argparse.ArgumentTypeError(f"bad backward variant {spec!r}: split, or joint[w<warps>][s<stages>]")
-        kw = {"bwd_layout": m.group(1)}
-        if m.group(2):
-            kw["dkv_warps"] = int(m.group(2))
-        if m.group(3):
-            kw["dkv_stages"] = int(m.group(3))
+        if m is None or (m.group(1) == "joint" and m.group(2)):
+            raise argparse.ArgumentTypeError(
+                f"bad backward variant {spec!r}: split[b<tile>][w<warps>][s<stages>] or joint[w<warps>][s<stages>]")
+        layout, tile, warps, stages = m.groups()
+        kw = {"bwd_layout": layout}
+        if layout == "split":
+            kw.update({"bwd_block": int(tile)} if tile else {})
+            kw.update({"num_warps": int(warps)} if warps else {})
+            kw.update({"num_stages": (3, int(stages))} if stages else {})
+        else:
+            kw.update({"dkv_warps": int(warps)} if warps else {})
+            kw.update({"dkv_stages": int(stages)} if stages else {})
         out.append((spec, kw))
     return out
 
@@ -577,7 +583,8 @@ def main():
                     "warp-specialised forward (gpu_mosaic_ws) with 2 / 3 slots")
     ap.add_argument("--bwd-variants", type=parse_bwd_variants, default=None,
                     help="also time the Mosaic forward + Triton backward (fwd+bwd) and the backward alone (bwd) with "
-                    "dK / dV as two kernels (split) or one (joint[w<warps>][s<stages>]), e.g. split,joint,jointw4")
+                    "dK / dV as two kernels (split[b<tile>][w<warps>][s<stages>]) or one (joint[w<warps>][s<stages>]), "
+                    "e.g. split,splitb32,joint,jointw16")
     ap.add_argument("--out", default=None, help="markdown output (default experiments/results/...; also $OUT)")
     args = ap.parse_args()
     args.impls = set(args.impls.split(",")) if args.impls else None

@@ -35,8 +35,11 @@
 #          after the review added the unsegmented split case (Mosaic forward + split_sequence_qkv) without s0
 # Stage 13 (session of 2026-12-01, third) one GPU: the Triton backward's kernel layouts (split / joint dK-dV / one
 #          launch) fwd+bwd and bwd alone next to fla at B1T16K, B4T16K, B1T64K; then their checks and stage 12's
+#          (the one-launch layout read its states out of bounds: an illegal address in the check; removed)
+# Stage 14 one GPU: the split backward's tiles / warps / stages and the joint kernel's warps / stages (no fla), then
+#          stage 13's checks again
 set -u -o pipefail
-STAGE=${1:?stage 1 to 13}
+STAGE=${1:?stage 1 to 14}
 TOTAL=${2:-540}
 FINAL=${OUT:-/tmp/out}; OUT=$FINAL/r; mkdir -p "$OUT"  # $OUT returns only a few files: all go into one tarball
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -189,6 +192,13 @@ case $STAGE in
   timeout "$(left 360)" python3 experiments/benchmarks/lightning_attention.py --shapes B1T16K,B4T16K,B1T64K \
     --skip-cudnn --impls mosaic_gpu --bwd-variants "${BWD_VARIANTS:-split,joint,one,joints3,onew4}" --budget-s 320 \
     --out "$OUT/lightning_bwd_layouts_h200.md" > "$OUT/lightning_bwd_layouts.log" 2>&1
+  timeout "$(left 9999)" python3 experiments/check_gpu_kernels.py --only bwd_layouts,qkv --no-timing \
+    --out "$OUT/check_bwd_layouts_qkv_h200.md" > "$OUT/check_bwd_layouts_qkv.log" 2>&1 ;;
+14)
+  timeout "$(left 330)" python3 experiments/benchmarks/lightning_attention.py --shapes B1T16K,B4T16K \
+    --skip-cudnn --skip-fla --impls mosaic_gpu --budget-s 300 --out "$OUT/lightning_bwd_sweep_h200.md" \
+    --bwd-variants "${BWD_VARIANTS:-split,splits2,splits4,splitw8,splitb32,splitb32s2,joint,jointw16,jointw16s1}" \
+    > "$OUT/lightning_bwd_sweep.log" 2>&1
   timeout "$(left 9999)" python3 experiments/check_gpu_kernels.py --only bwd_layouts,qkv --no-timing \
     --out "$OUT/check_bwd_layouts_qkv_h200.md" > "$OUT/check_bwd_layouts_qkv.log" 2>&1 ;;
 esac

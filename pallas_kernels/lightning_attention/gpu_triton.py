@@ -87,9 +87,8 @@ DEFAULT_NUM_STAGES = (3, 3)  # (forward, backward); see the module docstring for
 DEFAULT_DKV_WARPS = 8
 DEFAULT_DKV_STAGES = 2
 # The backward's kernels: "split" dQ (split over Dk), dK (split over Dk) and dV (split over Dv), three launches;
-# "joint" the dQ kernel, then dK and dV from one reverse walk over the whole dS (``_dkv_kernel``); "one" both walks
-# side by side in one launch (``_bwd_kernel``).
-BWD_LAYOUTS = ("split", "joint", "one")
+# "joint" the dQ kernel, then dK and dV from one reverse walk over the whole dS (``_dkv_kernel``).
+BWD_LAYOUTS = ("split", "joint")
 DEFAULT_BWD_LAYOUT = "split"
 
 _F32 = jnp.float32
@@ -314,7 +313,7 @@ def _column_stores(refs, offsets):
             else:
                 ref[sl, pl.ds(off, x.shape[-1])] = x.astype(ref.dtype)
         return store
-    return [make(r, o) for r, o in zip(refs, offsets)]
+    return [make(r, o) for r, o in zip(refs, offsets, strict=True)]
 
 
 def _dkv_kernel(decay_ref, q_ref, k_ref, v_ref, do_ref, dst_ref, *rest, cfg: _Cfg, cols):
@@ -329,29 +328,6 @@ def _dkv_kernel(decay_ref, q_ref, k_ref, v_ref, do_ref, dst_ref, *rest, cfg: _Cf
         stores = _column_stores(grads, (None, None))
     s = decay_ref[pl.program_id(1)].astype(_F32)
     ds0_ref[...] = _dkv_walk(cfg, s, seg_ref, q_ref, k_ref, v_ref, do_ref, dst_ref, *stores)
-
-
-def _bwd_kernel(decay_ref, q_ref, k_ref, v_ref, do_ref, s0_ref, dst_ref, *rest, cfg: _Cfg, cols):
-    # The whole backward in one launch, grid (batch, heads, 2): program 0 walks dQ forward with the whole state,
-    # program 1 walks dK / dV backward (``_dkv_walk``); they run side by side. ``cols``: None (dq, dk, dv outputs of
-    # their own) or the column offsets of dq, dk, dv in the one interleaved d qkv output block.
-    seg_ref, outs = _split_refs(cfg, rest, 2 if cols else 4)
-    if cols:
-        (g_ref, ds0_ref) = outs
-        store_dq, store_dk, store_dv = _column_stores((g_ref,) * 3, cols)
-    else:
-        *grads, ds0_ref = outs
-        store_dq, store_dk, store_dv = _column_stores(grads, (None,) * 3)
-    s = decay_ref[pl.program_id(1)].astype(_F32)
-    role = pl.program_id(2)
-
-    @pl.when(role == 0)
-    def _():
-        _dq_walk(cfg, s, seg_ref, k_ref, v_ref, do_ref, s0_ref, store_dq)
-
-    @pl.when(role == 1)
-    def _():
-        ds0_ref[...] = _dkv_walk(cfg, s, seg_ref, q_ref, k_ref, v_ref, do_ref, dst_ref, store_dk, store_dv)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -444,8 +420,6 @@ def _backward(cfg: _Cfg, q, k, v, decay, s0, seg, do, dst, *, dk=None):
     def carried(prev, n_in):  # the interleaved buffer so far, as an input aliased to output 0
         return ([prev], [pl.BlockSpec(memory_space=pl.ANY)], {n_in: 0}) if qkv else ([], [], None)
 
-    if cfg.bwd_layout == "one":
-        return _backward_joint(cfg, q, k, v, decay, s0, seg, do, dst, None, dk if qkv else None)
     (dq,) = _call(
         _dq_kernel, cfg, "lightning_attention_bwd_dq", (b, h, dk // bk),
         [decay_spec, _seq_spec(cfg, bk, True, off_k), full_v, full_do, _state_spec(bk, dv, True), *seg_specs],
@@ -454,7 +428,7 @@ def _backward(cfg: _Cfg, q, k, v, decay, s0, seg, do, dst, *, dk=None):
         (decay, k, v, do, s0, *seg_args),
     )
     if cfg.bwd_layout == "joint":
-        return _backward_joint(cfg, q, k, v, decay, s0, seg, do, dst, dq, dk if qkv else None)
+        return _backward_joint(cfg, q, k, v, decay, seg, do, dst, dq, dk if qkv else None)
     args, specs, aliases = carried(dq, 5 + len(seg_args))
     (dk_,) = _call(
         _dk_kernel, cfg, "lightning_attention_bwd_dk", (b, h, dk // bk),
@@ -480,40 +454,34 @@ def _backward(cfg: _Cfg, q, k, v, decay, s0, seg, do, dst, *, dk=None):
     return dq, dk_, dv_, ds0
 
 
-def _backward_joint(cfg: _Cfg, q, k, v, decay, s0, seg, do, dst, dq, dk):
-    """``_backward`` with dK and dV from one walk over the whole dS: ``cfg.bwd_layout`` "joint" runs ``_dkv_kernel``
-    (grid (batch, heads, 1)) after the dQ kernel gave ``dq``; "one" runs ``_bwd_kernel`` (grid (batch, heads, 2): dQ
-    and dK / dV side by side, one launch; ``dq`` is None). With ``dk`` given (the interleaved case) the output is
-    one d qkv buffer whose block is a head's whole 3 D columns, written at column offsets (0,) D and 2 D; "joint"
-    takes the dQ kernel's buffer as an input aliased to it."""
+def _backward_joint(cfg: _Cfg, q, k, v, decay, seg, do, dst, dq, dk):
+    """``_backward``'s dK and dV by ``_dkv_kernel`` (grid (batch, heads, 1)) after the dQ kernel gave ``dq``. With
+    ``dk`` given (the interleaved case) ``dq`` is the d qkv buffer so far, an input aliased to the output, whose block
+    is a head's whole 3 D columns (dk and dv written at column offsets D and 2 D)."""
     b, tp, h = q.shape[:3]
     qkv = dk is not None
     dk = dk if qkv else q.shape[-1]
     dv = dk if qkv else v.shape[-1]
     off_k, off_v = (dk, 2 * dk) if qkv else (0, 0)
-    one = cfg.bwd_layout == "one"
     decay_spec, seg_specs, seg_args = _common_specs(cfg, decay, seg)
-    states = [_state_spec(dk, dv, False)] * (2 if one else 1)
+    state_spec = _state_spec(dk, dv, False)
     in_specs = [decay_spec, _seq_spec(cfg, dk, False), _seq_spec(cfg, dk, False, off_k),
-                _seq_spec(cfg, dv, False, off_v), _seq_spec(cfg, dv, False), *states, *seg_specs]
-    args = (decay, q, k, v, do, *((s0, dst) if one else (dst,)), *seg_args)
-    ds0_spec, ds0_shape = _state_spec(dk, dv, False), jax.ShapeDtypeStruct(dst.shape, _F32)
-    kernel, name, grid = (_bwd_kernel, "lightning_attention_bwd", (b, h, 2)) if one else (
-        _dkv_kernel, "lightning_attention_bwd_dkv", (b, h, 1))
-    launch = (cfg.dkv_warps, cfg.dkv_stages)
+                _seq_spec(cfg, dv, False, off_v), _seq_spec(cfg, dv, False), state_spec, *seg_specs]
+    args = (decay, q, k, v, do, dst, *seg_args)
+    ds0_shape = jax.ShapeDtypeStruct(dst.shape, _F32)
+    call = functools.partial(_call, cfg=cfg, name="lightning_attention_bwd_dkv", grid=(b, h, 1),
+                             launch=(cfg.dkv_warps, cfg.dkv_stages))
     if qkv:
         whole = pl.BlockSpec((None, tp, None, 3 * dk), lambda b, h, j: (b, 0, h, 0))
-        cols = (0, off_k, off_v) if one else (off_k, off_v)
-        carried = {} if one else {len(args): 0}
-        return _call(functools.partial(kernel, cols=cols), cfg, name, grid,
-                     in_specs + ([] if one else [pl.BlockSpec(memory_space=pl.ANY)]), [whole, ds0_spec],
-                     [jax.ShapeDtypeStruct(q.shape, q.dtype), ds0_shape], args + (() if one else (dq,)),
-                     aliases=carried, launch=launch)
-    grads = [(q, dk), (k, dk), (v, dv)][0 if one else 1:]
-    outs = _call(functools.partial(kernel, cols=None), cfg, name, grid, in_specs,
-                 [_seq_spec(cfg, d, False) for _, d in grads] + [ds0_spec],
-                 [jax.ShapeDtypeStruct(x.shape, x.dtype) for x, _ in grads] + [ds0_shape], args, launch=launch)
-    return tuple(outs) if one else (dq, *outs)
+        return call(functools.partial(_dkv_kernel, cols=(off_k, off_v)),
+                    in_specs=[*in_specs, pl.BlockSpec(memory_space=pl.ANY)], out_specs=[whole, state_spec],
+                    out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), ds0_shape], args=(*args, dq),
+                    aliases={len(args): 0})
+    dk_, dv_, ds0 = call(functools.partial(_dkv_kernel, cols=None), in_specs=in_specs,
+                         out_specs=[_seq_spec(cfg, dk, False), _seq_spec(cfg, dv, False), state_spec],
+                         out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype),
+                                    ds0_shape], args=args)
+    return dq, dk_, dv_, ds0
 
 
 # ----------------------------------------------------------------------------------------------

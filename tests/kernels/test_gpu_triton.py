@@ -172,11 +172,11 @@ def test_interleaved_qkv_rejects_bad_shapes():
     "layout,t,dk,dv,use_s0,dtype",
     [
         ("joint", 50, 16, 32, True, jnp.float32),  # dK / dV from one walk over the whole dS; Dk != Dv; ragged tail
-        ("one", 37, 32, 16, False, jnp.bfloat16),  # dQ and dK / dV side by side in one launch
+        ("joint", 37, 32, 16, False, jnp.bfloat16),
     ],
 )
 def test_backward_layouts_match_reference(rng, layout, t, dk, dv, use_s0, dtype):
-    """The backward's other kernel layouts (gpu_triton.BWD_LAYOUTS) with segments: gradients against the reference,
+    """The backward's other kernel layout (gpu_triton.BWD_LAYOUTS) with segments: gradients against the reference,
     on separate q, k, v and on the interleaved q | k | v (written into one buffer)."""
     q, k, v, s0 = _inputs(rng, 2, t, dk, dv, dtype)
     s0 = s0 if use_s0 else None
@@ -204,24 +204,24 @@ def test_backward_layouts_match_reference(rng, layout, t, dk, dv, use_s0, dtype)
 
 
 def test_backward_layouts_lower_to_triton():
-    """The joint dK / dV kernel (after dQ, aliased into its buffer) and the one-launch backward lower for CUDA through
-    jax.export on a CPU machine, on the interleaved q | k | v (a 3 D-wide output block) and on separate arrays."""
+    """The joint dK / dV kernel lowers for CUDA through jax.export on a CPU machine, on the interleaved q | k | v (a
+    3 D-wide output block, aliased to the dQ kernel's buffer) and on separate arrays."""
     qkv = jax.ShapeDtypeStruct((1, 256, 4, 384), jnp.bfloat16)
     x = jax.ShapeDtypeStruct((1, 256, 4, 128), jnp.bfloat16)
     decay = DECAY[:1].repeat(4)
-    for layout, name, aliases in (("joint", "lightning_attention_bwd_dkv", 1), ("one", "lightning_attention_bwd", 0)):
-        def fwd_bwd(qkv, x, layout=layout):
-            o, vjp = jax.vjp(lambda a: gpu_triton_qkv.lightning_attention_qkv(a, decay, bwd_layout=layout)[0], qkv)
-            o2, vjp2 = jax.vjp(lambda a: gpu_triton.lightning_attention(a, a, a, decay, bwd_layout=layout)[0], x)
-            return vjp(o), vjp2(o2)
 
-        text = jax.export.export(
-            jax.jit(fwd_bwd), platforms=["cuda"],
-            disabled_checks=[jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
-        )(qkv, x).mlir_module()
-        assert text.count(f'name = "{name}"') == 2, layout
-        assert "lightning_attention_bwd_dk\"" not in text and "lightning_attention_bwd_dv\"" not in text
-        assert text.count("output_operand_alias<") == aliases, layout
+    def fwd_bwd(qkv, x):
+        o, vjp = jax.vjp(lambda a: gpu_triton_qkv.lightning_attention_qkv(a, decay, bwd_layout="joint")[0], qkv)
+        o2, vjp2 = jax.vjp(lambda a: gpu_triton.lightning_attention(a, a, a, decay, bwd_layout="joint")[0], x)
+        return vjp(o), vjp2(o2)
+
+    text = jax.export.export(
+        jax.jit(fwd_bwd), platforms=["cuda"],
+        disabled_checks=[jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
+    )(qkv, x).mlir_module()
+    assert text.count('name = "lightning_attention_bwd_dkv"') == 2
+    assert '"lightning_attention_bwd_dk"' not in text and '"lightning_attention_bwd_dv"' not in text
+    assert text.count("output_operand_alias<") == 1  # the interleaved buffer, from dQ into dK / dV
 
 
 def test_backward_layout_rejects_unknown():
