@@ -37,10 +37,10 @@ What is timed, at H=64, D=128, bf16 (MiniMax-M1's lightning layer), MiniMax laye
     directly (no ops adapter, no seq_split), fwd only, rows "mosaic_gpu fwd bv32 lean" etc.; "bv64" is
     the default layout called the same way; "ws" / "ws3": gpu_mosaic_ws.lightning_attention_fwd_ws
     (warp-specialised, num_slots 2 / 3), rows "mosaic_gpu fwd ws slots2" / "... slots3";
-  * with --bwd-variants (a comma list of split[b<tile>][w<warps>][s<stages>] and joint[w<warps>][s<stages>], e.g.
-    split,splitb32w8,joint,jointw16): the Mosaic forward + the Triton backward in that kernel layout
-    (gpu_triton.BWD_LAYOUTS), fwd+bwd rows "mosaic_gpu fwd + triton bwd joint", and the backward alone (cotangent of
-    sum(o), zero final-state cotangent), rows "triton bwd joint" in a "bwd" section;
+  * with --bwd-variants (a comma list of "default" and b<tile> w<warps> s<stages> joined, e.g. default,s2,b32w8):
+    the Mosaic forward + the Triton backward with those launch knobs, fwd+bwd rows "mosaic_gpu fwd + triton bwd
+    s2", and the backward alone (cotangent of sum(o), zero final-state cotangent), rows "triton bwd s2" in a "bwd"
+    section;
   * cuDNN causal softmax attention forward: jax.nn.dot_product_attention(implementation="cudnn");
   * a device copy: torch copy_ of 2 GiB (when torch sees the GPU) and JAX x + 1 over 2 GiB;
   * decode (one token, fp32 state [B, H, D, D]) at B = 1, 64, 256: ours via
@@ -86,6 +86,7 @@ H, D = 64, 128
 SHAPES = {
     "B1T4K": (1, 4096),
     "B1T16K": (1, 16384),
+    "B2T16K": (2, 16384),
     "B4T16K": (4, 16384),
     "B1T64K": (1, 65536),
     "B1T128K": (1, 131072),
@@ -338,35 +339,31 @@ def mosaic_variants(args):
     return mosaic_layouts.forward_fns(args.mosaic_variants, interpret=not on_gpu)
 
 
-_BWD_TOKEN = re.compile(r"^(split|joint)(?:b(\d+))?(?:w(\d+))?(?:s(\d+))?$")
+_BWD_TOKEN = re.compile(r"^(?:b(\d+))?(?:w(\d+))?(?:s(\d+))?$")
 
 
 def parse_bwd_variants(text):
-    """'split,splitb32w8,joint,jointw16s1' -> [(spec, gpu_triton.TritonParams.make kwargs)] (argparse type): the
-    backward's kernel layout (gpu_triton.BWD_LAYOUTS) with, for split, the state tile (b), warps (w) and stages (s)
-    of its three kernels, and for joint the warps and stages of its dK / dV kernel."""
+    """'default,s2,b32w8s3' -> [(spec, gpu_triton.TritonParams.make kwargs)] (argparse type): the Triton backward
+    kernels' state tile (b), warps (w) and software-pipelining stages (s); "default" (or an omitted knob) the
+    library's choice."""
     out = []
     for spec in filter(None, (x.strip() for x in text.split(","))):
-        m = _BWD_TOKEN.match(spec)
-        if m is None or (m.group(1) == "joint" and m.group(2)):
+        m = _BWD_TOKEN.match("" if spec == "default" else spec)
+        if m is None:
             raise argparse.ArgumentTypeError(
-                f"bad backward variant {spec!r}: split[b<tile>][w<warps>][s<stages>] or joint[w<warps>][s<stages>]")
-        layout, tile, warps, stages = m.groups()
-        kw = {"bwd_layout": layout}
-        if layout == "split":
-            kw.update({"bwd_block": int(tile)} if tile else {})
-            kw.update({"num_warps": int(warps)} if warps else {})
-            kw.update({"num_stages": (3, int(stages))} if stages else {})
-        else:
-            kw.update({"dkv_warps": int(warps)} if warps else {})
-            kw.update({"dkv_stages": int(stages)} if stages else {})
+                f"bad backward variant {spec!r}: default, or b<tile> w<warps> s<stages> joined (e.g. s2, b32w8)")
+        tile, warps, stages = m.groups()
+        kw = {}
+        kw.update({"bwd_block": int(tile)} if tile else {})
+        kw.update({"num_warps": int(warps)} if warps else {})
+        kw.update({"num_stages": (3, int(stages))} if stages else {})
         out.append((spec, kw))
     return out
 
 
 def backward_variants(args):
     """[(fwd+bwd label, spec, fwd+bwd fn(q, k, v, decay) -> o differentiable, bwd fn(q, k, v, decay, do) -> grads)] for
-    --bwd-variants: the Mosaic forward (Triton where Mosaic is unavailable) with the Triton backward in that layout,
+    --bwd-variants: the Mosaic forward (Triton where Mosaic is unavailable) with the Triton backward so launched,
     and that backward alone."""
     if not args.bwd_variants:
         return []
@@ -583,8 +580,7 @@ def main():
                     "warp-specialised forward (gpu_mosaic_ws) with 2 / 3 slots")
     ap.add_argument("--bwd-variants", type=parse_bwd_variants, default=None,
                     help="also time the Mosaic forward + Triton backward (fwd+bwd) and the backward alone (bwd) with "
-                    "dK / dV as two kernels (split[b<tile>][w<warps>][s<stages>]) or one (joint[w<warps>][s<stages>]), "
-                    "e.g. split,splitb32,joint,jointw16")
+                    "these backward launch knobs: default, or b<tile> w<warps> s<stages> joined, e.g. default,s2,s3")
     ap.add_argument("--out", default=None, help="markdown output (default experiments/results/...; also $OUT)")
     args = ap.parse_args()
     args.impls = set(args.impls.split(",")) if args.impls else None

@@ -38,8 +38,11 @@
 #          (the one-launch layout read its states out of bounds: an illegal address in the check; removed)
 # Stage 14 one GPU: the split backward's tiles / warps / stages and the joint kernel's warps / stages (no fla), then
 #          stage 13's checks again
+# Stage 15 one GPU: the backward's stages picked by launch size (gpu_triton._auto_bwd_stages) against 2 and 3 fixed,
+#          next to fla at B1T16K, B2T16K, B4T16K, B1T64K; then the op, segments and qkv checks (B4 T2048 H64 runs the
+#          2-stage backward)
 set -u -o pipefail
-STAGE=${1:?stage 1 to 14}
+STAGE=${1:?stage 1 to 15}
 TOTAL=${2:-540}
 FINAL=${OUT:-/tmp/out}; OUT=$FINAL/r; mkdir -p "$OUT"  # $OUT returns only a few files: all go into one tarball
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -188,19 +191,16 @@ case $STAGE in
 12)
   timeout "$(left 9999)" python3 experiments/check_gpu_kernels.py --only qkv --no-timing \
     --out "$OUT/check_qkv_nosegs_h200.md" > "$OUT/check_qkv.log" 2>&1 ;;
-13)
-  timeout "$(left 360)" python3 experiments/benchmarks/lightning_attention.py --shapes B1T16K,B4T16K,B1T64K \
-    --skip-cudnn --impls mosaic_gpu --bwd-variants "${BWD_VARIANTS:-split,joint,one,joints3,onew4}" --budget-s 320 \
-    --out "$OUT/lightning_bwd_layouts_h200.md" > "$OUT/lightning_bwd_layouts.log" 2>&1
-  timeout "$(left 9999)" python3 experiments/check_gpu_kernels.py --only bwd_layouts,qkv --no-timing \
-    --out "$OUT/check_bwd_layouts_qkv_h200.md" > "$OUT/check_bwd_layouts_qkv.log" 2>&1 ;;
-14)
-  timeout "$(left 330)" python3 experiments/benchmarks/lightning_attention.py --shapes B1T16K,B4T16K \
-    --skip-cudnn --skip-fla --impls mosaic_gpu --budget-s 300 --out "$OUT/lightning_bwd_sweep_h200.md" \
-    --bwd-variants "${BWD_VARIANTS:-split,splits2,splits4,splitw8,splitb32,splitb32s2,joint,jointw16,jointw16s1}" \
-    > "$OUT/lightning_bwd_sweep.log" 2>&1
-  timeout "$(left 9999)" python3 experiments/check_gpu_kernels.py --only bwd_layouts,qkv --no-timing \
-    --out "$OUT/check_bwd_layouts_qkv_h200.md" > "$OUT/check_bwd_layouts_qkv.log" 2>&1 ;;
+13|14)
+  # Ran at commits de225d9 (13) and f5ff7dc (14): `git show <commit>:experiments/benchmarks/perf_gpu.sh`. The joint
+  # dK / dV and one-launch layouts they timed were removed after (slower), so they no longer run from here.
+  echo "stage $STAGE ran at an earlier commit (see the comment in perf_gpu.sh)" > "$OUT/README.txt" ;;
+15)
+  timeout "$(left 330)" python3 experiments/benchmarks/lightning_attention.py --shapes B1T16K,B2T16K,B4T16K,B1T64K \
+    --skip-cudnn --impls mosaic_gpu --bwd-variants default,s2,s3 --budget-s 300 \
+    --out "$OUT/lightning_bwd_stages_h200.md" > "$OUT/lightning_bwd_stages.log" 2>&1
+  timeout "$(left 9999)" python3 experiments/check_gpu_kernels.py --only op,segments,qkv --no-timing \
+    --out "$OUT/check_op_segments_qkv_h200.md" > "$OUT/check_op_segments_qkv.log" 2>&1 ;;
 esac
 tar czf "$FINAL/results.tgz" -C "$OUT" . && rm -rf "$OUT"
 ls -la "$FINAL"

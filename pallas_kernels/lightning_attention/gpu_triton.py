@@ -73,6 +73,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
+from pallas_kernels.lightning_attention import split
+
 MAX_BLOCK_SIZE = 64
 MIN_TILE = 16
 MAX_HEAD_DIM = 256
@@ -81,23 +83,17 @@ DEFAULT_BWD_BLOCK = 64  # state tile of the backward kernels (Dk split for dQ / 
 # (small batch * heads: more, smaller programs fill the GPU better).
 _FWD_MIN_PROGRAMS = 256
 DEFAULT_NUM_WARPS = 4
-DEFAULT_NUM_STAGES = (3, 3)  # (forward, backward); see the module docstring for measurements
-# The joint dK / dV kernel keeps the whole [Dk, Dv] fp32 dS in registers: 8 warps (64 registers a thread for it at
-# D = 128), and 2 stages of four [C, D] tiles (q, k, v, dO: 64 KB a stage at C = D = 128 bf16).
-DEFAULT_DKV_WARPS = 8
-DEFAULT_DKV_STAGES = 2
-# The backward's kernels: "split" dQ (split over Dk), dK (split over Dk) and dV (split over Dv), three launches;
-# "joint" the dQ kernel, then dK and dV from one reverse walk over the whole dS (``_dkv_kernel``).
-BWD_LAYOUTS = ("split", "joint")
-DEFAULT_BWD_LAYOUT = "split"
+DEFAULT_NUM_STAGES = (3, None)  # (forward, backward); None: ``_auto_bwd_stages``. Measurements: module docstring
 
 _F32 = jnp.float32
 
 
-def _check_layout(layout: str) -> str:
-    if layout not in BWD_LAYOUTS:
-        raise ValueError(f"bwd_layout {layout!r} is not one of {BWD_LAYOUTS}")
-    return layout
+def _auto_bwd_stages(programs: int) -> int:
+    """Software-pipelining stages of the backward kernels for a launch of ``programs`` programs: 3 while they fit on
+    the SMs one each, 2 once there are two per SM (the smaller shared-memory footprint lets two share an SM). On an
+    H200 (experiments/results/lightning_bwd_stages_h200.md), bwd alone at H64 D128: B1 T16K (128 programs) 1.61 ms
+    with 3 stages, 2.54 with 2; B4 T16K (512 programs) 6.88 with 3, 6.31 with 2."""
+    return 2 if programs >= 2 * split.num_sms() else 3
 
 
 def _pow2_floor(x: int) -> int:
@@ -120,9 +116,6 @@ class _Cfg:
     num_warps: int
     num_stages: tuple[int, int]  # (forward, backward) software-pipelining stages
     interpret: bool
-    bwd_layout: str = DEFAULT_BWD_LAYOUT  # BWD_LAYOUTS
-    dkv_warps: int = DEFAULT_DKV_WARPS
-    dkv_stages: int = DEFAULT_DKV_STAGES
 
     @property
     def tp(self) -> int:
@@ -217,30 +210,22 @@ def _fwd_kernel(decay_ref, q_ref, k_ref, v_ref, s0_ref, *rest, cfg: _Cfg):
     st_ref[...] = state
 
 
-def _dq_walk(cfg: _Cfg, s, seg_ref, k_ref, v_ref, do_ref, s0_ref, store_dq):
-    """The dQ pass: forward over the blocks with the forward state's rows k_ref's columns, [BK, Dv] (all of Dk in
-    ``_bwd_kernel``); ``store_dq(slice, dq block)`` writes."""
+def _dq_kernel(decay_ref, k_ref, v_ref, do_ref, s0_ref, *rest, cfg: _Cfg):
+    # k [Tp, BK], v / do [Tp, Dv], s0 [BK, Dv] -> dq [Tp, BK]
+    seg_ref, (dq_ref,) = _split_refs(cfg, rest, 1)
+    s = decay_ref[pl.program_id(1)].astype(_F32)
     dt = k_ref.dtype
 
-    def body(i, state):
+    def body(i, state):  # rows kcols of the forward state, [BK, Dv]
         sl, mask, qdec, kdec, keep = _block_factors(cfg, s, i, seg_ref)
         kb, vb, dob = k_ref[sl, :], v_ref[sl, :], do_ref[sl, :]
         da = _dot(dob, vb, 1, 1) * mask  # [t, u]
-        store_dq(sl, _dot(da.astype(dt), kb, 1, 0) + qdec[:, None] * _dot(dob, state.astype(dt), 1, 1))
+        dq = _dot(da.astype(dt), kb, 1, 0) + qdec[:, None] * _dot(dob, state.astype(dt), 1, 1)
+        dq_ref[sl, :] = dq.astype(dq_ref.dtype)
         kd = (kb.astype(_F32) * kdec[:, None]).astype(dt)
         return keep * state + _dot(kd, vb, 0, 0)
 
     lax.fori_loop(0, cfg.nblk, body, s0_ref[...].astype(_F32))
-
-
-def _dq_kernel(decay_ref, k_ref, v_ref, do_ref, s0_ref, *rest, cfg: _Cfg):
-    # k [Tp, BK], v / do [Tp, Dv], s0 [BK, Dv] -> dq [Tp, BK]
-    seg_ref, (dq_ref,) = _split_refs(cfg, rest, 1)
-
-    def store_dq(sl, x):
-        dq_ref[sl, :] = x.astype(dq_ref.dtype)
-
-    _dq_walk(cfg, decay_ref[pl.program_id(1)].astype(_F32), seg_ref, k_ref, v_ref, do_ref, s0_ref, store_dq)
 
 
 def _dk_kernel(decay_ref, q_ref, v_ref, do_ref, dst_ref, *rest, cfg: _Cfg):
@@ -282,54 +267,6 @@ def _dv_kernel(decay_ref, q_ref, k_ref, do_ref, dst_ref, *rest, cfg: _Cfg):
     ds0_ref[...] = lax.fori_loop(0, cfg.nblk, body, dst_ref[...].astype(_F32))
 
 
-def _dkv_walk(cfg: _Cfg, s, seg_ref, q_ref, k_ref, v_ref, do_ref, dst_ref, store_dk, store_dv):
-    """The dK and dV passes as one: a reverse walk over the blocks with the whole dS [Dk, Dv] (the gradient w.r.t.
-    the state after the block), so one dS update (Qd^T dO) and one read of q and dO serve both. Returns d(initial
-    state)."""
-    dt = q_ref.dtype
-
-    def body(j, dstate):
-        i = cfg.nblk - 1 - j
-        sl, mask, qdec, kdec, keep = _block_factors(cfg, s, i, seg_ref)
-        qb, kb, vb, dob = q_ref[sl, :], k_ref[sl, :], v_ref[sl, :], do_ref[sl, :]
-        dsb = dstate.astype(dt)
-        da = _dot(dob, vb, 1, 1) * mask  # [t, u]
-        store_dk(sl, _dot(da.astype(dt), qb, 0, 0) + kdec[:, None] * _dot(vb, dsb, 1, 1))
-        a = _dot(qb, kb, 1, 1) * mask  # [t, u]
-        kd = (kb.astype(_F32) * kdec[:, None]).astype(dt)
-        store_dv(sl, _dot(a.astype(dt), dob, 0, 0) + _dot(kd, dsb, 1, 0))
-        qd = (qb.astype(_F32) * qdec[:, None]).astype(dt)
-        return keep * dstate + _dot(qd, dob, 0, 0)
-
-    return lax.fori_loop(0, cfg.nblk, body, dst_ref[...].astype(_F32))
-
-
-def _column_stores(refs, offsets):
-    """One ``store(slice, x)`` per (ref, column offset or None = the ref's whole width)."""
-    def make(ref, off):
-        def store(sl, x):
-            if off is None:
-                ref[sl, :] = x.astype(ref.dtype)
-            else:
-                ref[sl, pl.ds(off, x.shape[-1])] = x.astype(ref.dtype)
-        return store
-    return [make(r, o) for r, o in zip(refs, offsets, strict=True)]
-
-
-def _dkv_kernel(decay_ref, q_ref, k_ref, v_ref, do_ref, dst_ref, *rest, cfg: _Cfg, cols):
-    # q / k [Tp, Dk], v / do [Tp, Dv], dst [Dk, Dv] -> dk [Tp, Dk], dv [Tp, Dv], ds0 [Dk, Dv]; ``cols``: None (dk
-    # and dv are outputs of their own) or their column offsets in the one interleaved d qkv output block.
-    seg_ref, outs = _split_refs(cfg, rest, 2 if cols else 3)
-    if cols:
-        (g_ref, ds0_ref) = outs
-        stores = _column_stores((g_ref, g_ref), cols)
-    else:
-        *grads, ds0_ref = outs
-        stores = _column_stores(grads, (None, None))
-    s = decay_ref[pl.program_id(1)].astype(_F32)
-    ds0_ref[...] = _dkv_walk(cfg, s, seg_ref, q_ref, k_ref, v_ref, do_ref, dst_ref, *stores)
-
-
 # ----------------------------------------------------------------------------------------------
 # pallas_call wrappers (padded arrays in; grid = (batch, heads, column tiles))
 # ----------------------------------------------------------------------------------------------
@@ -360,17 +297,16 @@ def _common_specs(cfg: _Cfg, decay, seg):
     return decay_spec, seg_specs, seg_args
 
 
-def _call(kernel, cfg: _Cfg, name, grid, in_specs, out_specs, out_shape, args, *, bwd=True, aliases=None,
-          launch=None):
-    """``launch``: (num_warps, num_stages) instead of the config's forward / backward pair."""
-    warps, stages = launch or (cfg.num_warps, cfg.num_stages[1 if bwd else 0])
+def _call(kernel, cfg: _Cfg, name, grid, in_specs, out_specs, out_shape, args, *, bwd=True, aliases=None):
     return pl.pallas_call(
         functools.partial(kernel, cfg=cfg),
         grid=grid,
         in_specs=in_specs,
         out_specs=out_specs,
         out_shape=out_shape,
-        compiler_params=pltriton.CompilerParams(num_warps=warps, num_stages=stages),
+        compiler_params=pltriton.CompilerParams(
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages[1 if bwd else 0]
+        ),
         interpret=cfg.interpret,
         name=name,
         input_output_aliases=aliases or {},
@@ -427,8 +363,6 @@ def _backward(cfg: _Cfg, q, k, v, decay, s0, seg, do, dst, *, dk=None):
         [grad_shape(q)],
         (decay, k, v, do, s0, *seg_args),
     )
-    if cfg.bwd_layout == "joint":
-        return _backward_joint(cfg, q, k, v, decay, seg, do, dst, dq, dk if qkv else None)
     args, specs, aliases = carried(dq, 5 + len(seg_args))
     (dk_,) = _call(
         _dk_kernel, cfg, "lightning_attention_bwd_dk", (b, h, dk // bk),
@@ -451,36 +385,6 @@ def _backward(cfg: _Cfg, q, k, v, decay, s0, seg, do, dst, *, dk=None):
     )
     if qkv:
         return dv_, ds0
-    return dq, dk_, dv_, ds0
-
-
-def _backward_joint(cfg: _Cfg, q, k, v, decay, seg, do, dst, dq, dk):
-    """``_backward``'s dK and dV by ``_dkv_kernel`` (grid (batch, heads, 1)) after the dQ kernel gave ``dq``. With
-    ``dk`` given (the interleaved case) ``dq`` is the d qkv buffer so far, an input aliased to the output, whose block
-    is a head's whole 3 D columns (dk and dv written at column offsets D and 2 D)."""
-    b, tp, h = q.shape[:3]
-    qkv = dk is not None
-    dk = dk if qkv else q.shape[-1]
-    dv = dk if qkv else v.shape[-1]
-    off_k, off_v = (dk, 2 * dk) if qkv else (0, 0)
-    decay_spec, seg_specs, seg_args = _common_specs(cfg, decay, seg)
-    state_spec = _state_spec(dk, dv, False)
-    in_specs = [decay_spec, _seq_spec(cfg, dk, False), _seq_spec(cfg, dk, False, off_k),
-                _seq_spec(cfg, dv, False, off_v), _seq_spec(cfg, dv, False), state_spec, *seg_specs]
-    args = (decay, q, k, v, do, dst, *seg_args)
-    ds0_shape = jax.ShapeDtypeStruct(dst.shape, _F32)
-    call = functools.partial(_call, cfg=cfg, name="lightning_attention_bwd_dkv", grid=(b, h, 1),
-                             launch=(cfg.dkv_warps, cfg.dkv_stages))
-    if qkv:
-        whole = pl.BlockSpec((None, tp, None, 3 * dk), lambda b, h, j: (b, 0, h, 0))
-        return call(functools.partial(_dkv_kernel, cols=(off_k, off_v)),
-                    in_specs=[*in_specs, pl.BlockSpec(memory_space=pl.ANY)], out_specs=[whole, state_spec],
-                    out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), ds0_shape], args=(*args, dq),
-                    aliases={len(args): 0})
-    dk_, dv_, ds0 = call(functools.partial(_dkv_kernel, cols=None), in_specs=in_specs,
-                         out_specs=[_seq_spec(cfg, dk, False), _seq_spec(cfg, dv, False), state_spec],
-                         out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype),
-                                    ds0_shape], args=args)
     return dq, dk_, dv_, ds0
 
 
@@ -516,21 +420,16 @@ class TritonParams:
     fwd_block_v: int | None = None
     bwd_block: int = DEFAULT_BWD_BLOCK
     num_warps: int = DEFAULT_NUM_WARPS
-    num_stages: tuple[int, int] = DEFAULT_NUM_STAGES
-    bwd_layout: str = DEFAULT_BWD_LAYOUT
-    dkv_warps: int = DEFAULT_DKV_WARPS
-    dkv_stages: int = DEFAULT_DKV_STAGES
+    num_stages: tuple[int, int | None] = DEFAULT_NUM_STAGES  # backward None: by the launch size
 
     @staticmethod
     def make(block_size=64, interpret=False, fwd_block_v=None, bwd_block=DEFAULT_BWD_BLOCK,
-             num_warps=DEFAULT_NUM_WARPS, num_stages=DEFAULT_NUM_STAGES, bwd_layout=DEFAULT_BWD_LAYOUT,
-             dkv_warps=DEFAULT_DKV_WARPS, dkv_stages=DEFAULT_DKV_STAGES) -> TritonParams:
+             num_warps=DEFAULT_NUM_WARPS, num_stages=DEFAULT_NUM_STAGES) -> TritonParams:
         stages = (num_stages, num_stages) if isinstance(num_stages, int) else tuple(num_stages)
         return TritonParams(
             block_size=int(block_size), interpret=bool(interpret),
             fwd_block_v=None if fwd_block_v is None else int(fwd_block_v), bwd_block=int(bwd_block),
-            num_warps=int(num_warps), num_stages=(int(stages[0]), int(stages[1])), bwd_layout=_check_layout(bwd_layout),
-            dkv_warps=int(dkv_warps), dkv_stages=int(dkv_stages),
+            num_warps=int(num_warps), num_stages=(int(stages[0]), None if stages[1] is None else int(stages[1])),
         )
 
 
@@ -543,10 +442,12 @@ def _config(p: TritonParams, b: int, t: int, h: int, dkp: int, dvp: int, has_seg
     bv = min(dvp, max(MIN_TILE, _pow2_floor(p.bwd_block)))
     c = max(MIN_TILE, _pow2_floor(min(int(p.block_size), MAX_BLOCK_SIZE)))
     c = max(MIN_TILE, min(c, _pow2_ceil(t)))
+    fwd_stages, bwd_stages = p.num_stages
+    if bwd_stages is None:
+        bwd_stages = _auto_bwd_stages(b * h * max(dkp // bk, dvp // bv))
     return _Cfg(
         t=t, c=c, nblk=-(-t // c), fwd_block_v=fbv, block_k=bk, block_v=bv, has_seg=has_seg,
-        num_warps=p.num_warps, num_stages=p.num_stages, interpret=p.interpret, bwd_layout=p.bwd_layout,
-        dkv_warps=p.dkv_warps, dkv_stages=p.dkv_stages,
+        num_warps=p.num_warps, num_stages=(fwd_stages, bwd_stages), interpret=p.interpret,
     )
 
 
@@ -653,7 +554,7 @@ def with_triton_backward(fwd_fn, params: TritonParams = TritonParams()):
 
 @functools.partial(
     jax.jit,
-    static_argnames=("block_size", "interpret", "fwd_block_v", "bwd_block", "num_warps", "num_stages", "bwd_layout"),
+    static_argnames=("block_size", "interpret", "fwd_block_v", "bwd_block", "num_warps", "num_stages"),
 )
 def lightning_attention(
     q,
@@ -668,8 +569,7 @@ def lightning_attention(
     fwd_block_v: int | None = None,
     bwd_block: int = DEFAULT_BWD_BLOCK,
     num_warps: int = DEFAULT_NUM_WARPS,
-    num_stages: int | tuple[int, int] = DEFAULT_NUM_STAGES,
-    bwd_layout: str = DEFAULT_BWD_LAYOUT,
+    num_stages: int | tuple[int, int | None] = DEFAULT_NUM_STAGES,
 ):
     """Lightning attention with Pallas Triton kernels; differentiable in q, k, v, initial_state.
 
@@ -678,11 +578,11 @@ def lightning_attention(
     state [B, H, Dk, Dv]). Same semantics as ``reference.chunked``; gradient w.r.t. decay is zero.
     ``block_size`` is rounded down to a power of two in [16, MAX_BLOCK_SIZE]. ``fwd_block_v`` (None:
     automatic) and ``bwd_block`` are the state tiles of the forward and backward kernels, and
-    ``num_warps`` / ``num_stages`` (an int or a (forward, backward) pair) the Triton launch
-    parameters; ``bwd_layout`` (one of BWD_LAYOUTS) how the backward's work is split into kernels. All are
-    performance knobs that do not change the result beyond rounding.
+    ``num_warps`` / ``num_stages`` (an int or a (forward, backward) pair; a backward None picks it by the launch
+    size, ``_auto_bwd_stages``) the Triton launch parameters; all are performance knobs that do not change the
+    result beyond rounding.
     """
-    params = TritonParams.make(block_size, interpret, fwd_block_v, bwd_block, num_warps, num_stages, bwd_layout)
+    params = TritonParams.make(block_size, interpret, fwd_block_v, bwd_block, num_warps, num_stages)
     # Check the head dims eagerly (a clear ValueError before any tracing of the kernels).
     _padded_head_dim(q.shape[-1], "q/k")
     _padded_head_dim(v.shape[-1], "v")
@@ -696,7 +596,6 @@ __all__ = [
     "backward",
     "with_triton_backward",
     "TritonParams",
-    "BWD_LAYOUTS",
     "MAX_BLOCK_SIZE",
     "MAX_HEAD_DIM",
 ]

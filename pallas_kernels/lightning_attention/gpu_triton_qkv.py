@@ -19,7 +19,6 @@ from pallas_kernels.lightning_attention import split
 from pallas_kernels.lightning_attention.gpu_triton import (
     _F32,
     DEFAULT_BWD_BLOCK,
-    DEFAULT_BWD_LAYOUT,
     DEFAULT_NUM_STAGES,
     DEFAULT_NUM_WARPS,
     MAX_HEAD_DIM,
@@ -95,14 +94,12 @@ _qkv_with_bwd.defvjp(_qkv_with_bwd_fwd, _qkv_with_bwd_bwd)
 
 @functools.partial(
     jax.jit,
-    static_argnames=("block_size", "interpret", "seq_split", "fwd_block_v", "bwd_block", "num_warps", "num_stages",
-                     "bwd_layout"),
+    static_argnames=("block_size", "interpret", "seq_split", "fwd_block_v", "bwd_block", "num_warps", "num_stages"),
 )
 def lightning_attention_qkv(qkv, decay, *, initial_state=None, segment_ids=None, block_size: int = 64,
                             interpret: bool = False, seq_split: int = 1, fwd_block_v: int | None = None,
                             bwd_block: int = DEFAULT_BWD_BLOCK, num_warps: int = DEFAULT_NUM_WARPS,
-                            num_stages: int | tuple[int, int] = DEFAULT_NUM_STAGES,
-                            bwd_layout: str = DEFAULT_BWD_LAYOUT):
+                            num_stages: int | tuple[int, int | None] = DEFAULT_NUM_STAGES):
     """``lightning_attention`` of q, k, v = qkv[..., :D], qkv[..., D:2D], qkv[..., 2D:] for an interleaved qkv
     [B, T, H, 3 D] (D a power of two >= 16), without materialising the slices, and with d qkv written as one
     interleaved array (no concatenation). ``seq_split`` > 1 runs that many chunks of the sequence at once
@@ -111,7 +108,7 @@ def lightning_attention_qkv(qkv, decay, *, initial_state=None, segment_ids=None,
     reason = qkv_unsupported_reason(qkv)
     if reason is not None:
         raise ValueError(reason)
-    params = TritonParams.make(block_size, interpret, fwd_block_v, bwd_block, num_warps, num_stages, bwd_layout)
+    params = TritonParams.make(block_size, interpret, fwd_block_v, bwd_block, num_warps, num_stages)
     return qkv_with_backward(functools.partial(forward_qkv, params=params), params, seq_split)(
         qkv, decay, initial_state, segment_ids)
 

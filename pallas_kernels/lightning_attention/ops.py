@@ -126,9 +126,8 @@ def _seq_parts(seq_split, impl_name, q, v) -> int:
     if seq_split == "auto":
         if impl_name not in ("mosaic_gpu", "triton"):
             return 1
-        sms = getattr(jax.devices()[0], "core_count", None) or 132
         b, t, h, _ = q.shape
-        return split.auto_parts(b, t, h, v.shape[-1], int(sms))
+        return split.auto_parts(b, t, h, v.shape[-1], split.num_sms())
     if isinstance(seq_split, bool) or not isinstance(seq_split, int) or seq_split < 1:
         raise ValueError(f"seq_split must be 'auto' or a positive int, got {seq_split!r}")
     return seq_split

@@ -21,6 +21,11 @@ import jax.numpy as jnp
 MIN_CHUNK = 1024  # shorter chunks add more state traffic than the extra blocks win back
 
 
+def num_sms() -> int:
+    """The default device's streaming multiprocessors (``core_count``; 132, an H100 / H200's, where unknown)."""
+    return int(getattr(jax.devices()[0], "core_count", None) or 132)
+
+
 def auto_parts(b: int, t: int, h: int, dv: int, num_sms: int) -> int:
     """1 unless the unsplit kernel would occupy at most a quarter of the SMs; then the largest power of
     two P with b * h * ceil(dv / 64) * P <= num_sms, P | t and t / P >= MIN_CHUNK.
