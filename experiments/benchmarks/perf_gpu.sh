@@ -41,8 +41,10 @@
 # Stage 15 one GPU: the backward's stages picked by launch size (gpu_triton._auto_bwd_stages) against 2 and 3 fixed,
 #          next to fla at B1T16K, B2T16K, B4T16K, B1T64K; then the op, segments and qkv checks (B4 T2048 H64 runs the
 #          2-stage backward)
+# Stage 16 one GPU: the backward's stages in interleaved rounds (benchmarks/lightning_bwd_stages.py), B1-B4 T16K and
+#          B1 T64K: stage 15's rows drifted ~25% between identical configurations
 set -u -o pipefail
-STAGE=${1:?stage 1 to 15}
+STAGE=${1:?stage 1 to 16}
 TOTAL=${2:-540}
 FINAL=${OUT:-/tmp/out}; OUT=$FINAL/r; mkdir -p "$OUT"  # $OUT returns only a few files: all go into one tarball
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -201,6 +203,10 @@ case $STAGE in
     --out "$OUT/lightning_bwd_stages_h200.md" > "$OUT/lightning_bwd_stages.log" 2>&1
   timeout "$(left 9999)" python3 experiments/check_gpu_kernels.py --only op,segments,qkv --no-timing \
     --out "$OUT/check_op_segments_qkv_h200.md" > "$OUT/check_op_segments_qkv.log" 2>&1 ;;
+16)
+  timeout "$(left 9999)" python3 experiments/benchmarks/lightning_bwd_stages.py --rounds 30 \
+    --shapes B1T16K,B2T16K,B3T16K,B4T16K,B1T64K --out "$OUT/lightning_bwd_stages_rounds_h200.md" \
+    > "$OUT/lightning_bwd_stages_rounds.log" 2>&1 ;;
 esac
 tar czf "$FINAL/results.tgz" -C "$OUT" . && rm -rf "$OUT"
 ls -la "$FINAL"

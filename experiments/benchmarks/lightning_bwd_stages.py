@@ -1,0 +1,115 @@
+"""The Triton lightning backward's software-pipelining stages, timed in interleaved rounds (the evidence for
+gpu_triton._auto_bwd_stages).
+
+Row-after-row timing drifted by up to ~25% between identical configurations within one call on an H200
+(experiments/results/lightning_bwd_stages_h200.md), so here every round times each variant once, back to back
+(``--inner`` calls between two host syncs), and the report gives, per shape, each variant's median over the rounds
+and the median of the per-round ratio to the library default with a bootstrap 95% interval over rounds.
+
+    python3 experiments/benchmarks/lightning_bwd_stages.py [--shapes B1T16K,B2T16K,B4T16K] [--stages 2,3]
+        [--rounds 15] [--inner 10] [--out results.md]
+    JAX_PLATFORMS=cpu python3 experiments/benchmarks/lightning_bwd_stages.py --smoke   # interpret mode, tiny
+
+H=64, D=128, bf16, MiniMax layer-0 slopes; the backward alone (gpu_triton.backward, cotangent of o all ones, zero
+final-state cotangent), fresh random q, k, v per shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from experiments.benchmarks.lightning_attention import SHAPES, minimax_decay  # noqa: E402
+from pallas_kernels.lightning_attention import gpu_triton, split  # noqa: E402
+
+
+def backward_fn(stages, interpret):
+    """jitted (q, k, v, decay, do) -> (dq, dk, dv) with the backward's stages fixed (None: the library's choice)."""
+    params = gpu_triton.TritonParams.make(interpret=interpret, num_stages=(3, stages))
+
+    def bwd(q, k, v, d, do):
+        dst = jnp.zeros((q.shape[0], q.shape[2], q.shape[3], v.shape[3]), jnp.float32)
+        return gpu_triton.backward(q, k, v, d, None, None, do, dst, params=params)[:3]
+
+    return jax.jit(bwd)
+
+
+def bootstrap_ci(x, n=2000, seed=0):
+    rng = np.random.default_rng(seed)
+    meds = np.median(rng.choice(x, (n, len(x)), replace=True), axis=1)
+    return float(np.quantile(meds, 0.025)), float(np.quantile(meds, 0.975))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shapes", default="B1T16K,B2T16K,B4T16K")
+    ap.add_argument("--stages", default="2,3", help="fixed backward stages to time beside the default")
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--inner", type=int, default=10, help="calls per timing (between two host syncs)")
+    ap.add_argument("--smoke", action="store_true", help="CPU: interpret mode, H=2, T=128, 3 rounds")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    on_gpu = jax.default_backend() == "gpu"
+    h, d = (2, 128) if args.smoke else (64, 128)
+    shapes = {"B1T128": (1, 128)} if args.smoke else {s: SHAPES[s] for s in args.shapes.split(",")}
+    rounds, inner = (3, 1) if args.smoke else (args.rounds, args.inner)
+    variants = [("default", None)] + [(f"s{s}", int(s)) for s in args.stages.split(",")]
+    fns = {name: backward_fn(st, not on_gpu) for name, st in variants}
+    decay = jnp.asarray(minimax_decay(h))
+    dev = jax.devices()[0]
+    lines = [
+        "# Lightning backward stages, interleaved rounds",
+        "",
+        f"{dev.device_kind}, jax {jax.__version__}, {datetime.datetime.now():%Y-%m-%d %H:%M}; H {h}, D {d}, bf16; "
+        f"{rounds} rounds x {inner} calls per variant; ms per call; ratio = variant / default per round, median "
+        f"[bootstrap 95% CI]; programs = b * h * 2 per backward kernel; SMs {split.num_sms()}",
+        "",
+        "| shape | programs | default stages | variant | median ms | min ms | ratio to default |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, (b, t) in shapes.items():
+        ks = jax.random.split(jax.random.key(b * 1_000_003 + t), 3)
+        q, k, v = (jax.random.normal(x, (b, t, h, d), jnp.float32).astype(jnp.bfloat16) / d**0.25 for x in ks)
+        do = jnp.ones_like(v)
+        for f in fns.values():  # compile and warm up
+            jax.block_until_ready(f(q, k, v, decay, do))
+        times = {n: [] for n in fns}
+        for _ in range(rounds):
+            for n, f in fns.items():
+                t0 = time.perf_counter()
+                out = None
+                for _ in range(inner):
+                    out = f(q, k, v, decay, do)
+                jax.block_until_ready(out)
+                times[n].append((time.perf_counter() - t0) / inner * 1e3)
+        base = np.asarray(times["default"])
+        programs = b * h * 2
+        auto = gpu_triton._auto_bwd_stages(programs)
+        for n in fns:
+            x = np.asarray(times[n])
+            ratio = x / base
+            lo, hi = bootstrap_ci(ratio)
+            lines.append(f"| {name} | {programs} | {auto} | {n} | {np.median(x):.3f} | {x.min():.3f} | "
+                         f"{np.median(ratio):.3f} [{lo:.3f}, {hi:.3f}] |")
+        print("\n".join(lines[-len(fns):]), flush=True)
+        del q, k, v, do
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()
