@@ -47,7 +47,8 @@ dtype where it is a matmul operand (as fla does). For fp32 inputs the dots use
 ``Precision.HIGHEST`` (IEEE fp32 in Triton, not TF32): exact but slow, meant for tests.
 
 Measured (one H200, JAX 0.11.2, bf16, H=64, D=128, MiniMax slopes, defaults: C=64, 4 warps,
-3 stages; median wall time of a jitted call, so launch overhead included):
+3 stages; median wall time of a jitted call, so launch overhead included; the backward's stages now follow the
+launch size, ``_auto_bwd_stages``, and docs/kernels.md has the backward layouts tried since):
     B1 T4K fwd 0.29-0.31 ms, fwd+bwd 0.74 ms;  B1 T16K 0.68-0.78 / 2.3-2.5 ms;  B1 T64K 2.2 / 8.3-8.4 ms;
     B4 T16K 2.4-3.0 / 9.0-9.6 ms (ranges over runs; 2 forward stages were faster at B4, 3 at B1).
     num_warps 8, C=128 or full-width 128 tiles were slower. fla on the same GPU model, measured separately:
@@ -88,12 +89,23 @@ DEFAULT_NUM_STAGES = (3, None)  # (forward, backward); None: ``_auto_bwd_stages`
 _F32 = jnp.float32
 
 
+# The time of a wave of two backward programs per SM (2 pipelining stages: the smaller shared-memory footprint lets
+# two share an SM) over that of a wave of one per SM (3 stages), measured on an H200 at H64 D128 (below).
+_TWO_PER_SM_WAVE_COST = 1.85
+
+
 def _auto_bwd_stages(programs: int) -> int:
-    """Software-pipelining stages of the backward kernels for a launch of ``programs`` programs: 3 while they fit on
-    the SMs one each, 2 once there are two per SM (the smaller shared-memory footprint lets two share an SM). On an
-    H200 (experiments/results/lightning_bwd_stages_h200.md), bwd alone at H64 D128: B1 T16K (128 programs) 1.61 ms
-    with 3 stages, 2.54 with 2; B4 T16K (512 programs) 6.88 with 3, 6.31 with 2."""
-    return 2 if programs >= 2 * split.num_sms() else 3
+    """Software-pipelining stages of the backward kernels for a launch of ``programs`` programs: 2 (two programs per
+    SM, each slower) where that takes fewer wave-equivalents than 3 (one per SM), by wave count x cost per wave.
+
+    On an H200, bwd alone at H64 D128, interleaved rounds (experiments/results/lightning_bwd_stages_rounds_h200.md),
+    3 / 2 stages: B1 T16K (128 programs) 1.53 / 2.26 ms; B2 (256) 3.20 / 2.83; B3 (384) 4.24 / 4.89; B4 (512)
+    6.52 / 6.00; B1 T64K (128) 5.93 / 8.70. The rule picks the faster at all five.
+    """
+    sms = split.num_sms()
+    one_per_sm = -(-programs // sms)
+    two_per_sm = -(-programs // (2 * sms))
+    return 2 if two_per_sm * _TWO_PER_SM_WAVE_COST < one_per_sm else 3
 
 
 def _pow2_floor(x: int) -> int:

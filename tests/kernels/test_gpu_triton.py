@@ -166,3 +166,16 @@ def test_interleaved_qkv_rejects_bad_shapes():
     x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 20, 3, 72)), jnp.float32)
     o = ops.lightning_attention_qkv(x, DECAY, impl="triton", interpret=True, block_size=16)
     np.testing.assert_allclose(o, _sliced_reference(x, None, None)[0], atol=5e-5, rtol=5e-5)
+
+
+def test_backward_stages_follow_launch_size(monkeypatch):
+    """Two stages (two programs per SM) only where that takes fewer waves at the measured cost per wave; explicit
+    stages win over the rule."""
+    from pallas_kernels.lightning_attention import split
+
+    monkeypatch.setattr(split, "num_sms", lambda: 132)
+    assert [gpu_triton._auto_bwd_stages(p) for p in (64, 128, 256, 384, 512, 1024)] == [3, 3, 2, 3, 2, 2]
+    cfg = functools.partial(gpu_triton._config, b=4, t=16384, h=64, dkp=128, dvp=128, has_seg=False)
+    assert cfg(gpu_triton.TritonParams()).num_stages == (3, 2)  # 4 * 64 * 2 = 512 programs a kernel
+    assert cfg(gpu_triton.TritonParams.make(num_stages=(3, 3))).num_stages == (3, 3)
+    assert cfg(gpu_triton.TritonParams.make(num_stages=4)).num_stages == (4, 4)
