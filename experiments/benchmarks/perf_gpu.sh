@@ -43,8 +43,10 @@
 #          2-stage backward)
 # Stage 16 one GPU: the backward's stages in interleaved rounds (benchmarks/lightning_bwd_stages.py), B1-B4 T16K and
 #          B1 T64K: stage 15's rows drifted ~25% between identical configurations
+# Stage 17 one GPU: issue 14's lightning targets in interleaved rounds, ours (impl auto) vs fla and the copy
+#          (benchmarks/lightning_vs_fla.py)
 set -u -o pipefail
-STAGE=${1:?stage 1 to 16}
+STAGE=${1:?stage 1 to 17}
 TOTAL=${2:-540}
 FINAL=${OUT:-/tmp/out}; OUT=$FINAL/r; mkdir -p "$OUT"  # $OUT returns only a few files: all go into one tarball
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -207,6 +209,10 @@ case $STAGE in
   timeout "$(left 9999)" python3 experiments/benchmarks/lightning_bwd_stages.py --rounds 30 \
     --shapes B1T16K,B2T16K,B3T16K,B4T16K,B1T64K --out "$OUT/lightning_bwd_stages_rounds_h200.md" \
     > "$OUT/lightning_bwd_stages_rounds.log" 2>&1 ;;
+17)
+  timeout "$(left 9999)" python3 experiments/benchmarks/lightning_vs_fla.py --rounds 30 \
+    --shapes B1T16K,B2T16K,B4T16K,B1T64K --out "$OUT/lightning_vs_fla_rounds_h200.md" \
+    > "$OUT/lightning_vs_fla_rounds.log" 2>&1 ;;
 esac
 tar czf "$FINAL/results.tgz" -C "$OUT" . && rm -rf "$OUT"
 ls -la "$FINAL"

@@ -1,0 +1,165 @@
+"""Issue 14's lightning targets in interleaved rounds: our op vs fla, forward and forward + backward, and the copy.
+
+experiments/benchmarks/lightning_attention.py times one row after another; on an H200 identical configurations
+timed that way drifted by up to ~25% within one call (experiments/results/lightning_bwd_stages_h200.md), and
+fla's fwd+bwd at B1 T16K read 3.27 ms in one session and 4.3 ms in others. Here every round times every
+(shape, implementation, pass) once, in the same order, each as ``--inner`` back-to-back calls between two host
+syncs on the same host clock for JAX and torch (jax.block_until_ready / torch.cuda.synchronize), and the report
+gives medians over rounds and, per round, fla's time / ours with a bootstrap 95% interval over rounds.
+
+    python3 experiments/benchmarks/lightning_vs_fla.py [--shapes B1T16K,B4T16K,B1T64K] [--rounds 15] [--inner 10]
+        [--out results.md]
+    JAX_PLATFORMS=cpu python3 experiments/benchmarks/lightning_vs_fla.py --smoke   # tiny, the jnp reference
+
+Ours: pallas_kernels.lightning_attention(impl="auto") as users call it (Mosaic GPU forward + Triton backward on
+Hopper), fwd+bwd = jax.grad of sum(o in fp32) w.r.t. q, k, v. fla 0.6: chunk_simple_gla(q, k, v,
+g_gamma=-s, scale=1.0), fwd+bwd = backward of o.float().sum(). H 64, D 128, bf16 q, k, v ~ N(0, 1) / D^(1/4),
+MiniMax layer-0 slopes. Copy: torch copy_ of 2 GiB (fp32), timed in the same rounds; % of copy = (q, k, v read +
+o written) / time against the copy's bytes / time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import time
+
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # share the GPU with torch
+
+import numpy as np  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+import pallas_kernels  # noqa: E402
+from experiments.benchmarks.lightning_attention import (  # noqa: E402
+    COPY_BYTES,
+    SHAPES,
+    import_torch_fla,
+    minimax_decay,
+    versions,
+)
+from experiments.benchmarks.lightning_bwd_stages import bootstrap_ci  # noqa: E402
+
+
+def timed(fn, sync, inner):
+    """ms per call of ``inner`` back-to-back calls of fn between two syncs."""
+    t0 = time.perf_counter()
+    out = None
+    for _ in range(inner):
+        out = fn()
+    sync(out)
+    return (time.perf_counter() - t0) / inner * 1e3
+
+
+def jax_fns(b, t, h, d, decay):
+    ks = jax.random.split(jax.random.key(b * 1_000_003 + t), 3)
+    q, k, v = (jax.random.normal(x, (b, t, h, d), jnp.float32).astype(jnp.bfloat16) / d**0.25 for x in ks)
+
+    def op(q, k, v):
+        return pallas_kernels.lightning_attention(q, k, v, decay, impl="auto")
+
+    fwd = jax.jit(op)
+    fwd_bwd = jax.jit(jax.grad(lambda q, k, v: jnp.sum(op(q, k, v).astype(jnp.float32)), argnums=(0, 1, 2)))
+    return {"fwd": lambda: fwd(q, k, v), "fwd+bwd": lambda: fwd_bwd(q, k, v)}
+
+
+def fla_fns(torch, chunk_simple_gla, b, t, h, d, decay):
+    dev = torch.device("cuda")
+    gen = torch.Generator(device=dev).manual_seed(b * 1_000_003 + t)
+    q, k, v = (torch.randn(b, t, h, d, device=dev, dtype=torch.bfloat16, generator=gen) / d**0.25 for _ in range(3))
+    g_gamma = -torch.tensor(np.asarray(decay), device=dev, dtype=torch.float32)
+    qg, kg, vg = (x.detach().requires_grad_(True) for x in (q, k, v))
+
+    def fwd():
+        with torch.no_grad():
+            return chunk_simple_gla(q, k, v, g_gamma=g_gamma, scale=1.0)[0]
+
+    def fwd_bwd():
+        o, _ = chunk_simple_gla(qg, kg, vg, g_gamma=g_gamma, scale=1.0)
+        o.float().sum().backward()
+        qg.grad = kg.grad = vg.grad = None
+
+    return {"fwd": fwd, "fwd+bwd": fwd_bwd}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shapes", default="B1T16K,B4T16K,B1T64K")
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--inner", type=int, default=10)
+    ap.add_argument("--smoke", action="store_true", help="CPU: H 2, T 256, 3 rounds of 1 call, no fla")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    h, d = (2, 128) if args.smoke else (64, 128)
+    shapes = {"B1T256": (1, 256)} if args.smoke else {s: SHAPES[s] for s in args.shapes.split(",")}
+    rounds, inner = (3, 1) if args.smoke else (args.rounds, args.inner)
+    decay = jnp.asarray(minimax_decay(h))
+    torch, fla_ops = (None, None) if args.smoke else import_torch_fla()
+    on_cuda = torch is not None and torch.cuda.is_available()
+    jsync = jax.block_until_ready
+
+    def tsync(_):
+        torch.cuda.synchronize()
+
+    entries = []  # (shape, impl, pass, fn, sync)
+    for name, (b, t) in shapes.items():
+        for p, fn in jax_fns(b, t, h, d, decay).items():
+            entries.append((name, "ours", p, fn, jsync))
+        if fla_ops is not None:
+            for p, fn in fla_fns(torch, fla_ops[0], b, t, h, d, decay).items():
+                entries.append((name, "fla", p, fn, tsync))
+    if on_cuda:
+        src = torch.empty(COPY_BYTES // 4, dtype=torch.float32, device="cuda").uniform_()
+        dst = torch.empty_like(src)
+        entries.append(("2GiB", "torch copy_", "copy", lambda: dst.copy_(src), tsync))
+    for _, _, _, fn, sync in entries:  # compile, autotune, warm up
+        sync(fn())
+        sync(fn())
+    times = {e[:3]: [] for e in entries}
+    t0 = time.time()
+    for _ in range(rounds):
+        for name, impl, p, fn, sync in entries:
+            times[(name, impl, p)].append(timed(fn, sync, inner))
+    elapsed = time.time() - t0
+    copy_gbs = None
+    if on_cuda:
+        copy_gbs = 2 * COPY_BYTES / np.median(times[("2GiB", "torch copy_", "copy")]) / 1e6
+    dev = jax.devices()[0]
+    vers = versions(torch)
+    lines = [
+        "# Lightning attention vs fla, interleaved rounds",
+        "",
+        f"{dev.device_kind}; {datetime.datetime.now():%Y-%m-%d %H:%M}; " + ", ".join(f"{k} {v}" for k, v in
+                                                                                   vers.items()),
+        f"H {h}, D {d}, bf16; {rounds} rounds x {inner} calls, every entry once a round ({elapsed:.0f} s); ms per call "
+        f"(median over rounds); x fla = fla / ours per round, median [bootstrap 95% CI]; % copy = (q, k, v read + o "
+        f"written) / time vs torch copy_ of 2 GiB in the same rounds ({copy_gbs or 0:.0f} GB/s)",
+        "",
+        "| shape | pass | ours ms | fla ms | x fla | ours % of copy |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, (b, t) in shapes.items():
+        nbytes = 4 * b * t * h * d * 2
+        for p in ("fwd", "fwd+bwd"):
+            ours = np.asarray(times[(name, "ours", p)])
+            fla = np.asarray(times.get((name, "fla", p), []))
+            ratio = "" if fla.size == 0 else "{:.2f} [{:.2f}, {:.2f}]".format(np.median(fla / ours),
+                                                                              *bootstrap_ci(fla / ours))
+            pct = "" if not copy_gbs else f"{nbytes / np.median(ours) / 1e6 / copy_gbs:.0%}"
+            fla_ms = "" if fla.size == 0 else f"{np.median(fla):.3f}"
+            lines.append(f"| {name} | {p} | {np.median(ours):.3f} | {fla_ms} | {ratio} | {pct} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()
