@@ -448,7 +448,7 @@ def timings(args):
         for impl in ("mosaic_gpu", "triton"):  # fwd+bwd through the public op (grads of q, k, v)
             loss = lambda q, k, v, d, impl=impl: jnp.sum(  # noqa: E731
                 pallas_kernels.lightning_attention(q, k, v, d, impl=impl).astype(F32))
-            fn = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+            fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))  # the value keeps the forward (not DCE'd)
             label = f"op {impl} fwd+bwd"
             try:
                 ms = bench(fn, q, k, v, decay)

@@ -29,8 +29,10 @@ Other uses:
 What is timed, at H=64, D=128, bf16 (MiniMax-M1's lightning layer), MiniMax layer-0 slopes:
   * ours: pallas_kernels.lightning_attention(impl=...) for "mosaic_gpu" (Mosaic GPU Hopper forward; its
     fwd+bwd is that forward + the Triton backward), "triton" (C=64) and "reference" (jnp, C=256);
-    fwd, and fwd+bwd = jax.grad of sum(o) w.r.t. q, k, v (the reference's fwd+bwd is skipped above
-    --ref-bwd-max-tokens tokens: its scan residuals at T128K take tens of GB and minutes);
+    fwd, and fwd+bwd = jax.value_and_grad of sum(o) w.r.t. q, k, v (the reference's fwd+bwd is skipped above
+    --ref-bwd-max-tokens tokens: its scan residuals at T128K take tens of GB and minutes). Until 2026-12-01 this
+    was jax.grad, under which JAX dropped our forward kernel (its output is dead: the custom_vjp saves only the
+    inputs), so the fwd+bwd rows recorded before then time our backward alone, while fla's ran its forward too;
   * fla 0.6: fla.ops.simple_gla.chunk_simple_gla(q, k, v, g_gamma=-s, scale=1.0), via torch;
   * with --mosaic-variants (a comma list of specs joining bv32 / bv64, lean, slots2 / slots3, e.g.
     bv32lean): gpu_mosaic.lightning_attention_fwd(q, k, v, decay, block_v=, lean=, num_slots=) called
@@ -433,13 +435,13 @@ def bench_jax(shapes, args, decode):
                 skip = (f"reference fwd+bwd above {args.ref_bwd_max_tokens} tokens (memory/time guard; "
                         "--ref-bwd-max-tokens)")
             loss = lambda q, k, v, fn=fn: jnp.sum(fn(q, k, v, decay).astype(jnp.float32))  # noqa: E731
-            g = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+            g = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
             measure("fwd+bwd", name, label, nbytes, time_jax, g, q, k, v, skip=skip)
         for label, f in variants:  # forward only
             measure("fwd", name, label, nbytes, time_jax, f, q, k, v, decay)
         for label, spec, fwd_bwd, bwd in bwd_variants:
             loss = lambda q, k, v, fn=fwd_bwd: jnp.sum(fn(q, k, v, decay).astype(jnp.float32))  # noqa: E731
-            g = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+            g = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
             measure("fwd+bwd", name, label, nbytes, time_jax, g, q, k, v)
             do = None if q is None else jnp.ones_like(v)  # the cotangent of sum(o), as in the fwd+bwd rows
             measure("bwd", name, f"triton bwd {spec}", nbytes, time_jax, bwd, q, k, v, decay, do)

@@ -5,14 +5,16 @@ timed that way drifted by up to ~25% within one call (experiments/results/lightn
 fla's fwd+bwd at B1 T16K read 3.27 ms in one session and 4.3 ms in others. Here every round times every
 (shape, implementation, pass) once, in the same order, each as ``--inner`` back-to-back calls between two host
 syncs on the same host clock for JAX and torch (jax.block_until_ready / torch.cuda.synchronize), and the report
-gives medians over rounds and, per round, fla's time / ours with a bootstrap 95% interval over rounds.
+gives medians over rounds and, per round, fla's time / ours with a bootstrap 95% interval over rounds (approximate:
+rounds are treated as independent). The order of the entries is shuffled every round (seeded).
 
     python3 experiments/benchmarks/lightning_vs_fla.py [--shapes B1T16K,B4T16K,B1T64K] [--rounds 15] [--inner 10]
         [--out results.md]
     JAX_PLATFORMS=cpu python3 experiments/benchmarks/lightning_vs_fla.py --smoke   # tiny, the jnp reference
 
 Ours: pallas_kernels.lightning_attention(impl="auto") as users call it (Mosaic GPU forward + Triton backward on
-Hopper), fwd+bwd = jax.grad of sum(o in fp32) w.r.t. q, k, v. fla 0.6: chunk_simple_gla(q, k, v,
+Hopper), fwd+bwd = jax.value_and_grad of sum(o in fp32) w.r.t. q, k, v (jax.grad alone would drop our forward
+kernel: its output is dead when the custom_vjp saves only the inputs). fla 0.6: chunk_simple_gla(q, k, v,
 g_gamma=-s, scale=1.0), fwd+bwd = backward of o.float().sum(). H 64, D 128, bf16 q, k, v ~ N(0, 1) / D^(1/4),
 MiniMax layer-0 slopes. Copy: torch copy_ of 2 GiB (fp32), timed in the same rounds; % of copy = (q, k, v read +
 o written) / time against the copy's bytes / time.
@@ -65,7 +67,10 @@ def jax_fns(b, t, h, d, decay):
         return pallas_kernels.lightning_attention(q, k, v, decay, impl="auto")
 
     fwd = jax.jit(op)
-    fwd_bwd = jax.jit(jax.grad(lambda q, k, v: jnp.sum(op(q, k, v).astype(jnp.float32)), argnums=(0, 1, 2)))
+    # value_and_grad, not grad: the kernels' custom_vjp keeps only the inputs as residuals, so under jax.grad alone
+    # the forward's output is dead and JAX drops the forward kernel from the program (fla's fwd+bwd runs its forward)
+    loss = lambda q, k, v: jnp.sum(op(q, k, v).astype(jnp.float32))  # noqa: E731
+    fwd_bwd = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
     return {"fwd": lambda: fwd(q, k, v), "fwd+bwd": lambda: fwd_bwd(q, k, v)}
 
 
@@ -122,9 +127,11 @@ def main():
         sync(fn())
         sync(fn())
     times = {e[:3]: [] for e in entries}
+    order = np.random.default_rng(0)
     t0 = time.time()
     for _ in range(rounds):
-        for name, impl, p, fn, sync in entries:
+        for i in order.permutation(len(entries)):  # a fresh order each round: no fixed neighbour or position
+            name, impl, p, fn, sync = entries[i]
             times[(name, impl, p)].append(timed(fn, sync, inner))
     elapsed = time.time() - t0
     copy_gbs = None
@@ -139,7 +146,7 @@ def main():
                                                                                    vers.items()),
         f"H {h}, D {d}, bf16; {rounds} rounds x {inner} calls, every entry once a round ({elapsed:.0f} s); ms per call "
         f"(median over rounds); x fla = fla / ours per round, median [bootstrap 95% CI]; % copy = (q, k, v read + o "
-        f"written) / time vs torch copy_ of 2 GiB in the same rounds ({copy_gbs or 0:.0f} GB/s)",
+        f"written) / time vs torch copy_ of 2 GiB in the same rounds ({f'{copy_gbs:.0f} GB/s' if copy_gbs else 'n/a'})",
         "",
         "| shape | pass | ours ms | fla ms | x fla | ours % of copy |",
         "|---|---|---|---|---|---|",

@@ -45,7 +45,7 @@ def main():
             if split == "auto" and parts == 1 or parts > 1 and t // parts < 1024:
                 continue
             fwd = jax.jit(lambda q, k, v, s=s, d=decay: pallas_kernels.lightning_attention(q, k, v, d, seq_split=s))
-            bwd = jax.jit(jax.grad(lambda q, k, v, s=s, d=decay: jnp.sum(
+            bwd = jax.jit(jax.value_and_grad(lambda q, k, v, s=s, d=decay: jnp.sum(
                 pallas_kernels.lightning_attention(q, k, v, d, seq_split=s).astype(jnp.float32)), (0, 1, 2)))
             try:
                 tf, tb = time_jax(fwd, q, k, v), time_jax(bwd, q, k, v)
