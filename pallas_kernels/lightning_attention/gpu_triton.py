@@ -48,7 +48,8 @@ dtype where it is a matmul operand (as fla does). For fp32 inputs the dots use
 
 Measured (one H200, JAX 0.11.2, bf16, H=64, D=128, MiniMax slopes, defaults: C=64, 4 warps,
 3 stages; median wall time of a jitted call, so launch overhead included; the backward's stages now follow the
-launch size, ``_auto_bwd_stages``, and docs/kernels.md has the backward layouts tried since):
+launch size, ``_auto_bwd_stages``, and docs/kernels.md has the backward layouts tried since; "fwd+bwd" here was
+jax.grad of sum(o), under which JAX drops the forward kernel, so it is the backward plus glue):
     B1 T4K fwd 0.29-0.31 ms, fwd+bwd 0.74 ms;  B1 T16K 0.68-0.78 / 2.3-2.5 ms;  B1 T64K 2.2 / 8.3-8.4 ms;
     B4 T16K 2.4-3.0 / 9.0-9.6 ms (ranges over runs; 2 forward stages were faster at B4, 3 at B1).
     num_warps 8, C=128 or full-width 128 tiles were slower. fla on the same GPU model, measured separately:
@@ -90,7 +91,8 @@ _F32 = jnp.float32
 
 
 # The time of a wave of two backward programs per SM (2 pipelining stages: the smaller shared-memory footprint lets
-# two share an SM) over that of a wave of one per SM (3 stages), measured on an H200 at H64 D128 (below).
+# two share an SM) over that of a wave of one per SM (3 stages). The H200 rounds below imply 1.73-1.84 at 256-512
+# programs; any value in [1.5, 2) makes the same choices at the five measured shapes (the rule was fitted on them).
 _TWO_PER_SM_WAVE_COST = 1.85
 
 
@@ -100,7 +102,8 @@ def _auto_bwd_stages(programs: int) -> int:
 
     On an H200, bwd alone at H64 D128, interleaved rounds (experiments/results/lightning_bwd_stages_rounds_h200.md),
     3 / 2 stages: B1 T16K (128 programs) 1.53 / 2.26 ms; B2 (256) 3.20 / 2.83; B3 (384) 4.24 / 4.89; B4 (512)
-    6.52 / 6.00; B1 T64K (128) 5.93 / 8.70. The rule picks the faster at all five.
+    6.52 / 6.00; B1 T64K (128) 5.93 / 8.70. The rule picks the faster at all five. Calibrated at D = 128 only:
+    ``_config`` applies it where both padded head dims are 128 and keeps 3 stages elsewhere.
     """
     sms = split.num_sms()
     one_per_sm = -(-programs // sms)
@@ -437,6 +440,8 @@ class TritonParams:
     @staticmethod
     def make(block_size=64, interpret=False, fwd_block_v=None, bwd_block=DEFAULT_BWD_BLOCK,
              num_warps=DEFAULT_NUM_WARPS, num_stages=DEFAULT_NUM_STAGES) -> TritonParams:
+        if num_stages is None:
+            num_stages = DEFAULT_NUM_STAGES
         stages = (num_stages, num_stages) if isinstance(num_stages, int) else tuple(num_stages)
         return TritonParams(
             block_size=int(block_size), interpret=bool(interpret),
@@ -456,7 +461,7 @@ def _config(p: TritonParams, b: int, t: int, h: int, dkp: int, dvp: int, has_seg
     c = max(MIN_TILE, min(c, _pow2_ceil(t)))
     fwd_stages, bwd_stages = p.num_stages
     if bwd_stages is None:
-        bwd_stages = _auto_bwd_stages(b * h * max(dkp // bk, dvp // bv))
+        bwd_stages = _auto_bwd_stages(b * h * max(dkp // bk, dvp // bv)) if dkp == dvp == 128 else 3
     return _Cfg(
         t=t, c=c, nblk=-(-t // c), fwd_block_v=fbv, block_k=bk, block_v=bv, has_seg=has_seg,
         num_warps=p.num_warps, num_stages=(fwd_stages, bwd_stages), interpret=p.interpret,

@@ -30,7 +30,8 @@ def auto_parts(b: int, t: int, h: int, dv: int, num_sms: int) -> int:
     """1 unless the unsplit kernel would occupy at most a quarter of the SMs; then the largest power of
     two P with b * h * ceil(dv / 64) * P <= num_sms, P | t and t / P >= MIN_CHUNK.
 
-    Measured on an H200 (experiments/results/seq_split_h200.md), D 128 bf16, fwd / fwd+bwd: B1 H16 T8K
+    Measured on an H200 (experiments/results/seq_split_h200.md), D 128 bf16, fwd / bwd (its "fwd+bwd" column timed
+    jax.grad, which drops the forward kernel): B1 H16 T8K
     (32 blocks) split 4: 1.25x / 1.28x faster; B1 H8 T32K split 8: 2.3x / 2.9x; B2 H16 T16K (64 blocks)
     split 2: 0.85x / 1.02x, so half-occupied GPUs are left alone.
     """

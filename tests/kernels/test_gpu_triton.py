@@ -179,3 +179,5 @@ def test_backward_stages_follow_launch_size(monkeypatch):
     assert cfg(gpu_triton.TritonParams()).num_stages == (3, 2)  # 4 * 64 * 2 = 512 programs a kernel
     assert cfg(gpu_triton.TritonParams.make(num_stages=(3, 3))).num_stages == (3, 3)
     assert cfg(gpu_triton.TritonParams.make(num_stages=4)).num_stages == (4, 4)
+    assert cfg(gpu_triton.TritonParams.make(num_stages=None)).num_stages == (3, 2)
+    assert cfg(gpu_triton.TritonParams(), dkp=64, dvp=64).num_stages == (3, 3)  # the rule is calibrated at D = 128
