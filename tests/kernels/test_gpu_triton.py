@@ -181,3 +181,24 @@ def test_backward_stages_follow_launch_size(monkeypatch):
     assert cfg(gpu_triton.TritonParams.make(num_stages=4)).num_stages == (4, 4)
     assert cfg(gpu_triton.TritonParams.make(num_stages=None)).num_stages == (3, 2)
     assert cfg(gpu_triton.TritonParams(), dkp=64, dvp=64).num_stages == (3, 3)  # the rule is calibrated at D = 128
+
+
+def test_grad_alone_drops_the_forward_kernel():
+    """Why the benchmarks time forward + backward with jax.value_and_grad: the custom_vjp saves only the inputs, so
+    under jax.grad alone the forward's output is dead and the forward kernel is not in the program at all (lowered for
+    CUDA through jax.export on a CPU machine)."""
+    x = jax.ShapeDtypeStruct((1, 256, 4, 128), jnp.bfloat16)
+    decay = DECAY[:1].repeat(4)
+
+    def loss(q, k, v):
+        return jnp.sum(gpu_triton.lightning_attention(q, k, v, decay)[0].astype(jnp.float32))
+
+    def kernels(fn):
+        text = jax.export.export(
+            jax.jit(fn), platforms=["cuda"],
+            disabled_checks=[jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
+        )(x, x, x).mlir_module()
+        return {n for n in ("fwd", "bwd_dq", "bwd_dk", "bwd_dv") if f'name = "lightning_attention_{n}"' in text}
+
+    assert kernels(jax.grad(loss, argnums=(0, 1, 2))) == {"bwd_dq", "bwd_dk", "bwd_dv"}
+    assert kernels(jax.value_and_grad(loss, argnums=(0, 1, 2))) == {"fwd", "bwd_dq", "bwd_dk", "bwd_dv"}
