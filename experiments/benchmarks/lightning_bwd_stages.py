@@ -2,7 +2,7 @@
 gpu_triton._auto_bwd_stages).
 
 Row-after-row timing drifted by up to ~25% between identical configurations within one call on an H200
-(experiments/results/lightning_bwd_stages_h200.md), so here every round times each variant once, back to back
+(experiments/results/lightning_bwd_stages_h200.md), so here every round times each variant once, in a fresh (seeded) order
 (``--inner`` calls between two host syncs), and the report gives, per shape, each variant's median over the rounds
 and the median of the per-round ratio to the library default with a bootstrap 95% interval over rounds.
 
@@ -73,7 +73,7 @@ def main():
         "",
         f"{dev.device_kind}, jax {jax.__version__}, {datetime.datetime.now():%Y-%m-%d %H:%M}; H {h}, D {d}, bf16; "
         f"{rounds} rounds x {inner} calls per variant; ms per call; ratio = variant / default per round, median "
-        f"[bootstrap 95% CI]; programs = b * h * 2 per backward kernel; SMs {split.num_sms()}",
+        f"[bootstrap 95% CI, approximate]; programs per backward kernel; SMs {split.num_sms()}",
         "",
         "| shape | programs | default stages | variant | median ms | min ms | ratio to default |",
         "|---|---|---|---|---|---|---|",
@@ -85,8 +85,11 @@ def main():
         for f in fns.values():  # compile and warm up
             jax.block_until_ready(f(q, k, v, decay, do))
         times = {n: [] for n in fns}
+        order = np.random.default_rng(0)
+        names = list(fns)
         for _ in range(rounds):
-            for n, f in fns.items():
+            for n in (names[i] for i in order.permutation(len(names))):  # a fresh order each round
+                f = fns[n]
                 t0 = time.perf_counter()
                 out = None
                 for _ in range(inner):
@@ -94,8 +97,9 @@ def main():
                 jax.block_until_ready(out)
                 times[n].append((time.perf_counter() - t0) / inner * 1e3)
         base = np.asarray(times["default"])
-        programs = b * h * 2
-        auto = gpu_triton._auto_bwd_stages(programs)
+        cfg = gpu_triton._config(gpu_triton.TritonParams(), b, t, h, d, d, False)  # what the library launches
+        programs = b * h * max(d // cfg.block_k, d // cfg.block_v)
+        auto = cfg.num_stages[1]
         for n in fns:
             x = np.asarray(times[n])
             ratio = x / base
