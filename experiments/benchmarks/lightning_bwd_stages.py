@@ -2,9 +2,10 @@
 gpu_triton._auto_bwd_stages).
 
 Row-after-row timing drifted by up to ~25% between identical configurations within one call on an H200
-(experiments/results/lightning_bwd_stages_h200.md), so here every round times each variant once, in a fresh (seeded) order
-(``--inner`` calls between two host syncs), and the report gives, per shape, each variant's median over the rounds
-and the median of the per-round ratio to the library default with a bootstrap 95% interval over rounds.
+(experiments/results/lightning_bwd_stages_h200.md), so here every round times each variant once, in a fresh
+(seeded) order (``--inner`` calls between two host syncs), and the report gives, per shape, each variant's median
+over the rounds and the median of the per-round ratio to the library default with a bootstrap 95% interval over
+rounds.
 
     python3 experiments/benchmarks/lightning_bwd_stages.py [--shapes B1T16K,B2T16K,B4T16K] [--stages 2,3]
         [--rounds 15] [--inner 10] [--out results.md]
