@@ -102,8 +102,8 @@ def _auto_bwd_stages(programs: int) -> int:
 
     On an H200, bwd alone at H64 D128, interleaved rounds (experiments/results/lightning_bwd_stages_rounds_h200.md),
     3 / 2 stages: B1 T16K (128 programs) 1.53 / 2.26 ms; B2 (256) 3.20 / 2.83; B3 (384) 4.24 / 4.89; B4 (512)
-    6.52 / 6.00; B1 T64K (128) 5.93 / 8.70. The rule picks the faster at all five. Calibrated at D = 128 only:
-    ``_config`` applies it where both padded head dims are 128 and keeps 3 stages elsewhere.
+    6.52 / 6.00; B1 T64K (128) 5.93 / 8.70. The rule picks the faster at all five. Calibrated at D = 128 with the
+    default 64-column tiles on an H200 only: ``_config`` applies it there and keeps 3 stages elsewhere.
     """
     sms = split.num_sms()
     one_per_sm = -(-programs // sms)
@@ -461,7 +461,8 @@ def _config(p: TritonParams, b: int, t: int, h: int, dkp: int, dvp: int, has_seg
     c = max(MIN_TILE, min(c, _pow2_ceil(t)))
     fwd_stages, bwd_stages = p.num_stages
     if bwd_stages is None:
-        bwd_stages = _auto_bwd_stages(b * h * max(dkp // bk, dvp // bv)) if dkp == dvp == 128 else 3
+        calibrated = dkp == dvp == 128 and bk == bv == DEFAULT_BWD_BLOCK  # the shapes _auto_bwd_stages was fitted on
+        bwd_stages = _auto_bwd_stages(b * h * max(dkp // bk, dvp // bv)) if calibrated else 3
     return _Cfg(
         t=t, c=c, nblk=-(-t // c), fwd_block_v=fbv, block_k=bk, block_v=bv, has_seg=has_seg,
         num_warps=p.num_warps, num_stages=(fwd_stages, bwd_stages), interpret=p.interpret,

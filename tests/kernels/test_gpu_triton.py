@@ -181,6 +181,7 @@ def test_backward_stages_follow_launch_size(monkeypatch):
     assert cfg(gpu_triton.TritonParams.make(num_stages=4)).num_stages == (4, 4)
     assert cfg(gpu_triton.TritonParams.make(num_stages=None)).num_stages == (3, 2)
     assert cfg(gpu_triton.TritonParams(), dkp=64, dvp=64).num_stages == (3, 3)  # the rule is calibrated at D = 128
+    assert cfg(gpu_triton.TritonParams.make(bwd_block=32)).num_stages == (3, 3)  # ... and at 64-column tiles
 
 
 def test_grad_alone_drops_the_forward_kernel():
