@@ -44,7 +44,9 @@
 # Stage 16 one GPU: the backward's stages in interleaved rounds (benchmarks/lightning_bwd_stages.py), B1-B4 T16K and
 #          B1 T64K: stage 15's rows drifted ~25% between identical configurations
 # Stage 17 one GPU: issue 14's lightning targets in interleaved rounds, ours (impl auto) vs fla and the copy
-#          (benchmarks/lightning_vs_fla.py)
+#          (benchmarks/lightning_vs_fla.py). Run twice: first with fwd+bwd = jax.grad (our forward kernel dropped as
+#          dead code: the ratios read 2.38-2.49x), then with jax.value_and_grad (1.85-1.90x), the recorded one.
+#          Stages 13-15's fwd+bwd rows of ours are grad-only too (their 'bwd' rows are fine).
 set -u -o pipefail
 STAGE=${1:?stage 1 to 17}
 TOTAL=${2:-540}
