@@ -39,7 +39,8 @@ What is timed, at H=64, D=128, bf16 (MiniMax-M1's lightning layer), MiniMax laye
     directly (no ops adapter, no seq_split), fwd only, rows "mosaic_gpu fwd bv32 lean" etc.; "bv64" is
     the default layout called the same way; "ws" / "ws3": gpu_mosaic_ws.lightning_attention_fwd_ws
     (warp-specialised, num_slots 2 / 3), rows "mosaic_gpu fwd ws slots2" / "... slots3";
-  * with --bwd-variants (a comma list of "default" and b<tile> w<warps> s<stages> joined, e.g. default,s2,b32w8):
+  * with --bwd-variants (a comma list of "default" and b<tile> w<warps> s<stages> p<sequence parts> joined, e.g.
+    default,s2,b128w8p2):
     the Mosaic forward + the Triton backward with those launch knobs, fwd+bwd rows "mosaic_gpu fwd + triton bwd
     s2", and the backward alone (cotangent of sum(o), zero final-state cotangent), rows "triton bwd s2" in a "bwd"
     section;
@@ -342,25 +343,26 @@ def mosaic_variants(args):
     return mosaic_layouts.forward_fns(args.mosaic_variants, interpret=not on_gpu)
 
 
-_BWD_TOKEN = re.compile(r"^(?:b(\d+))?(?:w(\d+))?(?:s(\d+))?$")
+_BWD_TOKEN = re.compile(r"^(?:b(\d+))?(?:w(\d+))?(?:s(\d+))?(?:p(\d+))?$")
 
 
 def parse_bwd_variants(text):
-    """'default,s2,b32w8s3' -> [(spec, gpu_triton.TritonParams.make kwargs)] (argparse type): the Triton backward
-    kernels' state tile (b), warps (w) and software-pipelining stages (s); "default" (or an omitted knob) the
-    library's choice."""
+    """'default,s2,b32w8s3,b128w8p2' -> [(spec, gpu_triton.TritonParams.make kwargs, parts)] (argparse type): the
+    Triton backward kernels' state tile (b), warps (w) and software-pipelining stages (s), and a sequence split into
+    p parts (split.split_sequence, forward and backward); "default" (or an omitted knob) the library's choice."""
     out = []
     for spec in filter(None, (x.strip() for x in text.split(","))):
         m = _BWD_TOKEN.match("" if spec == "default" else spec)
         if m is None:
             raise argparse.ArgumentTypeError(
-                f"bad backward variant {spec!r}: default, or b<tile> w<warps> s<stages> joined (e.g. s2, b32w8)")
-        tile, warps, stages = m.groups()
+                f"bad backward variant {spec!r}: default, or b<tile> w<warps> s<stages> p<parts> joined (e.g. s2, "
+                "b128w8p2)")
+        tile, warps, stages, parts = m.groups()
         kw = {}
         kw.update({"bwd_block": int(tile)} if tile else {})
         kw.update({"num_warps": int(warps)} if warps else {})
         kw.update({"num_stages": (3, int(stages))} if stages else {})
-        out.append((spec, kw))
+        out.append((spec, kw, int(parts or 1)))
     return out
 
 
@@ -370,12 +372,12 @@ def backward_variants(args):
     and that backward alone."""
     if not args.bwd_variants:
         return []
-    from pallas_kernels.lightning_attention import gpu_mosaic, gpu_triton
+    from pallas_kernels.lightning_attention import gpu_mosaic, gpu_triton, split
 
     on_gpu = jax.default_backend() == "gpu"
     use_mosaic = on_gpu or mosaic_interpret_available()
     out = []
-    for spec, kw in args.bwd_variants:
+    for spec, kw, parts in args.bwd_variants:
         params = gpu_triton.TritonParams.make(interpret=not on_gpu, **kw)
         if use_mosaic:
             def fwd(q, k, v, d, s0, seg):
@@ -385,12 +387,19 @@ def backward_variants(args):
             fwd = functools.partial(gpu_triton.forward, params=params)
         diff = gpu_triton.with_triton_backward(fwd, params)
 
-        def fwd_bwd(q, k, v, d, diff=diff):
-            return diff(q, k, v, d)[0]
+        def fwd_bwd(q, k, v, d, diff=diff, parts=parts):
+            if parts == 1:
+                return diff(q, k, v, d)[0]
+            kernel = lambda q, k, v, d, initial_state, segment_ids: diff(q, k, v, d, initial_state, segment_ids)  # noqa: E731
+            return split.split_sequence(kernel, parts, q, k, v, d, initial_state=None, segment_ids=None)[0]
 
-        def bwd(q, k, v, d, do, params=params):
-            dst = jnp.zeros((q.shape[0], q.shape[2], q.shape[3], v.shape[3]), jnp.float32)
-            return gpu_triton.backward(q, k, v, d, None, None, do, dst, params=params)[:3]
+        def bwd(q, k, v, d, do, params=params, fwd_bwd=fwd_bwd, parts=parts):
+            if parts == 1:
+                dst = jnp.zeros((q.shape[0], q.shape[2], q.shape[3], v.shape[3]), jnp.float32)
+                return gpu_triton.backward(q, k, v, d, None, None, do, dst, params=params)[:3]
+            # the pullback alone: its forward kernels' outputs are dead (the custom_vjp keeps only inputs), so JAX
+            # drops them; the chunk states the split's backward needs are computed in XLA and stay
+            return jax.vjp(lambda q, k, v: fwd_bwd(q, k, v, d), q, k, v)[1](do)
 
         out.append((f"{'mosaic_gpu' if use_mosaic else 'triton'} fwd + triton bwd {spec}", spec, fwd_bwd, jax.jit(bwd)))
     return out
@@ -583,7 +592,8 @@ def main():
                     "warp-specialised forward (gpu_mosaic_ws) with 2 / 3 slots")
     ap.add_argument("--bwd-variants", type=parse_bwd_variants, default=None,
                     help="also time the Mosaic forward + Triton backward (fwd+bwd) and the backward alone (bwd) with "
-                    "these backward launch knobs: default, or b<tile> w<warps> s<stages> joined, e.g. default,s2,s3")
+                    "these backward launch knobs: default, or b<tile> w<warps> s<stages> p<sequence parts> joined, "
+                    "e.g. default,s2,b128w8p2")
     ap.add_argument("--out", default=None, help="markdown output (default experiments/results/...; also $OUT)")
     args = ap.parse_args()
     args.impls = set(args.impls.split(",")) if args.impls else None

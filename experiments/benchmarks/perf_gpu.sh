@@ -47,8 +47,10 @@
 #          (benchmarks/lightning_vs_fla.py). Run twice: first with fwd+bwd = jax.grad (our forward kernel dropped as
 #          dead code: the ratios read 2.38-2.49x), then with jax.value_and_grad (1.85-1.90x), the recorded one.
 #          Stages 13-15's fwd+bwd rows of ours are grad-only too (their 'bwd' rows are fine).
+# Stage 18 (not run yet) one GPU: the backward with one program per head (b128 w8) on a 2-way sequence split vs the
+#          default (are sibling column tiles' duplicate loads the limit?), bwd alone and fwd+bwd
 set -u -o pipefail
-STAGE=${1:?stage 1 to 17}
+STAGE=${1:?stage 1 to 18}
 TOTAL=${2:-540}
 FINAL=${OUT:-/tmp/out}; OUT=$FINAL/r; mkdir -p "$OUT"  # $OUT returns only a few files: all go into one tarball
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -215,6 +217,12 @@ case $STAGE in
   timeout "$(left 9999)" python3 experiments/benchmarks/lightning_vs_fla.py --rounds 30 \
     --shapes B1T16K,B2T16K,B4T16K,B1T64K --out "$OUT/lightning_vs_fla_rounds_h200.md" \
     > "$OUT/lightning_vs_fla_rounds.log" 2>&1 ;;
+18)
+  # not run yet (written when the session's device time was spent): the duplicate-load hypothesis of stop 21's note,
+  # one program per head (b128, 8 warps) on a 2-way sequence split, next to today's default
+  timeout "$(left 9999)" python3 experiments/benchmarks/lightning_attention.py --shapes B1T16K,B1T64K --skip-cudnn \
+    --impls mosaic_gpu --bwd-variants "${BWD_VARIANTS:-default,b128w8,b128w8p2,b128w8s2p2,p2}" --budget-s 300 \
+    --out "$OUT/lightning_bwd_onehead_h200.md" > "$OUT/lightning_bwd_onehead.log" 2>&1 ;;
 esac
 tar czf "$FINAL/results.tgz" -C "$OUT" . && rm -rf "$OUT"
 ls -la "$FINAL"
