@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import functools
 import json
 import math
 import os
@@ -82,7 +81,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import pallas_kernels  # noqa: E402
-from experiments.benchmarks import mosaic_layouts  # noqa: E402
+from experiments.benchmarks import bwd_variants, mosaic_layouts  # noqa: E402
+from experiments.benchmarks.timing import time_jax, time_torch  # noqa: E402
 from pallas_kernels.lightning_attention import ops  # noqa: E402
 
 H, D = 64, 128
@@ -158,58 +158,6 @@ def measure(section, shape, impl, nbytes, timer, *targs, skip=None, per=1):
 
 
 # ------------------------------------------------------------------------------------------- timing
-
-
-def _sample_plan(first_s, budget_s, min_samples=3, max_samples=15, min_sample_s=2e-3):
-    inner = max(1, math.ceil(min_sample_s / max(first_s, 1e-7)))
-    inner = min(inner, 200)
-    samples = int(min(max_samples, max(min_samples, budget_s / max(first_s * inner, 1e-7))))
-    return inner, samples
-
-
-def time_jax(fn, *args, budget_s=1.0):
-    """Median ms per call; each sample times `inner` back-to-back calls (dispatch pipelined)."""
-    jax.block_until_ready(fn(*args))  # compile + first run
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    first = time.perf_counter() - t0
-    inner, samples = _sample_plan(first, budget_s)
-    out = None
-    for _ in range(inner):  # warm-up at the sampled rate
-        out = fn(*args)
-    jax.block_until_ready(out)
-    ts = []
-    for _ in range(samples):
-        t0 = time.perf_counter()
-        out = None
-        for _ in range(inner):
-            out = fn(*args)
-        jax.block_until_ready(out)
-        ts.append((time.perf_counter() - t0) / inner)
-    return float(np.median(ts)) * 1e3
-
-
-def time_torch(torch, fn, budget_s=1.0):
-    """Median ms per call by CUDA events around `inner` back-to-back calls."""
-    fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    first = time.perf_counter() - t0
-    inner, samples = _sample_plan(first, budget_s)
-    for _ in range(inner):
-        fn()
-    ts = []
-    for _ in range(samples):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(inner):
-            fn()
-        end.record()
-        end.synchronize()
-        ts.append(start.elapsed_time(end) / inner)
-    return float(np.median(ts))
 
 
 # -------------------------------------------------------------------------------------------- torch
@@ -343,66 +291,13 @@ def mosaic_variants(args):
     return mosaic_layouts.forward_fns(args.mosaic_variants, interpret=not on_gpu)
 
 
-_BWD_TOKEN = re.compile(r"^(?:b(\d+))?(?:w(\d+))?(?:s(\d+))?(?:p(\d+))?$")
-
-
-def parse_bwd_variants(text):
-    """'default,s2,b32w8s3,b128w8p2' -> [(spec, gpu_triton.TritonParams.make kwargs, parts)] (argparse type): the
-    Triton backward kernels' state tile (b), warps (w) and software-pipelining stages (s), and a sequence split into
-    p parts (split.split_sequence, forward and backward); "default" (or an omitted knob) the library's choice."""
-    out = []
-    for spec in filter(None, (x.strip() for x in text.split(","))):
-        m = _BWD_TOKEN.match("" if spec == "default" else spec)
-        if m is None:
-            raise argparse.ArgumentTypeError(
-                f"bad backward variant {spec!r}: default, or b<tile> w<warps> s<stages> p<parts> joined (e.g. s2, "
-                "b128w8p2)")
-        tile, warps, stages, parts = m.groups()
-        kw = {}
-        kw.update({"bwd_block": int(tile)} if tile else {})
-        kw.update({"num_warps": int(warps)} if warps else {})
-        kw.update({"num_stages": (3, int(stages))} if stages else {})
-        out.append((spec, kw, int(parts or 1)))
-    return out
-
-
 def backward_variants(args):
-    """[(fwd+bwd label, spec, fwd+bwd fn(q, k, v, decay) -> o differentiable, bwd fn(q, k, v, decay, do) -> grads)] for
-    --bwd-variants: the Mosaic forward (Triton where Mosaic is unavailable) with the Triton backward so launched,
-    and that backward alone."""
+    """--bwd-variants' (label, spec, fwd+bwd fn, bwd fn) (bwd_variants.fns), [] without the flag."""
     if not args.bwd_variants:
         return []
-    from pallas_kernels.lightning_attention import gpu_mosaic, gpu_triton, split
-
     on_gpu = jax.default_backend() == "gpu"
-    use_mosaic = on_gpu or mosaic_interpret_available()
-    out = []
-    for spec, kw, parts in args.bwd_variants:
-        params = gpu_triton.TritonParams.make(interpret=not on_gpu, **kw)
-        if use_mosaic:
-            def fwd(q, k, v, d, s0, seg):
-                del seg
-                return gpu_mosaic.lightning_attention_fwd(q, k, v, d, initial_state=s0, interpret=not on_gpu)
-        else:
-            fwd = functools.partial(gpu_triton.forward, params=params)
-        diff = gpu_triton.with_triton_backward(fwd, params)
-
-        def fwd_bwd(q, k, v, d, diff=diff, parts=parts):
-            if parts == 1:
-                return diff(q, k, v, d)[0]
-            kernel = lambda q, k, v, d, initial_state, segment_ids: diff(q, k, v, d, initial_state, segment_ids)  # noqa: E731
-            return split.split_sequence(kernel, parts, q, k, v, d, initial_state=None, segment_ids=None)[0]
-
-        def bwd(q, k, v, d, do, params=params, fwd_bwd=fwd_bwd, parts=parts):
-            if parts == 1:
-                dst = jnp.zeros((q.shape[0], q.shape[2], q.shape[3], v.shape[3]), jnp.float32)
-                return gpu_triton.backward(q, k, v, d, None, None, do, dst, params=params)[:3]
-            # the pullback alone: its forward kernels' outputs are dead (the custom_vjp keeps only inputs), so JAX
-            # drops them; the chunk states the split's backward needs are computed in XLA and stay
-            return jax.vjp(lambda q, k, v: fwd_bwd(q, k, v, d), q, k, v)[1](do)
-
-        out.append((f"{'mosaic_gpu' if use_mosaic else 'triton'} fwd + triton bwd {spec}", spec, fwd_bwd, jax.jit(bwd)))
-    return out
+    return bwd_variants.fns(args.bwd_variants, use_mosaic=on_gpu or mosaic_interpret_available(),
+                            interpret=not on_gpu)
 
 
 def cudnn_attention(q, k, v, d):
@@ -423,7 +318,7 @@ def bench_jax(shapes, args, decode):
     decay = jnp.asarray(minimax_decay(H))
     impls = our_impls(args)
     variants = mosaic_variants(args)
-    bwd_variants = backward_variants(args)
+    bwd_fns = backward_variants(args)
     use_cudnn = on_gpu and not args.skip_cudnn
     if not on_gpu:
         note("not on a GPU: cuDNN attention skipped")
@@ -448,7 +343,7 @@ def bench_jax(shapes, args, decode):
             measure("fwd+bwd", name, label, nbytes, time_jax, g, q, k, v, skip=skip)
         for label, f in variants:  # forward only
             measure("fwd", name, label, nbytes, time_jax, f, q, k, v, decay)
-        for label, spec, fwd_bwd, bwd in bwd_variants:
+        for label, spec, fwd_bwd, bwd in bwd_fns:
             loss = lambda q, k, v, fn=fwd_bwd: jnp.sum(fn(q, k, v, decay).astype(jnp.float32))  # noqa: E731
             g = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
             measure("fwd+bwd", name, label, nbytes, time_jax, g, q, k, v)
@@ -590,7 +485,7 @@ def main():
                     help="also time the Mosaic GPU forward in these layouts (fwd only), a comma list of specs "
                     "joining bv32 / bv64, lean, slots2 / slots3, e.g. bv32,bv32lean,bv64lean,slots3; ws / ws3: the "
                     "warp-specialised forward (gpu_mosaic_ws) with 2 / 3 slots")
-    ap.add_argument("--bwd-variants", type=parse_bwd_variants, default=None,
+    ap.add_argument("--bwd-variants", type=bwd_variants.parse, default=None,
                     help="also time the Mosaic forward + Triton backward (fwd+bwd) and the backward alone (bwd) with "
                     "these backward launch knobs: default, or b<tile> w<warps> s<stages> p<sequence parts> joined, "
                     "e.g. default,s2,b128w8p2")

@@ -1,11 +1,6 @@
-"""The Triton lightning backward's software-pipelining stages, timed in interleaved rounds (the evidence for
-gpu_triton._auto_bwd_stages).
-
-Row-after-row timing drifted by up to ~25% between identical configurations within one call on an H200
-(experiments/results/lightning_bwd_stages_h200.md), so here every round times each variant once, in a fresh
-(seeded) order (``--inner`` calls between two host syncs), and the report gives, per shape, each variant's median
-over the rounds and the median of the per-round ratio to the library default with a bootstrap 95% interval over
-rounds.
+"""The Triton lightning backward's software-pipelining stages, timed in interleaved rounds (timing.run_rounds; the
+evidence for gpu_triton_config._auto_bwd_stages): per shape, each variant's median over the rounds and the median of the
+per-round ratio to the library default with a bootstrap 95% interval.
 
     python3 experiments/benchmarks/lightning_bwd_stages.py [--shapes B1T16K,B2T16K,B4T16K] [--stages 2,3]
         [--rounds 15] [--inner 10] [--out results.md]
@@ -21,7 +16,7 @@ import argparse
 import datetime
 import os
 import sys
-import time
+import functools
 
 import numpy as np
 
@@ -32,6 +27,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from experiments.benchmarks.lightning_attention import SHAPES, minimax_decay  # noqa: E402
+from experiments.benchmarks.timing import finish, median_ci, run_rounds  # noqa: E402
 from pallas_kernels.lightning_attention import gpu_triton, split  # noqa: E402
 
 
@@ -44,12 +40,6 @@ def backward_fn(stages, interpret):
         return gpu_triton.backward(q, k, v, d, None, None, do, dst, params=params)[:3]
 
     return jax.jit(bwd)
-
-
-def bootstrap_ci(x, n=2000, seed=0):
-    rng = np.random.default_rng(seed)
-    meds = np.median(rng.choice(x, (n, len(x)), replace=True), axis=1)
-    return float(np.quantile(meds, 0.025)), float(np.quantile(meds, 0.975))
 
 
 def main():
@@ -83,37 +73,18 @@ def main():
         ks = jax.random.split(jax.random.key(b * 1_000_003 + t), 3)
         q, k, v = (jax.random.normal(x, (b, t, h, d), jnp.float32).astype(jnp.bfloat16) / d**0.25 for x in ks)
         do = jnp.ones_like(v)
-        for f in fns.values():  # compile and warm up
-            jax.block_until_ready(f(q, k, v, decay, do))
-        times = {n: [] for n in fns}
-        order = np.random.default_rng(0)
-        names = list(fns)
-        for _ in range(rounds):
-            for n in (names[i] for i in order.permutation(len(names))):  # a fresh order each round
-                f = fns[n]
-                t0 = time.perf_counter()
-                out = None
-                for _ in range(inner):
-                    out = f(q, k, v, decay, do)
-                jax.block_until_ready(out)
-                times[n].append((time.perf_counter() - t0) / inner * 1e3)
-        base = np.asarray(times["default"])
+        times = run_rounds({n: (functools.partial(f, q, k, v, decay, do), jax.block_until_ready)
+                            for n, f in fns.items()}, rounds, inner)
+        base = times["default"]
         cfg = gpu_triton._config(gpu_triton.TritonParams(), b, t, h, d, d, False)  # what the library launches
         programs = b * h * max(d // cfg.block_k, d // cfg.block_v)
         auto = cfg.num_stages[1]
-        for n in fns:
-            x = np.asarray(times[n])
-            ratio = x / base
-            lo, hi = bootstrap_ci(ratio)
+        for n, x in times.items():
             lines.append(f"| {name} | {programs} | {auto} | {n} | {np.median(x):.3f} | {x.min():.3f} | "
-                         f"{np.median(ratio):.3f} [{lo:.3f}, {hi:.3f}] |")
+                         f"{median_ci(x / base, 3)} |")
         print("\n".join(lines[-len(fns):]), flush=True)
         del q, k, v, do
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    finish(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,10 @@
 """Issue 14's lightning targets in interleaved rounds: our op vs fla, forward and forward + backward, and the copy.
 
-experiments/benchmarks/lightning_attention.py times one row after another; on an H200 identical configurations
-timed that way drifted by up to ~25% within one call (experiments/results/lightning_bwd_stages_h200.md), and
-fla's fwd+bwd at B1 T16K read 3.27 ms in one session and 4.3 ms in others. Here every round times every
-(shape, implementation, pass) once, in the same order, each as ``--inner`` back-to-back calls between two host
-syncs on the same host clock for JAX and torch (jax.block_until_ready / torch.cuda.synchronize), and the report
-gives medians over rounds and, per round, fla's time / ours with a bootstrap 95% interval over rounds (approximate:
-rounds are treated as independent). The order of the entries is shuffled every round (seeded).
+experiments/benchmarks/lightning_attention.py times one row after another, which drifted by up to ~25% between
+identical configurations within one call (and fla's fwd+bwd at B1 T16K read 3.27 ms in one session, 4.3 ms in
+others). Here every (shape, implementation, pass) is timed once per round in interleaved rounds (timing.run_rounds: a
+fresh seeded order each round, ``--inner`` calls between two host syncs on one host clock for JAX and torch), and the
+report gives medians over rounds and, per round, fla's time / ours with a bootstrap 95% interval (approximate).
 
     python3 experiments/benchmarks/lightning_vs_fla.py [--shapes B1T16K,B4T16K,B1T64K] [--rounds 15] [--inner 10]
         [--out results.md]
@@ -46,17 +44,7 @@ from experiments.benchmarks.lightning_attention import (  # noqa: E402
     minimax_decay,
     versions,
 )
-from experiments.benchmarks.lightning_bwd_stages import bootstrap_ci  # noqa: E402
-
-
-def timed(fn, sync, inner):
-    """ms per call of ``inner`` back-to-back calls of fn between two syncs."""
-    t0 = time.perf_counter()
-    out = None
-    for _ in range(inner):
-        out = fn()
-    sync(out)
-    return (time.perf_counter() - t0) / inner * 1e3
+from experiments.benchmarks.timing import finish, median_ci, run_rounds  # noqa: E402
 
 
 def jax_fns(b, t, h, d, decay):
@@ -112,27 +100,19 @@ def main():
     def tsync(_):
         torch.cuda.synchronize()
 
-    entries = []  # (shape, impl, pass, fn, sync)
+    entries = {}  # (shape, impl, pass) -> (fn, sync)
     for name, (b, t) in shapes.items():
         for p, fn in jax_fns(b, t, h, d, decay).items():
-            entries.append((name, "ours", p, fn, jsync))
+            entries[(name, "ours", p)] = (fn, jsync)
         if fla_ops is not None:
             for p, fn in fla_fns(torch, fla_ops[0], b, t, h, d, decay).items():
-                entries.append((name, "fla", p, fn, tsync))
+                entries[(name, "fla", p)] = (fn, tsync)
     if on_cuda:
         src = torch.empty(COPY_BYTES // 4, dtype=torch.float32, device="cuda").uniform_()
         dst = torch.empty_like(src)
-        entries.append(("2GiB", "torch copy_", "copy", lambda: dst.copy_(src), tsync))
-    for _, _, _, fn, sync in entries:  # compile, autotune, warm up
-        sync(fn())
-        sync(fn())
-    times = {e[:3]: [] for e in entries}
-    order = np.random.default_rng(0)
+        entries[("2GiB", "torch copy_", "copy")] = (lambda: dst.copy_(src), tsync)
     t0 = time.time()
-    for _ in range(rounds):
-        for i in order.permutation(len(entries)):  # a fresh order each round: no fixed neighbour or position
-            name, impl, p, fn, sync = entries[i]
-            times[(name, impl, p)].append(timed(fn, sync, inner))
+    times = run_rounds(entries, rounds, inner)
     elapsed = time.time() - t0
     copy_gbs = None
     if on_cuda:
@@ -154,19 +134,13 @@ def main():
     for name, (b, t) in shapes.items():
         nbytes = 4 * b * t * h * d * 2
         for p in ("fwd", "fwd+bwd"):
-            ours = np.asarray(times[(name, "ours", p)])
-            fla = np.asarray(times.get((name, "fla", p), []))
-            ratio = "" if fla.size == 0 else "{:.2f} [{:.2f}, {:.2f}]".format(np.median(fla / ours),
-                                                                              *bootstrap_ci(fla / ours))
+            ours = times[(name, "ours", p)]
+            fla = times.get((name, "fla", p))
+            ratio = "" if fla is None else median_ci(fla / ours, 2)
             pct = "" if not copy_gbs else f"{nbytes / np.median(ours) / 1e6 / copy_gbs:.0%}"
-            fla_ms = "" if fla.size == 0 else f"{np.median(fla):.3f}"
+            fla_ms = "" if fla is None else f"{np.median(fla):.3f}"
             lines.append(f"| {name} | {p} | {np.median(ours):.3f} | {fla_ms} | {ratio} | {pct} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
-
+    finish(lines, args.out)
 
 if __name__ == "__main__":
     main()

@@ -3,7 +3,7 @@
     python3 experiments/benchmarks/seq_split.py --out $OUT/seq_split.md
 
 bf16 q, k, v with MiniMax layer-0 slopes, impl="auto" (mosaic_gpu forward + Triton backward on Hopper);
-median ms per call (experiments/benchmarks/lightning_attention.time_jax); fwd and fwd+bwd (grad of
+median ms per call (experiments/benchmarks/timing.time_jax); fwd and fwd+bwd (grad of
 sum(o) w.r.t. q, k, v). Shapes with few (batch, head) pairs, where one thread block per pair and value
 slice leaves SMs idle, plus a control shape that already fills the GPU.
 """
@@ -21,7 +21,8 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import pallas_kernels  # noqa: E402
-from experiments.benchmarks.lightning_attention import minimax_decay, time_jax  # noqa: E402
+from experiments.benchmarks.lightning_attention import minimax_decay  # noqa: E402
+from experiments.benchmarks.timing import time_jax  # noqa: E402
 from pallas_kernels.lightning_attention import ops  # noqa: E402
 
 SHAPES = ((1, 8192, 16), (1, 32768, 8), (2, 16384, 16), (1, 16384, 64))  # (B, T, H), D = 128

@@ -46,15 +46,8 @@ dtype of q, k, v, bf16 typically) with fp32 accumulation. The fp32 state is roun
 dtype where it is a matmul operand (as fla does). For fp32 inputs the dots use
 ``Precision.HIGHEST`` (IEEE fp32 in Triton, not TF32): exact but slow, meant for tests.
 
-Measured (one H200, JAX 0.11.2, bf16, H=64, D=128, MiniMax slopes, defaults: C=64, 4 warps,
-3 stages; median wall time of a jitted call, so launch overhead included; the backward's stages now follow the
-launch size, ``_auto_bwd_stages``, and docs/kernels.md has the backward layouts tried since; "fwd+bwd" here was
-jax.grad of sum(o), under which JAX drops the forward kernel, so it is the backward plus glue):
-    B1 T4K fwd 0.29-0.31 ms, fwd+bwd 0.74 ms;  B1 T16K 0.68-0.78 / 2.3-2.5 ms;  B1 T64K 2.2 / 8.3-8.4 ms;
-    B4 T16K 2.4-3.0 / 9.0-9.6 ms (ranges over runs; 2 forward stages were faster at B4, 3 at B1).
-    num_warps 8, C=128 or full-width 128 tiles were slower. fla on the same GPU model, measured separately:
-    fwd 0.44 / 0.74 / 3.04 / 3.13 ms, fwd+bwd 1.25 / 3.29 / 13.2 / 13.8 ms (side by side in one process:
-    experiments/results/lightning_attention_bench_part1_h200.md).
+Launch knobs (tiles, warps, pipelining stages; the backward's stages follow the launch size) and head-dim limits:
+gpu_triton_config.py. Measurements against fla: docs/kernels.md and experiments/results/lightning_vs_fla_rounds_h200.md.
 
 Gradient w.r.t. ``decay``: zeros. The decay rates are a fixed buffer in MiniMax (never trained).
 
@@ -66,7 +59,6 @@ MAX_HEAD_DIM raise ValueError.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
@@ -75,66 +67,22 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from pallas_kernels.lightning_attention import split
-
-MAX_BLOCK_SIZE = 64
-MIN_TILE = 16
-MAX_HEAD_DIM = 256
-DEFAULT_BWD_BLOCK = 64  # state tile of the backward kernels (Dk split for dQ / dK, Dv split for dV)
-# Forward Dv tile when not given: 64, or 32 when that leaves fewer than _FWD_MIN_PROGRAMS programs
-# (small batch * heads: more, smaller programs fill the GPU better).
-_FWD_MIN_PROGRAMS = 256
-DEFAULT_NUM_WARPS = 4
-DEFAULT_NUM_STAGES = (3, None)  # (forward, backward); None: ``_auto_bwd_stages``. Measurements: module docstring
+from pallas_kernels.lightning_attention.gpu_triton_config import (  # noqa: F401 - re-exported (gpu_triton_qkv, tests)
+    DEFAULT_BWD_BLOCK,
+    DEFAULT_NUM_STAGES,
+    DEFAULT_NUM_WARPS,
+    MAX_BLOCK_SIZE,
+    MAX_HEAD_DIM,
+    MIN_TILE,
+    TritonParams,
+    _auto_bwd_stages,
+    _Cfg,
+    _config,
+    _padded_head_dim,
+)
 
 _F32 = jnp.float32
-
-
-# The time of a wave of two backward programs per SM (2 pipelining stages: the smaller shared-memory footprint lets
-# two share an SM) over that of a wave of one per SM (3 stages). The H200 rounds below imply 1.73-1.84 at 256-512
-# programs; any value in [1.5, 2) makes the same choices at the five measured shapes (the rule was fitted on them).
-_TWO_PER_SM_WAVE_COST = 1.85
-
-
-def _auto_bwd_stages(programs: int) -> int:
-    """Software-pipelining stages of the backward kernels for a launch of ``programs`` programs: 2 (two programs per
-    SM, each slower) where that takes fewer wave-equivalents than 3 (one per SM), by wave count x cost per wave.
-
-    On an H200, bwd alone at H64 D128, interleaved rounds (experiments/results/lightning_bwd_stages_rounds_h200.md),
-    3 / 2 stages: B1 T16K (128 programs) 1.53 / 2.26 ms; B2 (256) 3.20 / 2.83; B3 (384) 4.24 / 4.89; B4 (512)
-    6.52 / 6.00; B1 T64K (128) 5.93 / 8.70. The rule picks the faster at all five. Calibrated at D = 128 with the
-    default 64-column tiles on an H200 only: ``_config`` applies it there and keeps 3 stages elsewhere.
-    """
-    sms = split.num_sms()
-    one_per_sm = -(-programs // sms)
-    two_per_sm = -(-programs // (2 * sms))
-    return 2 if two_per_sm * _TWO_PER_SM_WAVE_COST < one_per_sm else 3
-
-
-def _pow2_floor(x: int) -> int:
-    return 1 << (int(x).bit_length() - 1)
-
-
-def _pow2_ceil(x: int) -> int:
-    return 1 << (int(x) - 1).bit_length() if x > 1 else 1
-
-
-@dataclasses.dataclass(frozen=True)
-class _Cfg:
-    t: int  # real sequence length
-    c: int  # block length C (power of two)
-    nblk: int  # number of blocks; padded length = nblk * c
-    fwd_block_v: int  # Dv tile of the forward kernel
-    block_k: int  # Dk tile of the dQ / dK kernels
-    block_v: int  # Dv tile of the dV kernel
-    has_seg: bool
-    num_warps: int
-    num_stages: tuple[int, int]  # (forward, backward) software-pipelining stages
-    interpret: bool
-
-    @property
-    def tp(self) -> int:
-        return self.nblk * self.c
+_DEFAULT_PARAMS = TritonParams()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -408,65 +356,12 @@ def _backward(cfg: _Cfg, q, k, v, decay, s0, seg, do, dst, *, dk=None):
 # ----------------------------------------------------------------------------------------------
 
 
-def _padded_head_dim(d: int, what: str) -> int:
-    dp = max(MIN_TILE, _pow2_ceil(d))
-    if dp > MAX_HEAD_DIM:
-        raise ValueError(
-            f"{what} head dim {d} (padded to {dp}) exceeds the Triton kernel's limit {MAX_HEAD_DIM}: "
-            "the per-program state would not fit on chip; use another implementation"
-        )
-    return dp
-
-
 def _pad_axis(x, axis: int, new: int):
     if x.shape[axis] == new:
         return x
     widths = [(0, 0)] * x.ndim
     widths[axis] = (0, new - x.shape[axis])
     return jnp.pad(x, widths)
-
-
-@dataclasses.dataclass(frozen=True)
-class TritonParams:
-    """Static knobs of the Triton kernels (performance only; see ``lightning_attention``)."""
-
-    block_size: int = 64
-    interpret: bool = False
-    fwd_block_v: int | None = None
-    bwd_block: int = DEFAULT_BWD_BLOCK
-    num_warps: int = DEFAULT_NUM_WARPS
-    num_stages: tuple[int, int | None] = DEFAULT_NUM_STAGES  # backward None: by the launch size
-
-    @staticmethod
-    def make(block_size=64, interpret=False, fwd_block_v=None, bwd_block=DEFAULT_BWD_BLOCK,
-             num_warps=DEFAULT_NUM_WARPS, num_stages=DEFAULT_NUM_STAGES) -> TritonParams:
-        if num_stages is None:
-            num_stages = DEFAULT_NUM_STAGES
-        stages = (num_stages, num_stages) if isinstance(num_stages, int) else tuple(num_stages)
-        return TritonParams(
-            block_size=int(block_size), interpret=bool(interpret),
-            fwd_block_v=None if fwd_block_v is None else int(fwd_block_v), bwd_block=int(bwd_block),
-            num_warps=int(num_warps), num_stages=(int(stages[0]), None if stages[1] is None else int(stages[1])),
-        )
-
-
-def _config(p: TritonParams, b: int, t: int, h: int, dkp: int, dvp: int, has_seg: bool) -> _Cfg:
-    fwd_block_v = p.fwd_block_v
-    if fwd_block_v is None:
-        fwd_block_v = 64 if b * h * max(1, dvp // 64) >= _FWD_MIN_PROGRAMS else 32
-    fbv = min(dvp, max(MIN_TILE, _pow2_floor(fwd_block_v)))
-    bk = min(dkp, max(MIN_TILE, _pow2_floor(p.bwd_block)))
-    bv = min(dvp, max(MIN_TILE, _pow2_floor(p.bwd_block)))
-    c = max(MIN_TILE, _pow2_floor(min(int(p.block_size), MAX_BLOCK_SIZE)))
-    c = max(MIN_TILE, min(c, _pow2_ceil(t)))
-    fwd_stages, bwd_stages = p.num_stages
-    if bwd_stages is None:
-        calibrated = dkp == dvp == 128 and bk == bv == DEFAULT_BWD_BLOCK  # the shapes _auto_bwd_stages was fitted on
-        bwd_stages = _auto_bwd_stages(b * h * max(dkp // bk, dvp // bv)) if calibrated else 3
-    return _Cfg(
-        t=t, c=c, nblk=-(-t // c), fwd_block_v=fbv, block_k=bk, block_v=bv, has_seg=has_seg,
-        num_warps=p.num_warps, num_stages=(fwd_stages, bwd_stages), interpret=p.interpret,
-    )
 
 
 def _state_and_segments(cfg: _Cfg, b, h, dkp, dvp, initial_state, segment_ids):
@@ -498,7 +393,7 @@ def _prepare(p: TritonParams, q, k, v, decay, initial_state, segment_ids):
     return cfg, q_, k_, v_, decay.astype(_F32), s0, seg
 
 
-def forward(q, k, v, decay, initial_state=None, segment_ids=None, *, params: TritonParams = TritonParams()):
+def forward(q, k, v, decay, initial_state=None, segment_ids=None, *, params: TritonParams = _DEFAULT_PARAMS):
     """Forward kernel only (not differentiable): (o [B, T, H, Dv] in q.dtype, final fp32 state)."""
     b, t, h, dk = q.shape
     dv = v.shape[-1]
@@ -507,7 +402,7 @@ def forward(q, k, v, decay, initial_state=None, segment_ids=None, *, params: Tri
     return o[:, :t, :, :dv].astype(q.dtype), state[:, :, :dk, :dv]
 
 
-def backward(q, k, v, decay, initial_state, segment_ids, do, dstate, *, params: TritonParams = TritonParams()):
+def backward(q, k, v, decay, initial_state, segment_ids, do, dstate, *, params: TritonParams = _DEFAULT_PARAMS):
     """The Triton backward kernels for one call: the vjp of (o, final state) w.r.t. the inputs.
 
     q, k, v, decay, initial_state (or None), segment_ids (or None) are the forward's inputs, unpadded;
@@ -555,7 +450,7 @@ def _with_bwd_bwd(fwd_fn, params, res, cts):
 _with_bwd.defvjp(_with_bwd_fwd, _with_bwd_bwd)
 
 
-def with_triton_backward(fwd_fn, params: TritonParams = TritonParams()):
+def with_triton_backward(fwd_fn, params: TritonParams = _DEFAULT_PARAMS):
     """Differentiable version of ``fwd_fn`` whose VJP runs the Triton backward kernels.
 
     ``fwd_fn(q, k, v, decay, initial_state, segment_ids) -> (o, final fp32 state)`` must compute
