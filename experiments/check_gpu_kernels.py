@@ -67,6 +67,16 @@ MOSAIC_VARIANTS = [
     ("mosaic_gpu fused slots=3", {"fused": True, "num_slots": 3}),
     ("mosaic_gpu bv64 lean", {"lean": True}),
     ("mosaic_gpu bv32 lean", {"block_v": 32, "lean": True}),
+    ("mosaic_gpu vd", {"vdecay": True}),
+    ("mosaic_gpu rq", {"q_regs": True}),
+    ("mosaic_gpu rm", {"m_regs": True}),
+    ("mosaic_gpu vd rq rm", {"vdecay": True, "q_regs": True, "m_regs": True}),
+    ("mosaic_gpu vd rq rm slots=3", {"vdecay": True, "q_regs": True, "m_regs": True, "num_slots": 3}),
+    ("mosaic_gpu bv64 lean rm", {"lean": True, "m_regs": True}),
+    ("mosaic_gpu st", {"state_t": True}),
+    ("mosaic_gpu st rq rm", {"state_t": True, "q_regs": True, "m_regs": True}),
+    ("mosaic_gpu st lean rm", {"state_t": True, "lean": True, "m_regs": True}),
+    ("mosaic_gpu st lean rq rm", {"state_t": True, "lean": True, "q_regs": True, "m_regs": True}),
 ]
 
 

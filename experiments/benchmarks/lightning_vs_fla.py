@@ -7,7 +7,7 @@ fresh seeded order each round, ``--inner`` calls between two host syncs on one h
 report gives medians over rounds and, per round, fla's time / ours with a bootstrap 95% interval (approximate).
 
     python3 experiments/benchmarks/lightning_vs_fla.py [--shapes B1T16K,B4T16K,B1T64K] [--rounds 15] [--inner 10]
-        [--out results.md]
+        [--mosaic-variants bv64vd,vdrqrm] [--out results.md]
     JAX_PLATFORMS=cpu python3 experiments/benchmarks/lightning_vs_fla.py --smoke   # tiny, the jnp reference
 
 Ours: pallas_kernels.lightning_attention(impl="auto") as users call it (Mosaic GPU forward + Triton backward on
@@ -15,7 +15,9 @@ Hopper), fwd+bwd = jax.value_and_grad of sum(o in fp32) w.r.t. q, k, v (jax.grad
 kernel: its output is dead when the custom_vjp saves only the inputs). fla 0.6: chunk_simple_gla(q, k, v,
 g_gamma=-s, scale=1.0), fwd+bwd = backward of o.float().sum(). H 64, D 128, bf16 q, k, v ~ N(0, 1) / D^(1/4),
 MiniMax layer-0 slopes. Copy: torch copy_ of 2 GiB (fp32), timed in the same rounds; % of copy = (q, k, v read +
-o written) / time against the copy's bytes / time.
+o written) / time against the copy's bytes / time. ``--mosaic-variants`` (benchmarks/mosaic_layouts.py specs) adds
+forward-only rows of the Mosaic kernel's layouts (gpu_mosaic.lightning_attention_fwd called directly) in the same
+rounds, each with its ratio to fla and to our op's forward per round.
 """
 
 from __future__ import annotations
@@ -44,12 +46,16 @@ from experiments.benchmarks.lightning_attention import (  # noqa: E402
     minimax_decay,
     versions,
 )
+from experiments.benchmarks import mosaic_layouts  # noqa: E402
 from experiments.benchmarks.timing import finish, median_ci, run_rounds  # noqa: E402
 
 
-def jax_fns(b, t, h, d, decay):
+def jax_fns(b, t, h, d, decay, variants=(), interpret=False):
+    """{pass: fn} of our op, plus {"fwd <label>": fn} per Mosaic layout of ``variants`` (mosaic_layouts.parse)."""
     ks = jax.random.split(jax.random.key(b * 1_000_003 + t), 3)
     q, k, v = (jax.random.normal(x, (b, t, h, d), jnp.float32).astype(jnp.bfloat16) / d**0.25 for x in ks)
+    extra = {f"fwd {label}": (lambda fn=fn: fn(q, k, v, decay))
+             for label, fn in mosaic_layouts.forward_fns(variants, interpret=interpret)}
 
     def op(q, k, v):
         return pallas_kernels.lightning_attention(q, k, v, decay, impl="auto")
@@ -59,7 +65,7 @@ def jax_fns(b, t, h, d, decay):
     # the forward's output is dead and JAX drops the forward kernel from the program (fla's fwd+bwd runs its forward)
     loss = lambda q, k, v: jnp.sum(op(q, k, v).astype(jnp.float32))  # noqa: E731
     fwd_bwd = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
-    return {"fwd": lambda: fwd(q, k, v), "fwd+bwd": lambda: fwd_bwd(q, k, v)}
+    return {"fwd": lambda: fwd(q, k, v), "fwd+bwd": lambda: fwd_bwd(q, k, v), **extra}
 
 
 def fla_fns(torch, chunk_simple_gla, b, t, h, d, decay):
@@ -87,6 +93,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--inner", type=int, default=10)
     ap.add_argument("--smoke", action="store_true", help="CPU: H 2, T 256, 3 rounds of 1 call, no fla")
+    ap.add_argument("--mosaic-variants", type=mosaic_layouts.parse, default=[],
+                    help="comma list of Mosaic forward layouts (benchmarks/mosaic_layouts.py), timed forward only")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     h, d = (2, 128) if args.smoke else (64, 128)
@@ -102,7 +110,9 @@ def main():
 
     entries = {}  # (shape, impl, pass) -> (fn, sync)
     for name, (b, t) in shapes.items():
-        for p, fn in jax_fns(b, t, h, d, decay).items():
+        on_gpu = jax.default_backend() == "gpu"
+        variants = args.mosaic_variants if on_gpu or hasattr(mosaic_layouts.plgpu_or_none(), "InterpretGPUParams") else []
+        for p, fn in jax_fns(b, t, h, d, decay, variants, interpret=not on_gpu).items():
             entries[(name, "ours", p)] = (fn, jsync)
         if fla_ops is not None:
             for p, fn in fla_fns(torch, fla_ops[0], b, t, h, d, decay).items():
@@ -140,6 +150,17 @@ def main():
             pct = "" if not copy_gbs else f"{nbytes / np.median(ours) / 1e6 / copy_gbs:.0%}"
             fla_ms = "" if fla is None else f"{np.median(fla):.3f}"
             lines.append(f"| {name} | {p} | {np.median(ours):.3f} | {fla_ms} | {ratio} | {pct} |")
+    variant_rows = [key for key in times if key[1] == "ours" and key[2].startswith("fwd ")]
+    if variant_rows:
+        lines += ["", "Mosaic forward layouts (forward only), x ours = our op's forward / this layout, per round:", "",
+                  "| shape | layout | ms | x fla | x ours fwd | % of copy |", "|---|---|---|---|---|---|"]
+        for name, _, p in variant_rows:
+            b, t = shapes[name]
+            x = times[(name, "ours", p)]
+            fla = times.get((name, "fla", "fwd"))
+            pct = "" if not copy_gbs else f"{4 * b * t * h * d * 2 / np.median(x) / 1e6 / copy_gbs:.0%}"
+            lines.append(f"| {name} | {p[4:]} | {np.median(x):.3f} | {'' if fla is None else median_ci(fla / x, 2)} | "
+                         f"{median_ci(times[(name, 'ours', 'fwd')] / x, 3)} | {pct} |")
     finish(lines, args.out)
 
 if __name__ == "__main__":

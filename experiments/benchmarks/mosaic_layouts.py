@@ -1,6 +1,8 @@
-"""The Mosaic GPU forward layouts that experiments/benchmarks/lightning_attention.py --mosaic-variants times side by
-side: spec strings joining bv32 / bv64 (value-column tile), lean (the shared-memory-lean layout), slots2 / slots3,
-or ws / ws3 (the warp-specialised kernel, gpu_mosaic_ws.py), e.g. "bv64,bv32lean,ws3"."""
+"""The Mosaic GPU forward layouts that experiments/benchmarks/lightning_attention.py --mosaic-variants (row after row)
+and lightning_vs_fla.py --mosaic-variants (in rounds) time side by side: spec strings joining bv32 / bv64 (value-column
+tile), lean (the shared-memory-lean layout), slots2 / slots3, vd / st / rq / rm (the step with less SMEM traffic: decay
+on V, the state transposed, Q in registers, the mask and row factors in registers), or ws / ws3 (the warp-specialised kernel,
+gpu_mosaic_ws.py), e.g. "bv64,bv32lean,vdrqrm,ws3"."""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ import re
 
 import jax
 
-_VARIANT_TOKEN = re.compile(r"bv(32|64)|slots([23])|lean|ws([23]?)")
+_VARIANT_TOKEN = re.compile(r"bv(32|64)|slots([23])|lean|ws([23]?)|(vd|st|rq|rm)")
+_FLAGS = {"vd": "vdecay", "st": "state_t", "rq": "q_regs", "rm": "m_regs"}
 
 
 def parse(text):
@@ -22,11 +25,13 @@ def parse(text):
             if m is None:
                 raise argparse.ArgumentTypeError(
                     f"bad mosaic variant {spec!r}: join bv32 / bv64, lean, slots2 / slots3 (e.g. bv32lean), "
-                    "or ws / ws3 (warp-specialised)")
+                    "vd / st / rq / rm, or ws / ws3 (warp-specialised)")
             if m.group(1):
                 kw["block_v"] = int(m.group(1))
             elif m.group(2):
                 kw["num_slots"] = int(m.group(2))
+            elif m.group(4):
+                kw[_FLAGS[m.group(4)]] = True
             elif m.group(3) is not None:
                 ws = True
                 kw["num_slots"] = int(m.group(3) or kw["num_slots"])
@@ -34,14 +39,24 @@ def parse(text):
                 kw["lean"] = True
             pos = m.end()
         if ws:  # gpu_mosaic_ws: block_v 64, no lean layout
-            if kw["block_v"] != 64 or kw["lean"]:
+            if kw["block_v"] != 64 or kw["lean"] or any(f in kw for f in _FLAGS.values()):
                 raise argparse.ArgumentTypeError(f"bad mosaic variant {spec!r}: ws takes only slots2 / slots3")
             variants.append((f"mosaic_gpu fwd ws slots{kw['num_slots']}", {"ws": True, "num_slots": kw["num_slots"]}))
             continue
         label = f"mosaic_gpu fwd bv{kw['block_v']}" + (" lean" if kw["lean"] else "")
         label += f" slots{kw['num_slots']}" if kw["num_slots"] != 2 else ""
+        label += "".join(f" {tok}" for tok, f in _FLAGS.items() if kw.get(f))
         variants.append((label, kw))
     return variants
+
+
+def plgpu_or_none():
+    """jax.experimental.pallas.mosaic_gpu, or None where this JAX has none."""
+    try:
+        from jax.experimental.pallas import mosaic_gpu
+    except ImportError:
+        return None
+    return mosaic_gpu
 
 
 def forward_fns(variants, *, interpret: bool):

@@ -49,8 +49,12 @@
 #          Stages 13-15's fwd+bwd rows of ours are grad-only too (their 'bwd' rows are fine).
 # Stage 18 (not run yet) one GPU: the backward with one program per head (b128 w8) on a 2-way sequence split vs the
 #          default (are sibling column tiles' duplicate loads the limit?), bwd alone and fwd+bwd
+# Stage 19 (session of 2026-12-01, fourth) one GPU: the Mosaic forward's step with less SMEM traffic per block (decay
+#          on V, Q and the mask in registers) checked, then in rounds next to the default layout and fla
+# Stage 20 one GPU: stage 19 with the transposed state (st) and the lean layouts with the mask in registers (two CTAs
+#          per SM at 107 KB)
 set -u -o pipefail
-STAGE=${1:?stage 1 to 18}
+STAGE=${1:?stage 1 to 20}
 TOTAL=${2:-540}
 FINAL=${OUT:-/tmp/out}; OUT=$FINAL/r; mkdir -p "$OUT"  # $OUT returns only a few files: all go into one tarball
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -223,6 +227,28 @@ case $STAGE in
   timeout "$(left 9999)" python3 experiments/benchmarks/lightning_attention.py --shapes B1T16K,B1T64K --skip-cudnn \
     --impls mosaic_gpu --bwd-variants "${BWD_VARIANTS:-default,b128w8,b128w8p2,b128w8s2p2,p2}" --budget-s 300 \
     --out "$OUT/lightning_bwd_onehead_h200.md" > "$OUT/lightning_bwd_onehead.log" 2>&1 ;;
+19)
+  # the Mosaic forward's step with less SMEM traffic (gpu_mosaic vdecay / q_regs / m_regs): checked against the fp32
+  # reference with every other layout, then timed in rounds next to our op (default layout) and fla; if a layout
+  # fails on the GPU, the rounds run again without the new ones
+  timeout "$(left 240)" python3 experiments/check_gpu_kernels.py --only forward --no-timing \
+    --out "$OUT/check_forward_smem_h200.md" > "$OUT/check_forward.log" 2>&1
+  V=${MOSAIC_VARIANTS:-bv64,vd,rq,rm,vdrqrm,vdrqrmslots3}
+  timeout "$(left 9999)" python3 experiments/benchmarks/lightning_vs_fla.py --rounds 20 \
+    --shapes B1T16K,B4T16K,B1T64K --mosaic-variants "$V" --out "$OUT/lightning_fwd_smem_rounds_h200.md" \
+    > "$OUT/lightning_fwd_smem_rounds.log" 2>&1 || \
+  timeout "$(left 9999)" python3 experiments/benchmarks/lightning_vs_fla.py --rounds 20 \
+    --shapes B1T16K,B4T16K,B1T64K --mosaic-variants bv64 --out "$OUT/lightning_fwd_smem_rounds_h200.md" \
+    > "$OUT/lightning_fwd_smem_rounds_retry.log" 2>&1 ;;
+20)
+  # stage 19 again with the transposed state (st: one N = dk wgmma for the update, its A operand (V * kdec)^T from
+  # registers) and the lean layouts with the mask in registers (lean rm: 107 KB of SMEM, two CTAs per SM)
+  timeout "$(left 200)" python3 experiments/check_gpu_kernels.py --only forward --no-timing \
+    --out "$OUT/check_forward_st_h200.md" > "$OUT/check_forward.log" 2>&1
+  V=${MOSAIC_VARIANTS:-bv64,vd,st,strm,strqrm,leanrm,stleanrm,stleanrqrm,stslots3rm}
+  timeout "$(left 9999)" python3 experiments/benchmarks/lightning_vs_fla.py --rounds 20 \
+    --shapes B1T16K,B4T16K,B1T64K --mosaic-variants "$V" --out "$OUT/lightning_fwd_st_rounds_h200.md" \
+    > "$OUT/lightning_fwd_st_rounds.log" 2>&1 ;;
 esac
 tar czf "$FINAL/results.tgz" -C "$OUT" . && rm -rf "$OUT"
 ls -la "$FINAL"

@@ -127,12 +127,13 @@ def _transforms(row_bytes, itemsize):
     return plgpu.TilingTransform((8, swizzle // itemsize)), plgpu.SwizzleTransform(swizzle)
 
 
-def _buffers(c, dk, block_v, num_slots, lean, p_in_smem):
+def _buffers(c, dk, block_v, num_slots, lean, p_in_smem, vdecay=False, state_t=False, m_regs=False):
     """The kernel's SMEM buffers, name -> (shape, dtype; None = the input dtype), and its barriers.
 
     Returns (permanent, main_loop, staging, barriers): ``permanent`` lives for the whole kernel, ``main_loop``
     in a ``pl.run_scoped`` around the block loop, ``staging`` (lean only) in ``pl.run_scoped`` calls before
-    and after it, so it reuses the main loop's bytes.
+    and after it, so it reuses the main loop's bytes (lean with m_regs: the decay mask too, read into
+    registers before the loop).
     """
     f32 = jnp.float32
     permanent = {
@@ -145,17 +146,22 @@ def _buffers(c, dk, block_v, num_slots, lean, p_in_smem):
         "q_smem": ((num_slots, c, dk), None),
         "k_smem": ((num_slots, c, dk), None),  # lean: K * decay overwrites the block's K after Q K^T
         "v_smem": ((num_slots, c, block_v), None),
-        "sb_smem": ((dk, block_v), None),  # state in bf16 (B of the inter-block product)
+        # state in bf16 (B of the inter-block product; state_t: S^T, read transposed)
+        "sb_smem": ((block_v, dk) if state_t else (dk, block_v), None),
         "o_smem": ((c, block_v), None),
     }
-    if not lean:
+    if vdecay or (state_t and p_in_smem):  # state_t on the GPU: (V * decay)^T in registers
+        main_loop["vw_smem"] = ((c, block_v), None)  # V * decay (B of the state update K^T Vw)
+    elif not lean and not state_t:
         main_loop["kw_smem"] = ((c, dk), None)  # K * decay (A^T of the state update)
     if p_in_smem:
         main_loop["p_smem"] = ((c, c), None)  # P (GPU interpret mode only)
-    staging = {"st_smem": ((dk, block_v), f32)}  # initial / final state
+    staging = {"st_smem": ((block_v, dk) if state_t else (dk, block_v), f32)}  # initial / final state
     if not lean:
         permanent.update(staging)
         staging = {}
+    elif m_regs:
+        staging["m_smem"] = permanent.pop("m_smem")
     barriers = {"q_bar": num_slots, "k_bar": num_slots, "v_bar": num_slots, "c_bar": 5}
     return permanent, main_loop, staging, barriers
 
@@ -178,9 +184,9 @@ def _smem_types(group, *, dtype, block_v):
     return types
 
 
-def _launch(body, scratch, args, *, block_v, interpret, **kernel_kw):
+def _launch(body, scratch, args, *, block_v, interpret, state_t=False, **kernel_kw):
     """Run ``body`` over the grid (dv / block_v, heads, batch) on args = (q, k, v, tables..., s0): outputs
-    (o [B, T, H, dv] in q's dtype, final state [B, H, dk, dv] fp32)."""
+    (o [B, T, H, dv] in q's dtype, final state [B, H, dk, dv] fp32; state_t: [B, H, dv, dk])."""
     q, v = args[0], args[2]
     b, t, h, dk = q.shape
     dv = v.shape[-1]
@@ -188,7 +194,8 @@ def _launch(body, scratch, args, *, block_v, interpret, **kernel_kw):
         kernel_kw["interpret"] = plgpu.InterpretGPUParams()
     return plgpu.kernel(
         body,
-        out_type=(jax.ShapeDtypeStruct((b, t, h, dv), q.dtype), jax.ShapeDtypeStruct((b, h, dk, dv), jnp.float32)),
+        out_type=(jax.ShapeDtypeStruct((b, t, h, dv), q.dtype),
+                  jax.ShapeDtypeStruct((b, h, dv, dk) if state_t else (b, h, dk, dv), jnp.float32)),
         scratch_types=scratch,
         grid=(dv // block_v, h, b),
         grid_names=("v", "h", "b"),
@@ -220,14 +227,16 @@ def with_tail(run, q, k, v, decay, initial_state, c):
     return o, state
 
 
-def smem_bytes(dk, block_v=BLOCK_V, num_slots=2, lean=False, *, p_in_smem=False, c=64, itemsize=2):
+def smem_bytes(dk, block_v=BLOCK_V, num_slots=2, lean=False, *, p_in_smem=False, c=64, itemsize=2, vdecay=False,
+               state_t=False, m_regs=False):
     """Dynamic SMEM bytes per CTA of the kernel (buffers as allocated by Mosaic GPU, barriers included).
 
     Mosaic GPU starts every SMEM buffer on a 1024-byte boundary; sibling ``pl.run_scoped`` scopes share
     their bytes (the larger one counts); each mbarrier takes 8 bytes. Two CTAs per SM on an H100 / H200
     need <= 113 KB (228 KB per SM, 1 KB of it reserved per CTA).
     """
-    permanent, main_loop, staging, barriers = _buffers(c, dk, block_v, num_slots, lean, p_in_smem)
+    permanent, main_loop, staging, barriers = _buffers(c, dk, block_v, num_slots, lean, p_in_smem, vdecay, state_t,
+                                                       m_regs)
 
     def size(group):
         total = 0
@@ -236,11 +245,14 @@ def smem_bytes(dk, block_v=BLOCK_V, num_slots=2, lean=False, *, p_in_smem=False,
             total += -(-nbytes // 1024) * 1024
         return total
 
-    return size(permanent) + max(size(main_loop), size(staging)) + 8 * sum(barriers.values())
+    # lean + m_regs: the mask and the state are staged in sibling scopes (each alone, not together)
+    stage = max(size({n: b for n, b in staging.items() if n != "m_smem"}), size({n: b for n, b in staging.items()
+                                                                                 if n == "m_smem"}))
+    return size(permanent) + max(size(main_loop), stage) + 8 * sum(barriers.values())
 
 
 def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, interpret, p_in_smem=None,
-                 num_slots=2, fused=False, lean=False):
+                 num_slots=2, fused=False, lean=False, vdecay=False, q_regs=False, m_regs=False, state_t=False):
     t, dk = q.shape[1], q.shape[3]
     nblk = t // c
     dtype = q.dtype
@@ -250,14 +262,19 @@ def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, i
     # P = (Q K^T) * M is the A operand of the intra-block product: from registers on the GPU (no SMEM
     # round trip), from SMEM in interpret mode (which takes wgmma operands from SMEM only).
     p_in_smem = bool(interpret) if p_in_smem is None else bool(p_in_smem)
-    permanent, main_loop, staging, barriers = _buffers(c, dk, block_v, num_slots, lean, p_in_smem)
+    # Q as a register A operand: on the GPU only (interpret mode takes wgmma operands from SMEM, as for P).
+    q_regs = bool(q_regs) and not p_in_smem
+    permanent, main_loop, staging, barriers = _buffers(c, dk, block_v, num_slots, lean, p_in_smem, vdecay, state_t,
+                                                       m_regs)
+    mask_staging = {"m_smem": staging.pop("m_smem")} if "m_smem" in staging else None
+    col_layout = plgpu.Layout.WGMMA.reduce(0)
     # The two SMEM operands of a wgmma must share one swizzle, and v / sb_smem have rows of block_v
     # elements (64 bytes at block_v = 32), so every 16-bit buffer uses that row width's swizzle; the fp32
     # ones (mask, state staging) are never wgmma operands and use their own rows' (128 bytes or more).
     smem_types = functools.partial(_smem_types, dtype=dtype, block_v=block_v)
 
     def body(q_ref, k_ref, v_ref, m_ref, qd_ref, kd_ref, bd_ref, s0_ref, o_ref, sf_ref, *,
-             m_smem, qd_smem, kd_smem, bd_smem, q_bar, k_bar, v_bar, c_bar, st_smem=None):
+             qd_smem, kd_smem, bd_smem, q_bar, k_bar, v_bar, c_bar, m_smem=None, st_smem=None):
         iv = lax.axis_index("v")
         hh = lax.axis_index("h")
         bb = lax.axis_index("b")
@@ -270,7 +287,8 @@ def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, i
             return fn(st_smem=st_smem)
 
         def fetch_initial_state(st_smem):
-            plgpu.copy_gmem_to_smem(s0_ref.at[bb, hh, :, pl.ds(v0, block_v)], st_smem, c_bar.at[4])
+            src = s0_ref.at[bb, hh, pl.ds(v0, block_v), :] if state_t else s0_ref.at[bb, hh, :, pl.ds(v0, block_v)]
+            plgpu.copy_gmem_to_smem(src, st_smem, c_bar.at[4])
 
         def read_initial_state(st_smem):
             plgpu.barrier_wait(c_bar.at[4])
@@ -282,7 +300,19 @@ def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, i
             fetch_initial_state(st_smem)
             return read_initial_state(st_smem)
 
-        plgpu.copy_gmem_to_smem(m_ref.at[hh], m_smem, c_bar.at[0])
+        m_pre = None
+        if mask_staging is not None:  # lean + m_regs: the mask goes to registers through scoped SMEM, first
+
+            def fetch_and_read_mask(m_smem):
+                plgpu.copy_gmem_to_smem(m_ref.at[hh], m_smem, c_bar.at[0])
+                plgpu.barrier_wait(c_bar.at[0])
+                m = _load(m_smem, wgmma_layout)
+                plgpu.commit_smem()  # every thread has read m_smem before its bytes are reused
+                return m
+
+            m_pre = pl.run_scoped(fetch_and_read_mask, **smem_types(mask_staging))
+        else:
+            plgpu.copy_gmem_to_smem(m_ref.at[hh], m_smem, c_bar.at[0])
         plgpu.copy_gmem_to_smem(qd_ref.at[hh], qd_smem, c_bar.at[1])
         plgpu.copy_gmem_to_smem(kd_ref.at[hh], kd_smem, c_bar.at[2])
         plgpu.copy_gmem_to_smem(bd_ref.at[hh], bd_smem, c_bar.at[3])
@@ -292,7 +322,7 @@ def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, i
         elif has_init:
             fetch_initial_state(st_smem)  # read below, overlapping the first block loads
 
-        def main(*, q_smem, k_smem, v_smem, sb_smem, o_smem, kw_smem=None, p_smem=None):
+        def main(*, q_smem, k_smem, v_smem, sb_smem, o_smem, kw_smem=None, vw_smem=None, p_smem=None):
             def issue(j, slot):
                 rows = pl.ds(j * c, c)
                 plgpu.copy_gmem_to_smem(q_ref.at[bb, rows, hh], q_smem.at[slot], q_bar.at[slot])
@@ -302,14 +332,14 @@ def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, i
 
             for i in range(min(num_slots - 1, nblk)):
                 issue(i, i)
-            for i in range(4):
+            for i in range(0 if m_pre is None else 1, 4):  # c_bar[0] (the mask) was waited for above
                 plgpu.barrier_wait(c_bar.at[i])
             if s_lean_init is not None:
                 s_init = s_lean_init
             elif has_init:
                 s_init = read_initial_state(st_smem)
             else:
-                s_init = plgpu.layout_cast(jnp.zeros((dk, block_v), f32), wgmma_layout)
+                s_init = plgpu.layout_cast(jnp.zeros((block_v, dk) if state_t else (dk, block_v), f32), wgmma_layout)
             sb_smem[...] = s_init.astype(dtype)
             plgpu.commit_smem()
 
@@ -338,9 +368,10 @@ def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, i
                 plgpu.commit_smem()
                 return kw
 
-            def masked_scores(a):
-                """P = the decayed causal mask times the scores, in the input dtype, as a wgmma operand."""
-                p = (a * _load(m_smem, wgmma_layout)).astype(dtype)
+            def masked_scores(a, m=None):
+                """P = the decayed causal mask (``m``: held in registers, else read from SMEM) times the scores,
+                in the input dtype, as a wgmma operand."""
+                p = (a * (_load(m_smem, wgmma_layout) if m is None else m)).astype(dtype)
                 if p_in_smem:  # GPU interpret mode takes wgmma operands from SMEM only
                     p_smem[...] = p
                     plgpu.commit_smem()
@@ -413,6 +444,78 @@ def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, i
                 store_output(j, o)
                 return s
 
+            def load_bd():
+                """e^{-sC} per row of the state (state_t: of S^T; one value per head, so its first block_v)."""
+                return _load(bd_smem.at[pl.ds(0, block_v)] if state_t else bd_smem, row_layout)
+
+            def step_lean_smem(j, carry):
+                # Same products as ``step``, with less SMEM traffic per block (each flag on its own):
+                #  * vdecay: the in-block decay of the state update goes on V's rows, S += K^T (V * kdec): a
+                #    [C, block_v] scale and store instead of [C, dk], and the update reads k from its slot;
+                #  * q_regs: Q is read from SMEM once into registers and is the A operand of Q K^T and Q S;
+                #  * m_regs: the decay mask and row factors are read once per CTA and carried in registers;
+                #  * state_t: the state is kept transposed, S^T [block_v, dk] += (V * kdec)^T K, one wgmma of
+                #    N = dk (rather than two of M = 64 that each read V), whose A operand (V * kdec)^T comes from
+                #    registers on the GPU (v's slot read transposed; interpret mode: through vw_smem); Q S reads the
+                #    bf16 S^T transposed. e^{-sC} is one value per head, so the row factor applies to S^T as well.
+                # Elementwise work is issued while a product runs: V * kdec under P V, the O epilogue and its
+                # store under the state update.
+                s, tables = carry
+                qs, ks, vs = await_block(j)
+                qa = _load(qs, wgmma_layout) if q_regs else qs
+                m, qd, kd, bd = tables if m_regs else (None, _load(qd_smem, row_layout), _load(kd_smem, row_layout),
+                                                       load_bd())
+
+                def scores_and_inter(a_ref, oi_ref):
+                    plgpu.wgmma(a_ref, qa, _t(ks))
+                    plgpu.wgmma(oi_ref, qa, _t(sb_smem) if state_t else sb_smem)
+                    return a_ref[...], oi_ref[...]
+
+                a, oi = pl.run_scoped(scores_and_inter, plgpu.ACC((c, c), f32), plgpu.ACC((c, block_v), f32))
+                p = masked_scores(a, m)
+
+                def intra(acc_ref):
+                    plgpu.wgmma(acc_ref, p, vs)
+                    if state_t and not p_in_smem:  # (V * kdec)^T [block_v, C] in registers, returned
+                        vv = _load(_t(vs), wgmma_layout).astype(f32)
+                        vt = (vv * lax.broadcast_in_dim(_load(kd_smem, col_layout), (block_v, c), [1])).astype(dtype)
+                        return acc_ref[...], vt
+                    if vdecay or state_t:
+                        vv = _load(vs, wgmma_layout).astype(f32)
+                        vw_smem[...] = (vv * lax.broadcast_in_dim(kd, (c, block_v), [0])).astype(dtype)
+                        plgpu.commit_smem()
+                    return acc_ref[...], None
+
+                o, vt = pl.run_scoped(intra, plgpu.ACC((c, block_v), f32))
+                o = o + oi * lax.broadcast_in_dim(qd, (c, block_v), [0])
+                if state_t:
+                    a_upd, b_upd = (_t(vw_smem) if vt is None else vt), ks
+                elif vdecay:
+                    a_upd, b_upd = _t(ks), vw_smem
+                else:
+                    kw = kw_smem if not lean else ks
+                    kk = _load(ks, wgmma_layout).astype(f32)
+                    kw[...] = (kk * lax.broadcast_in_dim(kd, (c, dk), [0])).astype(dtype)
+                    plgpu.commit_smem()
+                    a_upd, b_upd = _t(kw), vs
+
+                def update(acc_ref):
+                    plgpu.wgmma(acc_ref, a_upd, b_upd)
+                    store_output(j, o)  # overlaps the product
+                    return acc_ref[...]
+
+                s_shape = (block_v, dk) if state_t else (dk, block_v)
+                s = s * lax.broadcast_in_dim(bd, s_shape, [0]) + pl.run_scoped(update, plgpu.ACC(s_shape, f32))
+                sb_smem[...] = s.astype(dtype)
+                plgpu.commit_smem()  # the next block's Q S reads it
+                return s, tables
+
+            if vdecay or q_regs or m_regs or state_t:
+                tables = ()
+                if m_regs:
+                    tables = (_load(m_smem, wgmma_layout) if m_pre is None else m_pre, _load(qd_smem, row_layout),
+                              _load(kd_smem, row_layout), load_bd())
+                return lax.fori_loop(0, nblk, step_lean_smem, (s_init, tables))[0]
             return lax.fori_loop(0, nblk, step_fused if fused else step, s_init)
 
         s = pl.run_scoped(main, **smem_types(main_loop))
@@ -423,13 +526,19 @@ def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, i
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)
             st_smem[...] = s
             plgpu.commit_smem()
-            plgpu.copy_smem_to_gmem(st_smem, sf_ref.at[bb, hh, :, pl.ds(v0, block_v)])
+            dst = sf_ref.at[bb, hh, pl.ds(v0, block_v), :] if state_t else sf_ref.at[bb, hh, :, pl.ds(v0, block_v)]
+            plgpu.copy_smem_to_gmem(st_smem, dst)
             plgpu.wait_smem_to_gmem(0)
 
         with_state_buffer(store_final_state)
 
     scratch = smem_types(permanent)
     scratch.update({name: plgpu.Barrier(num_barriers=n) for name, n in barriers.items()})
+    if state_t:
+        s0 = jnp.swapaxes(s0, -1, -2)  # [B, H, dv, dk] (an [1, 1, dk, dv] placeholder without an initial state)
+        o, sf = _launch(body, scratch, (q, k, v, mask, qdec, kdec, bdec, s0), block_v=block_v, interpret=interpret,
+                        state_t=True)
+        return o, jnp.swapaxes(sf, -1, -2)
     return _launch(body, scratch, (q, k, v, mask, qdec, kdec, bdec, s0), block_v=block_v, interpret=interpret)
 
 
@@ -455,16 +564,18 @@ def check_supported(q, k, v, decay, initial_state=None, block_size=64):
 
 
 @functools.partial(
-    jax.jit, static_argnames=("block_size", "interpret", "p_in_smem", "num_slots", "fused", "block_v", "lean")
+    jax.jit, static_argnames=("block_size", "interpret", "p_in_smem", "num_slots", "fused", "block_v", "lean",
+                              "vdecay", "q_regs", "m_regs", "state_t")
 )
 def lightning_attention_fwd(
     q, k, v, decay, *, initial_state=None, block_size=64, interpret=False, p_in_smem=None, num_slots=2,
-    fused=False, block_v=BLOCK_V, lean=False,
+    fused=False, block_v=BLOCK_V, lean=False, vdecay=False, q_regs=False, m_regs=False, state_t=False,
 ):
     """Forward of lightning attention. q, k [B,T,H,dk], v [B,T,H,dv] bf16/f16; decay [H].
 
     Returns (o [B,T,H,dv] in q.dtype, final state [B,H,dk,dv] fp32). See the module docstring; ``block_v``
-    (32 or 64) is the value-column tile of one CTA, ``lean`` the SMEM-saving layout (``smem_bytes``).
+    (32 or 64) is the value-column tile of one CTA, ``lean`` the SMEM-saving layout (``smem_bytes``);
+    ``vdecay`` / ``q_regs`` / ``m_regs`` the step with less SMEM traffic per block (module docstring).
     """
     check_supported(q, k, v, decay, initial_state, block_size)
     if int(num_slots) not in (2, 3):  # 4 slots: 251 KB of SMEM (smem_bytes) > 227 KB on H100/H200
@@ -475,9 +586,15 @@ def lightning_attention_fwd(
         raise ValueError(f"lean must be a bool, got {lean!r}")
     if lean and fused:
         raise ValueError("lean=True needs fused=False (the fused step writes K * decay before Q K^T), got fused=True")
+    for name, flag in (("vdecay", vdecay), ("q_regs", q_regs), ("m_regs", m_regs), ("state_t", state_t)):
+        if flag not in (False, True):
+            raise ValueError(f"{name} must be a bool, got {flag!r}")
+        if flag and fused:
+            raise ValueError(f"{name}=True needs fused=False (a step of its own), got fused=True")
     c = int(block_size)
     run = functools.partial(_kernel_call, c=c, block_v=int(block_v), interpret=interpret, p_in_smem=p_in_smem,
-                            num_slots=int(num_slots), fused=bool(fused), lean=bool(lean))
+                            num_slots=int(num_slots), fused=bool(fused), lean=bool(lean), vdecay=bool(vdecay),
+                            q_regs=bool(q_regs), m_regs=bool(m_regs), state_t=bool(state_t))
     return with_tail(run, q, k, v, decay, initial_state, c)
 
 
