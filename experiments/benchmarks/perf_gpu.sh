@@ -53,8 +53,10 @@
 #          on V, Q and the mask in registers) checked, then in rounds next to the default layout and fla
 # Stage 20 one GPU: stage 19 with the transposed state (st) and the lean layouts with the mask in registers (two CTAs
 #          per SM at 107 KB)
+# Stage 21 one GPU: the ops adapters on gpu_mosaic.auto_layout, checked (op, qkv, auto), then issue 14's targets in
+#          rounds at B1/B2/B4 T16K and B1 T64K with the plain, 3-slot and lean layouts beside them
 set -u -o pipefail
-STAGE=${1:?stage 1 to 20}
+STAGE=${1:?stage 1 to 21}
 TOTAL=${2:-540}
 FINAL=${OUT:-/tmp/out}; OUT=$FINAL/r; mkdir -p "$OUT"  # $OUT returns only a few files: all go into one tarball
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -249,6 +251,14 @@ case $STAGE in
   timeout "$(left 9999)" python3 experiments/benchmarks/lightning_vs_fla.py --rounds 20 \
     --shapes B1T16K,B4T16K,B1T64K --mosaic-variants "$V" --out "$OUT/lightning_fwd_st_rounds_h200.md" \
     > "$OUT/lightning_fwd_st_rounds.log" 2>&1 ;;
+21)
+  # the ops adapters on gpu_mosaic.auto_layout (transposed state, mask in registers; 3 slots for one wave, lean for
+  # more): the op / qkv / auto checks, then issue 14's targets in rounds with the candidate layouts beside them
+  timeout "$(left 230)" python3 experiments/check_gpu_kernels.py --only op,qkv,auto --no-timing \
+    --out "$OUT/check_op_qkv_auto_layout_h200.md" > "$OUT/check_op_qkv_auto.log" 2>&1
+  timeout "$(left 9999)" python3 experiments/benchmarks/lightning_vs_fla.py --rounds 30 \
+    --shapes B1T16K,B2T16K,B4T16K,B1T64K --mosaic-variants "${MOSAIC_VARIANTS:-bv64,slots3strm,leanstrm}" \
+    --out "$OUT/lightning_vs_fla_rounds_auto_layout_h200.md" > "$OUT/lightning_vs_fla_rounds.log" 2>&1 ;;
 esac
 tar czf "$FINAL/results.tgz" -C "$OUT" . && rm -rf "$OUT"
 ls -la "$FINAL"

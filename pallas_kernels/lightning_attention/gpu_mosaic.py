@@ -587,7 +587,7 @@ def lightning_attention_fwd(
     if lean and fused:
         raise ValueError("lean=True needs fused=False (the fused step writes K * decay before Q K^T), got fused=True")
     for name, flag in (("vdecay", vdecay), ("q_regs", q_regs), ("m_regs", m_regs), ("state_t", state_t)):
-        if flag not in (False, True):
+        if not isinstance(flag, bool):
             raise ValueError(f"{name} must be a bool, got {flag!r}")
         if flag and fused:
             raise ValueError(f"{name}=True needs fused=False (a step of its own), got fused=True")
@@ -615,9 +615,27 @@ def unsupported_reason(q, k, v, decay, initial_state=None, segment_ids=None):
     return None
 
 
+def auto_layout(b: int, h: int, dv: int, num_sms: int | None = None) -> dict:
+    """The forward layout the ops adapters run: lightning_attention_fwd keyword arguments for a launch of
+    b * h * dv / 64 CTAs. The transposed state and the mask in registers always (state_t, m_regs: 1.16-1.22x
+    the plain step); then by launch size, as the backward's stages (gpu_triton_config): at most one CTA per SM
+    (one wave) takes 3 slots (a deeper prefetch for the CTA alone on its SM), more takes the lean layout
+    (107 KB of SMEM: two CTAs per SM hide each other's latency). Measured in interleaved rounds on an H200,
+    experiments/results/lightning_fwd_st_rounds_h200.md: B1 T16K 0.374 (3 slots) / 0.383 (lean) ms, B1 T64K
+    1.295 / 1.360, B4 T16K 1.649 / 1.618."""
+    from pallas_kernels.lightning_attention import split
+
+    ctas = b * h * (dv // BLOCK_V)
+    one_wave = ctas <= (split.num_sms() if num_sms is None else num_sms)
+    layout = {"state_t": True, "m_regs": True}
+    layout.update({"num_slots": 3} if one_wave else {"lean": True})
+    return layout
+
+
 def _forward(q, k, v, decay, initial_state, segment_ids, *, interpret):
     del segment_ids  # always None here (unsupported_reason)
-    return lightning_attention_fwd(q, k, v, decay, initial_state=initial_state, interpret=interpret)
+    return lightning_attention_fwd(q, k, v, decay, initial_state=initial_state, interpret=interpret,
+                                   **auto_layout(q.shape[0], q.shape[2], v.shape[-1]))
 
 
 @functools.partial(jax.jit, static_argnames=("block_size", "interpret"))
@@ -661,11 +679,12 @@ def lightning_attention_qkv(qkv, decay, *, initial_state=None, segment_ids=None,
     def fwd(qkv, decay, initial_state, segment_ids):
         del segment_ids  # None here
         return lightning_attention_fwd(qkv[..., :d], qkv[..., d: 2 * d], qkv[..., 2 * d:], decay,
-                                       initial_state=initial_state, interpret=interpret)
+                                       initial_state=initial_state, interpret=interpret,
+                                       **auto_layout(qkv.shape[0], qkv.shape[2], d))
 
     params = gpu_triton.TritonParams.make(block_size=block_size, interpret=interpret)
     return gpu_triton_qkv.qkv_with_backward(fwd, params, seq_split)(qkv, decay, initial_state, None)
 
 
 __all__ = ["lightning_attention_fwd", "lightning_attention", "lightning_attention_qkv", "check_supported",
-           "unsupported_reason"]
+           "unsupported_reason", "auto_layout"]

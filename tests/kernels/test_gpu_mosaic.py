@@ -223,12 +223,59 @@ def test_lean_three_slots_forward_interpret(rng):
     assert _rel_err(o, o_ref) < 2e-2 and _rel_err(st, st_ref) < 2e-2
 
 
+# ------------------------------------------- the step with less SMEM traffic (vdecay / state_t / q_regs / m_regs)
+
+STEP_FLAGS = [
+    {"vdecay": True},
+    {"state_t": True, "m_regs": True, "num_slots": 3},  # auto_layout's one-wave layout
+    {"state_t": True, "m_regs": True, "lean": True},  # auto_layout's layout for more CTAs than SMs
+    {"lean": True, "m_regs": True, "q_regs": True},  # Kw in the k slot, the mask staged through scoped SMEM
+]
+
+
+@needs_gpu_interpret
+@pytest.mark.parametrize("kwargs", STEP_FLAGS, ids=lambda kw: "-".join(sorted(kw)))
+@pytest.mark.parametrize("dk,init", [(128, True), (64, False)])
+def test_smem_lean_step_forward_interpret(rng, kwargs, dk, init):
+    """The step variants against the fp32 reference: three whole blocks (the 3-slot ring wraps) + a 37-token tail,
+    dv = 128 (two value tiles), with and without an initial state (the transposed state's load / store). q_regs
+    takes Q from SMEM in interpret mode, and state_t's (V * decay)^T goes through SMEM there: the GPU's register
+    operands are checked by check_gpu_kernels.py and by test_lowers_for_hopper."""
+    from pallas_kernels.lightning_attention import gpu_mosaic
+
+    q, k, v, s0 = _inputs(rng, 1, 3 * 64 + 37, dk, 128)
+    s0 = s0 if init else None
+    o, st = gpu_mosaic.lightning_attention_fwd(q, k, v, DECAY, initial_state=s0, interpret=True, **kwargs)
+    o_ref, st_ref = jax.jit(reference.quadratic)(*_f32(q, k, v), DECAY, initial_state=s0)
+    assert o.dtype == jnp.bfloat16 and o.shape == o_ref.shape and st.shape == st_ref.shape
+    # the same bf16 operands as the plain step (V * decay instead of K * decay): test_forward_interpret's tolerance
+    assert _rel_err(o, o_ref) < 2e-2 and _rel_err(st, st_ref) < 2e-2
+
+
+@pytest.mark.parametrize(
+    "b,h,dv,want",
+    [
+        (1, 64, 128, {"state_t": True, "m_regs": True, "num_slots": 3}),  # 128 CTAs on 132 SMs: one wave
+        (1, 66, 128, {"state_t": True, "m_regs": True, "num_slots": 3}),  # 132: still one
+        (1, 67, 128, {"state_t": True, "m_regs": True, "lean": True}),  # 134: two waves unless two per SM
+        (4, 64, 128, {"state_t": True, "m_regs": True, "lean": True}),
+    ],
+)
+def test_auto_layout(b, h, dv, want):
+    from pallas_kernels.lightning_attention import gpu_mosaic
+
+    assert gpu_mosaic.auto_layout(b, h, dv, num_sms=132) == want
+    assert gpu_mosaic.smem_bytes(128, 64, 2, True, state_t=True, m_regs=True) <= TWO_CTAS_PER_SM
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
         ({"block_v": 48}, "block_v must be 32 or 64, got 48"),
         ({"lean": "yes"}, "lean must be a bool, got 'yes'"),
         ({"lean": True, "fused": True}, "lean=True needs fused=False"),
+        ({"state_t": 1}, "state_t must be a bool, got 1"),
+        ({"m_regs": True, "fused": True}, "m_regs=True needs fused=False"),
     ],
 )
 def test_block_v_lean_validation(kwargs, match):
@@ -248,15 +295,22 @@ def test_smem_bytes():
     assert gpu_mosaic.smem_bytes(128) == sizes[64, False] == 175192  # ~171 KB: one CTA per SM
     assert sizes[32, True] < sizes[64, True] < sizes[64, False] and sizes[32, True] < sizes[32, False], sizes
     assert gpu_mosaic.smem_bytes(128, 64, 3, False) <= 227 * 1024 < gpu_mosaic.smem_bytes(128, 64, 4, False)
+    # the transposed state needs no K * decay buffer; lean + the mask in registers stages the mask with the state
+    assert gpu_mosaic.smem_bytes(128, state_t=True) == 175192 - 16 * 1024
+    lean_st = gpu_mosaic.smem_bytes(128, 64, 2, True, state_t=True, m_regs=True)
+    assert lean_st == sizes[64, True] - 16 * 1024 <= TWO_CTAS_PER_SM  # 107 KB: two CTAs per SM at block_v = 64
+    assert gpu_mosaic.smem_bytes(128, 64, 2, True, vdecay=True, m_regs=True) > TWO_CTAS_PER_SM  # + V * decay
 
 
 @needs_gpu_interpret
 @pytest.mark.parametrize(
-    "block_v,lean,num_slots,fused",
-    [(64, False, 2, False), (32, False, 2, False), (64, True, 2, False), (32, True, 2, False), (32, True, 3, False),
-     (32, False, 2, True)],
+    "block_v,lean,num_slots,fused,flags",
+    [(64, False, 2, False, {}), (32, False, 2, False, {}), (64, True, 2, False, {}), (32, True, 2, False, {}),
+     (32, True, 3, False, {}), (32, False, 2, True, {}), (64, False, 2, False, {"vdecay": True, "q_regs": True}),
+     (64, False, 3, False, {"state_t": True, "m_regs": True}), (64, True, 2, False, {"state_t": True, "m_regs": True}),
+     (64, True, 2, False, {"m_regs": True, "q_regs": True})],
 )
-def test_lowers_for_hopper(monkeypatch, block_v, lean, num_slots, fused):
+def test_lowers_for_hopper(monkeypatch, block_v, lean, num_slots, fused, flags):
     """Exports the forward for CUDA on the CPU: Mosaic GPU's Python passes (layout and transform inference,
     wgmma / TMA lowering; sm_90 assumed) accept the kernel, and its dynamic SMEM is ``smem_bytes``. (The
     PTX compile happens only on a GPU.)"""
@@ -274,10 +328,11 @@ def test_lowers_for_hopper(monkeypatch, block_v, lean, num_slots, fused):
 
     def fwd(q, k, v, decay, s0):
         return gpu_mosaic.lightning_attention_fwd(q, k, v, decay, initial_state=s0, block_v=block_v, lean=lean,
-                                                  num_slots=num_slots, fused=fused)
+                                                  num_slots=num_slots, fused=fused, **flags)
 
     jax.export.export(jax.jit(fwd), platforms=["cuda"])(
         x, x, x, jax.ShapeDtypeStruct((h,), jnp.float32), jax.ShapeDtypeStruct((b, h, d, d), jnp.float32)
     )
     if patched:
-        assert sizes == [gpu_mosaic.smem_bytes(d, block_v, num_slots, lean)]
+        assert sizes == [gpu_mosaic.smem_bytes(d, block_v, num_slots, lean, vdecay=flags.get("vdecay", False),
+                                               state_t=flags.get("state_t", False), m_regs=flags.get("m_regs", False))]
