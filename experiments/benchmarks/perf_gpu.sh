@@ -55,8 +55,9 @@
 #          per SM at 107 KB)
 # Stage 21 one GPU: the ops adapters on gpu_mosaic.auto_layout, checked (op, qkv, auto), then issue 14's targets in
 #          rounds at B1/B2/B4 T16K and B1 T64K with the plain, 3-slot and lean layouts beside them
+# Stage 22 one GPU: the lean layout at B2 / B3 / B4 T16K with the SM clock sampled, then stage 18 at B1 T16K only
 set -u -o pipefail
-STAGE=${1:?stage 1 to 21}
+STAGE=${1:?stage 1 to 22}
 TOTAL=${2:-540}
 FINAL=${OUT:-/tmp/out}; OUT=$FINAL/r; mkdir -p "$OUT"  # $OUT returns only a few files: all go into one tarball
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -259,6 +260,19 @@ case $STAGE in
   timeout "$(left 9999)" python3 experiments/benchmarks/lightning_vs_fla.py --rounds 30 \
     --shapes B1T16K,B2T16K,B4T16K,B1T64K --mosaic-variants "${MOSAIC_VARIANTS:-bv64,slots3strm,leanstrm}" \
     --out "$OUT/lightning_vs_fla_rounds_auto_layout_h200.md" > "$OUT/lightning_vs_fla_rounds.log" 2>&1 ;;
+22)
+  # why the lean layout (two CTAs per SM) gains 1.45x at B2 T16K (256 CTAs) and 1.0x at B4 (512): B2 / B3 / B4 in
+  # rounds with SM clock, power and temperature sampled beside them; then stage 18's backward hypothesis at B1 T16K
+  nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_throttle_reasons.active \
+    --format=csv -lms 100 > "$OUT/nvidia_smi_clocks.csv" 2>&1 &
+  SMI=$!
+  timeout "$(left 230)" python3 experiments/benchmarks/lightning_vs_fla.py --rounds 12 \
+    --shapes B2T16K,B3T16K,B4T16K --mosaic-variants "${MOSAIC_VARIANTS:-slots3strm,leanstrm}" \
+    --out "$OUT/lightning_lean_waves_h200.md" > "$OUT/lightning_lean_waves.log" 2>&1
+  kill $SMI
+  timeout "$(left 9999)" python3 experiments/benchmarks/lightning_attention.py --shapes B1T16K --skip-cudnn \
+    --impls mosaic_gpu --bwd-variants "${BWD_VARIANTS:-default,b128w8,b128w8p2,p2}" --budget-s 200 \
+    --out "$OUT/lightning_bwd_onehead_h200.md" > "$OUT/lightning_bwd_onehead.log" 2>&1 ;;
 esac
 tar czf "$FINAL/results.tgz" -C "$OUT" . && rm -rf "$OUT"
 ls -la "$FINAL"
