@@ -77,6 +77,8 @@ MOSAIC_VARIANTS = [
     ("mosaic_gpu st rq rm", {"state_t": True, "q_regs": True, "m_regs": True}),
     ("mosaic_gpu st lean rm", {"state_t": True, "lean": True, "m_regs": True}),
     ("mosaic_gpu st lean rq rm", {"state_t": True, "lean": True, "q_regs": True, "m_regs": True}),
+    ("mosaic_gpu st lean rm persistent", {"state_t": True, "lean": True, "m_regs": True, "persistent": True}),
+    ("mosaic_gpu st rm slots=3 persistent", {"state_t": True, "m_regs": True, "num_slots": 3, "persistent": True}),
 ]
 
 
@@ -124,6 +126,7 @@ def fwd_cases(interpret, quick=False):
         (2, 1000, 4, 128, 128, "random", True),  # 1000 = 15 * 64 + 40: tail
         (1, 2048, 8, 128, 128, "extreme", True),
         (1, 16384, 16, 128, 128, "minimax", False),
+        (4, 2048, 64, 128, 128, "minimax", True),  # 512 CTAs: more than fit at once (persistent: 2 items per CTA)
     ]
 
 
@@ -135,11 +138,13 @@ def check_forward(args):
             q, k, v, d, initial_state=s, interpret=args.interpret)))
         if not args.interpret:
             for label, kw in MOSAIC_VARIANTS[1:]:
+                if args.variants and not any(f in label for f in args.variants.split(",")):
+                    continue
                 impls.append((label, lambda q, k, v, d, s, kw=kw: gpu_mosaic.lightning_attention_fwd(
                     q, k, v, d, initial_state=s, **kw)))
             from pallas_kernels.lightning_attention import gpu_mosaic_ws  # warp-specialised (3 warpgroups)
 
-            for slots in (2, 3):
+            for slots in (2, 3) if not args.variants else ():
                 impls.append((f"mosaic_gpu ws slots={slots}", lambda q, k, v, d, s, n=slots:
                               gpu_mosaic_ws.lightning_attention_fwd_ws(q, k, v, d, initial_state=s, num_slots=n)))
     else:
@@ -152,14 +157,16 @@ def check_forward(args):
     else:
         print(f"  gpu_triton not importable (skipped): {_TRITON_ERR}")
     key = jax.random.PRNGKey(0)
-    for i, (b, t, h, dk, dv, dk_kind, init) in enumerate(fwd_cases(args.interpret, args.quick)):
+    cases = fwd_cases(args.interpret, args.quick)
+    for i, (b, t, h, dk, dv, dk_kind, init) in enumerate(cases):
         q, k, v, decay, s0 = make_inputs(
             jax.random.fold_in(key, i), b, t, h, dk, dv, jnp.bfloat16, dk_kind, init
         )
         ro, rs = ref_fwd(q, k, v, decay, s0)
         shape = f"B{b} T{t} H{h} D{dk}/{dv} {dk_kind[:4]}{' s0' if init else ''}"
         for name, fn in impls:
-            if name != "mosaic_gpu" and i not in (0, 1, 2):  # variants on the first cases only
+            # variants on the first cases only, and the last (more CTAs than fit at once)
+            if name != "mosaic_gpu" and i not in (0, 1, 2, len(cases) - 1):
                 continue
 
             def run(name=name, fn=fn, q=q, k=k, v=v, decay=decay, s0=s0, shape=shape, ro=ro, rs=rs):
@@ -490,6 +497,8 @@ def main():
     ap.add_argument("--no-timing", action="store_true")
     ap.add_argument("--quick", action="store_true", help="fewer correctness shapes")
     ap.add_argument("--out", default=None, help="write the markdown summary here")
+    ap.add_argument("--variants", default="", help="forward: only the Mosaic layouts whose label contains one of "
+                    "these comma-separated strings (and the default; no warp-specialised kernel)")
     ap.add_argument("--only", default="", help="comma-separated subset of: forward,op,segments,auto,decode,"
                     "decode_attention,segment_attention,grouped_matmul,qkv,timings")
     args = ap.parse_args()

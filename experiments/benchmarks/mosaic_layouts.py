@@ -1,7 +1,8 @@
 """The Mosaic GPU forward layouts that experiments/benchmarks/lightning_attention.py --mosaic-variants (row after row)
 and lightning_vs_fla.py --mosaic-variants (in rounds) time side by side: spec strings joining bv32 / bv64 (value-column
 tile), lean (the shared-memory-lean layout), slots2 / slots3, vd / st / rq / rm (the step with less SMEM traffic: decay
-on V, the state transposed, Q in registers, the mask and row factors in registers), or ws / ws3 (the warp-specialised kernel,
+on V, the state transposed, Q in registers, the mask and row factors in registers), pers (a persistent grid), or
+ws / ws3 (the warp-specialised kernel,
 gpu_mosaic_ws.py), e.g. "bv64,bv32lean,vdrqrm,ws3"."""
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import re
 
 import jax
 
-_VARIANT_TOKEN = re.compile(r"bv(32|64)|slots([23])|lean|ws([23]?)|(vd|st|rq|rm)")
-_FLAGS = {"vd": "vdecay", "st": "state_t", "rq": "q_regs", "rm": "m_regs"}
+_VARIANT_TOKEN = re.compile(r"bv(32|64)|slots([23])|lean|ws([23]?)|(vd|st|rq|rm|pers)")
+_FLAGS = {"vd": "vdecay", "st": "state_t", "rq": "q_regs", "rm": "m_regs", "pers": "persistent"}
 
 
 def parse(text):
@@ -25,7 +26,7 @@ def parse(text):
             if m is None:
                 raise argparse.ArgumentTypeError(
                     f"bad mosaic variant {spec!r}: join bv32 / bv64, lean, slots2 / slots3 (e.g. bv32lean), "
-                    "vd / st / rq / rm, or ws / ws3 (warp-specialised)")
+                    "vd / st / rq / rm / pers, or ws / ws3 (warp-specialised)")
             if m.group(1):
                 kw["block_v"] = int(m.group(1))
             elif m.group(2):

@@ -56,8 +56,9 @@
 # Stage 21 one GPU: the ops adapters on gpu_mosaic.auto_layout, checked (op, qkv, auto), then issue 14's targets in
 #          rounds at B1/B2/B4 T16K and B1 T64K with the plain, 3-slot and lean layouts beside them
 # Stage 22 one GPU: the lean layout at B2 / B3 / B4 T16K with the SM clock sampled, then stage 18 at B1 T16K only
+# Stage 23 one GPU: the persistent grid (gpu_mosaic persistent=True) checked and timed at B2 / B3 / B4 T16K
 set -u -o pipefail
-STAGE=${1:?stage 1 to 22}
+STAGE=${1:?stage 1 to 23}
 TOTAL=${2:-540}
 FINAL=${OUT:-/tmp/out}; OUT=$FINAL/r; mkdir -p "$OUT"  # $OUT returns only a few files: all go into one tarball
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -273,6 +274,14 @@ case $STAGE in
   timeout "$(left 9999)" python3 experiments/benchmarks/lightning_attention.py --shapes B1T16K --skip-cudnn \
     --impls mosaic_gpu --bwd-variants "${BWD_VARIANTS:-default,b128w8,b128w8p2,p2}" --budget-s 200 \
     --out "$OUT/lightning_bwd_onehead_h200.md" > "$OUT/lightning_bwd_onehead.log" 2>&1 ;;
+23)
+  # a persistent grid (as many CTAs as fit at once, each walking items in order) against the hardware's scheduling
+  # of 384 / 512 CTAs, where the lean layout falls from 85% of copy (B2) to 61%: checked, then in rounds
+  timeout "$(left 150)" python3 experiments/check_gpu_kernels.py --only forward --no-timing --variants persistent \
+    --out "$OUT/check_forward_persistent_h200.md" > "$OUT/check_forward_persistent.log" 2>&1
+  timeout "$(left 9999)" python3 experiments/benchmarks/lightning_vs_fla.py --rounds 12 \
+    --shapes B2T16K,B3T16K,B4T16K --mosaic-variants "${MOSAIC_VARIANTS:-leanstrm,leanstrmpers,slots3strmpers}" \
+    --out "$OUT/lightning_persistent_h200.md" > "$OUT/lightning_persistent.log" 2>&1 ;;
 esac
 tar czf "$FINAL/results.tgz" -C "$OUT" . && rm -rf "$OUT"
 ls -la "$FINAL"

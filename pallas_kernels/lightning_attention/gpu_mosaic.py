@@ -184,9 +184,10 @@ def _smem_types(group, *, dtype, block_v):
     return types
 
 
-def _launch(body, scratch, args, *, block_v, interpret, state_t=False, **kernel_kw):
+def _launch(body, scratch, args, *, block_v, interpret, state_t=False, grid_ctas=None, **kernel_kw):
     """Run ``body`` over the grid (dv / block_v, heads, batch) on args = (q, k, v, tables..., s0): outputs
-    (o [B, T, H, dv] in q's dtype, final state [B, H, dk, dv] fp32; state_t: [B, H, dv, dk])."""
+    (o [B, T, H, dv] in q's dtype, final state [B, H, dk, dv] fp32; state_t: [B, H, dv, dk]). With
+    ``grid_ctas``, a persistent grid of that many CTAs ("w") instead, which walk the (v, h, b) items."""
     q, v = args[0], args[2]
     b, t, h, dk = q.shape
     dv = v.shape[-1]
@@ -197,8 +198,8 @@ def _launch(body, scratch, args, *, block_v, interpret, state_t=False, **kernel_
         out_type=(jax.ShapeDtypeStruct((b, t, h, dv), q.dtype),
                   jax.ShapeDtypeStruct((b, h, dv, dk) if state_t else (b, h, dk, dv), jnp.float32)),
         scratch_types=scratch,
-        grid=(dv // block_v, h, b),
-        grid_names=("v", "h", "b"),
+        grid=(dv // block_v, h, b) if grid_ctas is None else (grid_ctas,),
+        grid_names=("v", "h", "b") if grid_ctas is None else ("w",),
         compiler_params=plgpu.CompilerParams(),
         **kernel_kw,
     )(*args)
@@ -252,7 +253,8 @@ def smem_bytes(dk, block_v=BLOCK_V, num_slots=2, lean=False, *, p_in_smem=False,
 
 
 def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, interpret, p_in_smem=None,
-                 num_slots=2, fused=False, lean=False, vdecay=False, q_regs=False, m_regs=False, state_t=False):
+                 num_slots=2, fused=False, lean=False, vdecay=False, q_regs=False, m_regs=False, state_t=False,
+                 grid_ctas=None):
     t, dk = q.shape[1], q.shape[3]
     nblk = t // c
     dtype = q.dtype
@@ -273,11 +275,9 @@ def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, i
     # ones (mask, state staging) are never wgmma operands and use their own rows' (128 bytes or more).
     smem_types = functools.partial(_smem_types, dtype=dtype, block_v=block_v)
 
-    def body(q_ref, k_ref, v_ref, m_ref, qd_ref, kd_ref, bd_ref, s0_ref, o_ref, sf_ref, *,
-             qd_smem, kd_smem, bd_smem, q_bar, k_bar, v_bar, c_bar, m_smem=None, st_smem=None):
-        iv = lax.axis_index("v")
-        hh = lax.axis_index("h")
-        bb = lax.axis_index("b")
+    def body_item(iv, hh, bb, q_ref, k_ref, v_ref, m_ref, qd_ref, kd_ref, bd_ref, s0_ref, o_ref, sf_ref, *,
+                  qd_smem, kd_smem, bd_smem, q_bar, k_bar, v_bar, c_bar, m_smem=None, st_smem=None):
+        """One (value block iv, head hh, batch bb) item: the whole sequence."""
         v0 = iv * block_v
 
         def with_state_buffer(fn):
@@ -532,14 +532,47 @@ def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, i
 
         with_state_buffer(store_final_state)
 
+    n_v, n_h, n_b = v.shape[-1] // block_v, q.shape[2], q.shape[0]
+
+    def body(*refs, **scratch_refs):
+        if grid_ctas is None:  # one CTA per item
+            return body_item(lax.axis_index("v"), lax.axis_index("h"), lax.axis_index("b"), *refs, **scratch_refs)
+        # persistent: CTA w runs items w, w + grid_ctas, ... in order (barrier phases carry over between items:
+        # every arrival is waited for once, in order, within its item)
+        n_items = n_v * n_h * n_b
+        w = lax.axis_index("w")
+
+        def one(i, carry):
+            item = w + i * grid_ctas
+
+            @pl.when(item < n_items)
+            def _item():
+                body_item(lax.rem(item, n_v), lax.rem(item // n_v, n_h), item // (n_v * n_h), *refs,
+                          **scratch_refs)
+
+            return carry
+
+        lax.fori_loop(0, -(-n_items // grid_ctas), one, 0)
+
     scratch = smem_types(permanent)
     scratch.update({name: plgpu.Barrier(num_barriers=n) for name, n in barriers.items()})
+    launch = functools.partial(_launch, block_v=block_v, interpret=interpret, grid_ctas=grid_ctas)
     if state_t:
         s0 = jnp.swapaxes(s0, -1, -2)  # [B, H, dv, dk] (an [1, 1, dk, dv] placeholder without an initial state)
-        o, sf = _launch(body, scratch, (q, k, v, mask, qdec, kdec, bdec, s0), block_v=block_v, interpret=interpret,
-                        state_t=True)
+        o, sf = launch(body, scratch, (q, k, v, mask, qdec, kdec, bdec, s0), state_t=True)
         return o, jnp.swapaxes(sf, -1, -2)
-    return _launch(body, scratch, (q, k, v, mask, qdec, kdec, bdec, s0), block_v=block_v, interpret=interpret)
+    return launch(body, scratch, (q, k, v, mask, qdec, kdec, bdec, s0))
+
+
+def _persistent_ctas(q, v, block_v, num_slots, lean, vdecay, state_t, m_regs, num_sms=None):
+    """The persistent grid: as many CTAs as fit at once (two per SM where ``smem_bytes`` <= 113 KB), at most one
+    per item."""
+    from pallas_kernels.lightning_attention import split
+
+    per_sm = 2 if smem_bytes(q.shape[-1], block_v, num_slots, lean, vdecay=vdecay, state_t=state_t,
+                             m_regs=m_regs) <= 113 * 1024 else 1
+    items = q.shape[0] * q.shape[2] * (v.shape[-1] // block_v)
+    return max(1, min(items, per_sm * (split.num_sms() if num_sms is None else num_sms)))
 
 
 def check_supported(q, k, v, decay, initial_state=None, block_size=64):
@@ -565,11 +598,12 @@ def check_supported(q, k, v, decay, initial_state=None, block_size=64):
 
 @functools.partial(
     jax.jit, static_argnames=("block_size", "interpret", "p_in_smem", "num_slots", "fused", "block_v", "lean",
-                              "vdecay", "q_regs", "m_regs", "state_t")
+                              "vdecay", "q_regs", "m_regs", "state_t", "persistent")
 )
 def lightning_attention_fwd(
     q, k, v, decay, *, initial_state=None, block_size=64, interpret=False, p_in_smem=None, num_slots=2,
     fused=False, block_v=BLOCK_V, lean=False, vdecay=False, q_regs=False, m_regs=False, state_t=False,
+    persistent=False,
 ):
     """Forward of lightning attention. q, k [B,T,H,dk], v [B,T,H,dv] bf16/f16; decay [H].
 
@@ -586,7 +620,8 @@ def lightning_attention_fwd(
         raise ValueError(f"lean must be a bool, got {lean!r}")
     if lean and fused:
         raise ValueError("lean=True needs fused=False (the fused step writes K * decay before Q K^T), got fused=True")
-    for name, flag in (("vdecay", vdecay), ("q_regs", q_regs), ("m_regs", m_regs), ("state_t", state_t)):
+    for name, flag in (("vdecay", vdecay), ("q_regs", q_regs), ("m_regs", m_regs), ("state_t", state_t),
+                       ("persistent", persistent)):
         if not isinstance(flag, bool):
             raise ValueError(f"{name} must be a bool, got {flag!r}")
         if flag and fused:
@@ -594,7 +629,9 @@ def lightning_attention_fwd(
     c = int(block_size)
     run = functools.partial(_kernel_call, c=c, block_v=int(block_v), interpret=interpret, p_in_smem=p_in_smem,
                             num_slots=int(num_slots), fused=bool(fused), lean=bool(lean), vdecay=bool(vdecay),
-                            q_regs=bool(q_regs), m_regs=bool(m_regs), state_t=bool(state_t))
+                            q_regs=bool(q_regs), m_regs=bool(m_regs), state_t=bool(state_t),
+                            grid_ctas=_persistent_ctas(q, v, block_v, num_slots, lean, vdecay, state_t, m_regs)
+                            if persistent else None)
     return with_tail(run, q, k, v, decay, initial_state, c)
 
 
