@@ -109,9 +109,10 @@ def main():
         torch.cuda.synchronize()
 
     entries = {}  # (shape, impl, pass) -> (fn, sync)
+    on_gpu = jax.default_backend() == "gpu"
+    # off a GPU, the layouts run in Mosaic's GPU interpret mode (JAX >= 0.11), else not at all
+    variants = args.mosaic_variants if on_gpu or hasattr(mosaic_layouts.plgpu_or_none(), "InterpretGPUParams") else []
     for name, (b, t) in shapes.items():
-        on_gpu = jax.default_backend() == "gpu"
-        variants = args.mosaic_variants if on_gpu or hasattr(mosaic_layouts.plgpu_or_none(), "InterpretGPUParams") else []
         for p, fn in jax_fns(b, t, h, d, decay, variants, interpret=not on_gpu).items():
             entries[(name, "ours", p)] = (fn, jsync)
         if fla_ops is not None:
