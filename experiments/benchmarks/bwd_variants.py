@@ -45,7 +45,8 @@ def fns(variants, *, use_mosaic: bool, interpret: bool):
         if use_mosaic:
             def fwd(q, k, v, d, s0, seg):
                 del seg
-                return gpu_mosaic.lightning_attention_fwd(q, k, v, d, initial_state=s0, interpret=interpret)
+                return gpu_mosaic.lightning_attention_fwd(q, k, v, d, initial_state=s0, interpret=interpret,
+                                                          **gpu_mosaic.auto_layout(q.shape[0], q.shape[2], v.shape[-1]))
         else:
             fwd = functools.partial(gpu_triton.forward, params=params)
         diff = gpu_triton.with_triton_backward(fwd, params)

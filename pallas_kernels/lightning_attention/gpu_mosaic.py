@@ -25,6 +25,26 @@ small, ops.lightning_attention(seq_split="auto") runs chunks of the sequence as 
 through their states (split.py). Each CTA is one warpgroup running one serial chain (wgmma -> wait ->
 elementwise -> wgmma); with the default layout (171 KB of SMEM) one CTA per SM, so nothing overlaps it.
 
+The step with less shared-memory traffic (static flags; ``auto_layout`` picks what the ops adapters run). Per block
+the plain step moves ~220 KB through the SM's shared memory (TMA writes, both SMEM operands of every wgmma, the Kw,
+mask and state loads and stores), which at 128 B / clock is about half the block's time, and a wgmma of N = 64 with
+both operands in SMEM is itself SMEM-bound. So:
+  * ``vdecay``: the in-block decay goes on V's rows, S += K^T (V * kdec): a [C, block_v] scale and store instead of
+    [C, dk] (1.14-1.19x at B1, 1.02-1.04x at B4);
+  * ``state_t``: the state is kept transposed, S^T [block_v, dk] += (V * kdec)^T K. One wgmma of N = dk instead of
+    two of M = 64 that each read V; its A operand (V^T, read transposed from v's slot, times kdec) comes from
+    registers, so neither Kw nor Vw is stored; Q S reads the bf16 S^T transposed; the state goes in and out as
+    [B, H, dv, dk] (transposed in XLA: B H D^2 fp32, small). No kw_smem: 155 KB;
+  * ``m_regs``: the decay mask and row factors are read once per CTA and carried in registers; with ``lean`` the mask
+    is staged through scoped SMEM, which leaves 107 KB: two CTAs per SM at block_v = 64;
+  * ``q_regs``: Q read once into registers as the A operand of Q K^T and Q S (measured no gain on top of the others).
+  Measured in interleaved rounds on an H200 (experiments/results/lightning_fwd_st_rounds_h200.md): state_t + m_regs
+  runs B1 T16K in 0.383 ms (1.20x the plain step; 0.374 with 3 slots), B1 T64K 1.354 (1.22x; 1.295 with 3 slots).
+  ``persistent=True`` launches only as many CTAs as fit at once (two per SM where the layout is <= 113 KB), each
+  walking (value block, head, batch) items in order: with the lean layout, 384 / 512 CTAs left to the hardware ran at
+  ~61% of copy against 85% for 256, and the persistent grid brings B3 / B4 T16K from 1.27 / 1.65 ms to 1.06 / 1.11
+  (lightning_persistent_h200.md: 92% of copy at B4).
+
 Occupancy options (static; defaults = the measured kernel above). Two CTAs per SM, whose chains overlap,
 need <= 113 KB of SMEM each (H100/H200: 228 KB per SM, 1 KB reserved per CTA) and enough CTAs:
   * ``block_v=32`` halves the value tile: twice the CTAs (256 at B1 H64 dv128), Q and K read by four
@@ -44,7 +64,7 @@ count against the lowering). At dk = 128, 2 slots (bytes, barriers included):
     block_v=32          138328 (135 KB)      block_v=32 lean   105560 (103 KB: two CTAs per SM)
 3 slots: 211 KB at block_v=64 (block_v=32 lean: 139 KB); 4 slots do not fit (251 KB > 227 KB).
 
-Measured on one H200 (JAX 0.11.2), H=64, D=128, bf16, median of 10, run-to-run spread ~10-20%:
+Measured on one H200 (JAX 0.11.2), H=64, D=128, bf16, median of 10, run-to-run spread ~10-20%, the plain step:
 B1 T4K 0.20-0.26 ms, B1 T16K 0.52-0.65 ms, B4 T16K 1.90-2.08 ms, B1 T64K 1.76-1.93 ms, i.e.
 1.0-2.4 TB/s on q,k,v,o bytes (fla chunk_simple_gla on the same kind of GPU: 0.44 / 0.74 / 3.13 /
 3.04 ms). Errors against the fp32 reference on the same bf16 inputs: o ~2.6e-3, state ~1.6e-3
@@ -53,7 +73,8 @@ B1 T4K 0.20-0.26 ms, B1 T16K 0.52-0.65 ms, B4 T16K 1.90-2.08 ms, B1 T64K 1.76-1.
 Limits (checked, ValueError otherwise):
   * q, k, v [B, T, H, D] in bfloat16 or float16, dk in {64, 128}, dv a multiple of 64;
   * block_size C = 64 (the wgmma M tile; 128 would need more registers); block_v 32 or 64; num_slots 2
-    or 3; lean a bool, and not with fused=True;
+    or 3; lean, vdecay, state_t, q_regs, m_regs, persistent bools, none of the last five with fused=True and lean not
+    with fused=True;
   * T may be anything: the whole blocks run in the kernel, a tail of T % C tokens runs in the jnp
     reference from the kernel's final state (exact, a small XLA computation);
   * no segment_ids;
@@ -609,7 +630,9 @@ def lightning_attention_fwd(
 
     Returns (o [B,T,H,dv] in q.dtype, final state [B,H,dk,dv] fp32). See the module docstring; ``block_v``
     (32 or 64) is the value-column tile of one CTA, ``lean`` the SMEM-saving layout (``smem_bytes``);
-    ``vdecay`` / ``q_regs`` / ``m_regs`` the step with less SMEM traffic per block (module docstring).
+    ``vdecay`` / ``state_t`` / ``q_regs`` / ``m_regs`` the step with less SMEM traffic per block, ``persistent``
+    the grid of as many CTAs as fit at once (module docstring). The defaults are the plain step; the ops adapters
+    (and so ``pallas_kernels.lightning_attention``) run ``auto_layout``'s, 1.2-1.5x faster on an H200.
     """
     check_supported(q, k, v, decay, initial_state, block_size)
     if int(num_slots) not in (2, 3):  # 4 slots: 251 KB of SMEM (smem_bytes) > 227 KB on H100/H200
@@ -654,18 +677,21 @@ def unsupported_reason(q, k, v, decay, initial_state=None, segment_ids=None):
 
 def auto_layout(b: int, h: int, dv: int, num_sms: int | None = None) -> dict:
     """The forward layout the ops adapters run: lightning_attention_fwd keyword arguments for a launch of
-    b * h * dv / 64 CTAs. The transposed state and the mask in registers always (state_t, m_regs: 1.16-1.22x
-    the plain step); then by launch size, as the backward's stages (gpu_triton_config): at most one CTA per SM
-    (one wave) takes 3 slots (a deeper prefetch for the CTA alone on its SM), more takes the lean layout
-    (107 KB of SMEM: two CTAs per SM hide each other's latency). Measured in interleaved rounds on an H200,
-    experiments/results/lightning_fwd_st_rounds_h200.md: B1 T16K 0.374 (3 slots) / 0.383 (lean) ms, B1 T64K
-    1.295 / 1.360, B4 T16K 1.649 / 1.618."""
+    b * h * dv / 64 items (value block, head, batch). The transposed state and the mask in registers always
+    (state_t, m_regs: 1.16-1.22x the plain step); then by launch size, as the backward's stages
+    (gpu_triton_config): at most one item per SM (one wave) takes 3 slots (a deeper prefetch for the CTA alone on
+    its SM); more takes the lean layout (107 KB of SMEM: two CTAs per SM) on a persistent grid of two CTAs per SM
+    that walk the items. Measured in interleaved rounds on an H200 (ms): B1 T16K 0.374 (3 slots) / 0.383 (lean),
+    B1 T64K 1.295 / 1.360 (lightning_fwd_st_rounds_h200.md); lean at B2 / B3 / B4 T16K 0.599 / 1.271 / 1.655 with
+    the hardware's CTA scheduling, 0.587 / 1.061 / 1.106 persistent (lightning_persistent_h200.md). Without the
+    persistent grid, 384 or 512 CTAs ran at ~61% of copy against 85% for 256: the hardware did not keep two
+    long-running CTAs on every SM as the first ones finished."""
     from pallas_kernels.lightning_attention import split
 
     ctas = b * h * (dv // BLOCK_V)
     one_wave = ctas <= (split.num_sms() if num_sms is None else num_sms)
     layout = {"state_t": True, "m_regs": True}
-    layout.update({"num_slots": 3} if one_wave else {"lean": True})
+    layout.update({"num_slots": 3} if one_wave else {"lean": True, "persistent": True})
     return layout
 
 

@@ -230,6 +230,7 @@ STEP_FLAGS = [
     {"state_t": True, "m_regs": True, "num_slots": 3},  # auto_layout's one-wave layout
     {"state_t": True, "m_regs": True, "lean": True},  # auto_layout's layout for more CTAs than SMs
     {"lean": True, "m_regs": True, "q_regs": True},  # Kw in the k slot, the mask staged through scoped SMEM
+    {"state_t": True, "m_regs": True, "lean": True, "persistent": True},  # auto_layout's for more CTAs than SMs
 ]
 
 
@@ -243,9 +244,13 @@ def test_smem_lean_step_forward_interpret(rng, kwargs, dk, init):
     operands are checked by check_gpu_kernels.py and by test_lowers_for_hopper."""
     from pallas_kernels.lightning_attention import gpu_mosaic
 
+    from pallas_kernels.lightning_attention import split
+
     q, k, v, s0 = _inputs(rng, 1, 3 * 64 + 37, dk, 128)
     s0 = s0 if init else None
-    o, st = gpu_mosaic.lightning_attention_fwd(q, k, v, DECAY, initial_state=s0, interpret=True, **kwargs)
+    with pytest.MonkeyPatch.context() as mp:  # persistent: 1 "SM" -> 1 or 2 CTAs walk the 4 items (2 v, 2 h)
+        mp.setattr(split, "num_sms", lambda: 1)
+        o, st = gpu_mosaic.lightning_attention_fwd(q, k, v, DECAY, initial_state=s0, interpret=True, **kwargs)
     o_ref, st_ref = jax.jit(reference.quadratic)(*_f32(q, k, v), DECAY, initial_state=s0)
     assert o.dtype == jnp.bfloat16 and o.shape == o_ref.shape and st.shape == st_ref.shape
     # the same bf16 operands as the plain step (V * decay instead of K * decay): test_forward_interpret's tolerance
@@ -257,14 +262,17 @@ def test_smem_lean_step_forward_interpret(rng, kwargs, dk, init):
     [
         (1, 64, 128, {"state_t": True, "m_regs": True, "num_slots": 3}),  # 128 CTAs on 132 SMs: one wave
         (1, 66, 128, {"state_t": True, "m_regs": True, "num_slots": 3}),  # 132: still one
-        (1, 67, 128, {"state_t": True, "m_regs": True, "lean": True}),  # 134: two waves unless two per SM
-        (4, 64, 128, {"state_t": True, "m_regs": True, "lean": True}),
+        (1, 67, 128, {"state_t": True, "m_regs": True, "lean": True, "persistent": True}),  # 134: two per SM
+        (4, 64, 128, {"state_t": True, "m_regs": True, "lean": True, "persistent": True}),
     ],
 )
 def test_auto_layout(b, h, dv, want):
     from pallas_kernels.lightning_attention import gpu_mosaic
 
     assert gpu_mosaic.auto_layout(b, h, dv, num_sms=132) == want
+    q, v = jnp.zeros((b, 8, h, 128)), jnp.zeros((b, 8, h, dv))  # the persistent grid: two lean CTAs per SM
+    assert gpu_mosaic._persistent_ctas(q, v, 64, 2, True, False, True, True, num_sms=132) == min(264, b * h * 2)
+    assert gpu_mosaic._persistent_ctas(q, v, 64, 3, False, False, True, True, num_sms=132) == min(132, b * h * 2)
     assert gpu_mosaic.smem_bytes(128, 64, 2, True, state_t=True, m_regs=True) <= TWO_CTAS_PER_SM
 
 
@@ -308,7 +316,8 @@ def test_smem_bytes():
     [(64, False, 2, False, {}), (32, False, 2, False, {}), (64, True, 2, False, {}), (32, True, 2, False, {}),
      (32, True, 3, False, {}), (32, False, 2, True, {}), (64, False, 2, False, {"vdecay": True, "q_regs": True}),
      (64, False, 3, False, {"state_t": True, "m_regs": True}), (64, True, 2, False, {"state_t": True, "m_regs": True}),
-     (64, True, 2, False, {"m_regs": True, "q_regs": True})],
+     (64, True, 2, False, {"m_regs": True, "q_regs": True}),
+     (64, True, 2, False, {"state_t": True, "m_regs": True, "persistent": True})],
 )
 def test_lowers_for_hopper(monkeypatch, block_v, lean, num_slots, fused, flags):
     """Exports the forward for CUDA on the CPU: Mosaic GPU's Python passes (layout and transform inference,
