@@ -276,6 +276,10 @@ def check_op(args):
         guarded(f"op mosaic_gpu fwd+bwd {shape}", functools.partial(
             check_grads, "op mosaic_gpu fwd+bwd", shape, "mosaic_gpu", q, k, v, decay, s0, None,
             args.interpret, jax.random.fold_in(key, 100 + i), 1e-2, 2e-2))
+        # the backward as three Mosaic forward passes (gpu_mosaic_bwd; ragged T falls back to the Triton backward)
+        guarded(f"op mosaic_gpu_all fwd+bwd {shape}", functools.partial(
+            check_grads, "op mosaic_gpu_all fwd+bwd", shape, "mosaic_gpu_all", q, k, v, decay, s0, None,
+            args.interpret, jax.random.fold_in(key, 100 + i), 1e-2, 2e-2))
 
     # fp32 inputs: impl="mosaic_gpu" runs the Triton forward and backward (IEEE fp32 dots)
     b, t, h, d = (1, 80, 2, 64) if args.interpret else (2, 1000, 4, 128)

@@ -7,7 +7,7 @@ fresh seeded order each round, ``--inner`` calls between two host syncs on one h
 report gives medians over rounds and, per round, fla's time / ours with a bootstrap 95% interval (approximate).
 
     python3 experiments/benchmarks/lightning_vs_fla.py [--shapes B1T16K,B4T16K,B1T64K] [--rounds 15] [--inner 10]
-        [--mosaic-variants bv64vd,vdrqrm] [--out results.md]
+        [--mosaic-variants bv64vd,vdrqrm] [--impls mosaic_gpu_all] [--out results.md]
     JAX_PLATFORMS=cpu python3 experiments/benchmarks/lightning_vs_fla.py --smoke   # tiny, the jnp reference
 
 Ours: pallas_kernels.lightning_attention(impl="auto") as users call it (Mosaic GPU forward + Triton backward on
@@ -17,7 +17,8 @@ g_gamma=-s, scale=1.0), fwd+bwd = backward of o.float().sum(). H 64, D 128, bf16
 MiniMax layer-0 slopes. Copy: torch copy_ of 2 GiB (fp32), timed in the same rounds; % of copy = (q, k, v read +
 o written) / time against the copy's bytes / time. ``--mosaic-variants`` (benchmarks/mosaic_layouts.py specs) adds
 forward-only rows of the Mosaic kernel's layouts (gpu_mosaic.lightning_attention_fwd called directly) in the same
-rounds, each with its ratio to fla and to our op's forward per round.
+rounds, each with its ratio to fla and to our op's forward per round; ``--impls`` adds our op with other ``impl``
+names (e.g. mosaic_gpu_all: the backward as three Mosaic forward passes), forward and forward + backward.
 """
 
 from __future__ import annotations
@@ -50,22 +51,28 @@ from experiments.benchmarks import mosaic_layouts  # noqa: E402
 from experiments.benchmarks.timing import finish, median_ci, run_rounds  # noqa: E402
 
 
-def jax_fns(b, t, h, d, decay, variants=(), interpret=False):
-    """{pass: fn} of our op, plus {"fwd <label>": fn} per Mosaic layout of ``variants`` (mosaic_layouts.parse)."""
+def jax_fns(b, t, h, d, decay, variants=(), interpret=False, impls=()):
+    """{pass: fn} of our op, plus {"fwd <label>": fn} per Mosaic layout of ``variants`` (mosaic_layouts.parse) and
+    {"<pass> <impl>": fn} per extra ops impl name of ``impls``."""
     ks = jax.random.split(jax.random.key(b * 1_000_003 + t), 3)
     q, k, v = (jax.random.normal(x, (b, t, h, d), jnp.float32).astype(jnp.bfloat16) / d**0.25 for x in ks)
     extra = {f"fwd {label}": (lambda fn=fn: fn(q, k, v, decay))
              for label, fn in mosaic_layouts.forward_fns(variants, interpret=interpret)}
 
-    def op(q, k, v):
-        return pallas_kernels.lightning_attention(q, k, v, decay, impl="auto")
+    def passes(impl):
+        def op(q, k, v):
+            return pallas_kernels.lightning_attention(q, k, v, decay, impl=impl, interpret=interpret and impl != "auto")
 
-    fwd = jax.jit(op)
-    # value_and_grad, not grad: the kernels' custom_vjp keeps only the inputs as residuals, so under jax.grad alone
-    # the forward's output is dead and JAX drops the forward kernel from the program (fla's fwd+bwd runs its forward)
-    loss = lambda q, k, v: jnp.sum(op(q, k, v).astype(jnp.float32))  # noqa: E731
-    fwd_bwd = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
-    return {"fwd": lambda: fwd(q, k, v), "fwd+bwd": lambda: fwd_bwd(q, k, v), **extra}
+        fwd = jax.jit(op)
+        # value_and_grad, not grad: the kernels' custom_vjp keeps only the inputs as residuals, so under jax.grad
+        # alone the forward's output is dead and JAX drops the forward kernel (fla's fwd+bwd runs its forward)
+        loss = lambda q, k, v: jnp.sum(op(q, k, v).astype(jnp.float32))  # noqa: E731
+        fwd_bwd = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+        return {"fwd": lambda: fwd(q, k, v), "fwd+bwd": lambda: fwd_bwd(q, k, v)}
+
+    for impl in impls:
+        extra.update({f"{p} {impl}": fn for p, fn in passes(impl).items()})
+    return {**passes("auto"), **extra}
 
 
 def fla_fns(torch, chunk_simple_gla, b, t, h, d, decay):
@@ -95,6 +102,7 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="CPU: H 2, T 256, 3 rounds of 1 call, no fla")
     ap.add_argument("--mosaic-variants", type=mosaic_layouts.parse, default=[],
                     help="comma list of Mosaic forward layouts (benchmarks/mosaic_layouts.py), timed forward only")
+    ap.add_argument("--impls", default="", help="comma list of other ops impl names to time beside auto")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     h, d = (2, 128) if args.smoke else (64, 128)
@@ -113,7 +121,8 @@ def main():
     # off a GPU, the layouts run in Mosaic's GPU interpret mode (JAX >= 0.11), else not at all
     variants = args.mosaic_variants if on_gpu or hasattr(mosaic_layouts.plgpu_or_none(), "InterpretGPUParams") else []
     for name, (b, t) in shapes.items():
-        for p, fn in jax_fns(b, t, h, d, decay, variants, interpret=not on_gpu).items():
+        impls = [i for i in args.impls.split(",") if i]
+        for p, fn in jax_fns(b, t, h, d, decay, variants, interpret=not on_gpu, impls=impls).items():
             entries[(name, "ours", p)] = (fn, jsync)
         if fla_ops is not None:
             for p, fn in fla_fns(torch, fla_ops[0], b, t, h, d, decay).items():
@@ -151,7 +160,21 @@ def main():
             pct = "" if not copy_gbs else f"{nbytes / np.median(ours) / 1e6 / copy_gbs:.0%}"
             fla_ms = "" if fla is None else f"{np.median(fla):.3f}"
             lines.append(f"| {name} | {p} | {np.median(ours):.3f} | {fla_ms} | {ratio} | {pct} |")
-    variant_rows = [key for key in times if key[1] == "ours" and key[2].startswith("fwd ")]
+    impl_rows = [key for key in times if key[1] == "ours" and key[2].split(" ")[0] in ("fwd", "fwd+bwd")
+                 and len(key[2].split(" ")) == 2 and key[2].split(" ")[1] in args.impls.split(",")]
+    if impl_rows:
+        lines += ["", "Other impls, x ours = our op (impl auto) / this, per round:", "",
+                  "| shape | pass | impl | ms | x fla | x ours | % of copy |", "|---|---|---|---|---|---|---|"]
+        for name, _, key in impl_rows:
+            p, impl = key.split(" ")
+            b, t = shapes[name]
+            x = times[(name, "ours", key)]
+            fla = times.get((name, "fla", p))
+            pct = "" if not copy_gbs or p != "fwd" else f"{4 * b * t * h * d * 2 / np.median(x) / 1e6 / copy_gbs:.0%}"
+            vs_fla = "" if fla is None else median_ci(fla / x, 2)
+            lines.append(f"| {name} | {p} | {impl} | {np.median(x):.3f} | {vs_fla} | "
+                         f"{median_ci(times[(name, 'ours', p)] / x, 3)} | {pct} |")
+    variant_rows = [key for key in times if key[1] == "ours" and key[2].startswith("fwd ") and key not in impl_rows]
     if variant_rows:
         lines += ["", "Mosaic forward layouts (forward only), x ours = our op's forward / this layout, per round:", "",
                   "| shape | layout | ms | x fla | x ours fwd | % of copy |", "|---|---|---|---|---|---|"]

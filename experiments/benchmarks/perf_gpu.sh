@@ -57,8 +57,10 @@
 #          rounds at B1/B2/B4 T16K and B1 T64K with the plain, 3-slot and lean layouts beside them
 # Stage 22 one GPU: the lean layout at B2 / B3 / B4 T16K with the SM clock sampled, then stage 18 at B1 T16K only
 # Stage 23 one GPU: the persistent grid (gpu_mosaic persistent=True) checked and timed at B2 / B3 / B4 T16K
+# Stage 24 (not run yet) one GPU: impl mosaic_gpu_all (the backward as three Mosaic forward passes) checked, then
+#          timed in rounds beside impl auto and fla
 set -u -o pipefail
-STAGE=${1:?stage 1 to 23}
+STAGE=${1:?stage 1 to 24}
 TOTAL=${2:-540}
 FINAL=${OUT:-/tmp/out}; OUT=$FINAL/r; mkdir -p "$OUT"  # $OUT returns only a few files: all go into one tarball
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -282,6 +284,15 @@ case $STAGE in
   timeout "$(left 9999)" python3 experiments/benchmarks/lightning_vs_fla.py --rounds 12 \
     --shapes B2T16K,B3T16K,B4T16K --mosaic-variants "${MOSAIC_VARIANTS:-leanstrm,leanstrmpers,slots3strmpers}" \
     --out "$OUT/lightning_persistent_h200.md" > "$OUT/lightning_persistent.log" 2>&1 ;;
+24)
+  # not run yet (written when the session's device time was spent): the backward as three Mosaic forward passes
+  # (ops impl mosaic_gpu_all, gpu_mosaic_bwd.py) checked (op: fwd+bwd against the fp32 reference), then issue 14's
+  # targets in rounds with it beside impl auto (Mosaic forward + Triton backward)
+  timeout "$(left 200)" python3 experiments/check_gpu_kernels.py --only op --no-timing \
+    --out "$OUT/check_op_mosaic_all_h200.md" > "$OUT/check_op_mosaic_all.log" 2>&1
+  timeout "$(left 9999)" python3 experiments/benchmarks/lightning_vs_fla.py --rounds 20 \
+    --shapes B1T16K,B2T16K,B4T16K,B1T64K --impls mosaic_gpu_all \
+    --out "$OUT/lightning_vs_fla_mosaic_all_h200.md" > "$OUT/lightning_vs_fla_mosaic_all.log" 2>&1 ;;
 esac
 tar czf "$FINAL/results.tgz" -C "$OUT" . && rm -rf "$OUT"
 ls -la "$FINAL"

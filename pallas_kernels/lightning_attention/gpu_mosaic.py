@@ -226,16 +226,19 @@ def _launch(body, scratch, args, *, block_v, interpret, state_t=False, grid_ctas
     )(*args)
 
 
-def with_tail(run, q, k, v, decay, initial_state, c):
+def with_tail(run, q, k, v, decay, initial_state, c, reverse=False):
     """The forward over whole blocks of ``c`` tokens by ``run(q, k, v, mask, qdec, kdec, bdec, s0, has_init) ->
     (o, final state)`` (a kernel call), the T % c tail in the jnp reference from the kernel's final state (exact).
-    Returns (o [B, T, H, dv] in q.dtype, final fp32 state)."""
+    Returns (o [B, T, H, dv] in q.dtype, final fp32 state). ``reverse`` (T a multiple of c): the kernel walks the
+    blocks from the last, with the in-block tables mirrored (the causal mask transposed, the row factors reversed)."""
     t, dk, dv = q.shape[1], q.shape[-1], v.shape[-1]
     t_main = (t // c) * c
     state = None if initial_state is None else initial_state.astype(jnp.float32)
     outs = []
     if t_main:
         mask, qdec, kdec, bdec = _decay_tables(decay, c, dk)
+        if reverse:  # token i of a block is step C - 1 - i of the reversed scan
+            mask, qdec, kdec = jnp.swapaxes(mask, 1, 2), qdec[:, ::-1], kdec[:, ::-1]
         s0 = state if state is not None else jnp.zeros((1, 1, dk, dv), jnp.float32)
         sl = lambda x: x if t_main == t else x[:, :t_main]  # noqa: E731
         o_main, state = run(sl(q), sl(k), sl(v), mask, qdec, kdec, bdec, s0, has_init=state is not None)
@@ -275,7 +278,7 @@ def smem_bytes(dk, block_v=BLOCK_V, num_slots=2, lean=False, *, p_in_smem=False,
 
 def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, interpret, p_in_smem=None,
                  num_slots=2, fused=False, lean=False, vdecay=False, q_regs=False, m_regs=False, state_t=False,
-                 grid_ctas=None):
+                 grid_ctas=None, reverse=False):
     t, dk = q.shape[1], q.shape[3]
     nblk = t // c
     dtype = q.dtype
@@ -343,9 +346,13 @@ def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, i
         elif has_init:
             fetch_initial_state(st_smem)  # read below, overlapping the first block loads
 
+        def block_row(j):
+            """The first row of the j-th block walked (reverse: from the end)."""
+            return ((nblk - 1 - j) if reverse else j) * c
+
         def main(*, q_smem, k_smem, v_smem, sb_smem, o_smem, kw_smem=None, vw_smem=None, p_smem=None):
             def issue(j, slot):
-                rows = pl.ds(j * c, c)
+                rows = pl.ds(block_row(j), c)
                 plgpu.copy_gmem_to_smem(q_ref.at[bb, rows, hh], q_smem.at[slot], q_bar.at[slot])
                 plgpu.copy_gmem_to_smem(k_ref.at[bb, rows, hh], k_smem.at[slot], k_bar.at[slot])
                 v_src = v_ref.at[bb, rows, hh, pl.ds(v0, block_v)]
@@ -403,7 +410,7 @@ def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, i
                 plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the previous O store has left o_smem
                 o_smem[...] = o.astype(dtype)
                 plgpu.commit_smem()
-                plgpu.copy_smem_to_gmem(o_smem, o_ref.at[bb, pl.ds(j * c, c), hh, pl.ds(v0, block_v)])
+                plgpu.copy_smem_to_gmem(o_smem, o_ref.at[bb, pl.ds(block_row(j), c), hh, pl.ds(v0, block_v)])
 
             def step(j, s):
                 qs, ks, vs = await_block(j)
@@ -619,12 +626,12 @@ def check_supported(q, k, v, decay, initial_state=None, block_size=64):
 
 @functools.partial(
     jax.jit, static_argnames=("block_size", "interpret", "p_in_smem", "num_slots", "fused", "block_v", "lean",
-                              "vdecay", "q_regs", "m_regs", "state_t", "persistent")
+                              "vdecay", "q_regs", "m_regs", "state_t", "persistent", "reverse")
 )
 def lightning_attention_fwd(
     q, k, v, decay, *, initial_state=None, block_size=64, interpret=False, p_in_smem=None, num_slots=2,
     fused=False, block_v=BLOCK_V, lean=False, vdecay=False, q_regs=False, m_regs=False, state_t=False,
-    persistent=False,
+    persistent=False, reverse=False,
 ):
     """Forward of lightning attention. q, k [B,T,H,dk], v [B,T,H,dv] bf16/f16; decay [H].
 
@@ -633,6 +640,9 @@ def lightning_attention_fwd(
     ``vdecay`` / ``state_t`` / ``q_regs`` / ``m_regs`` the step with less SMEM traffic per block, ``persistent``
     the grid of as many CTAs as fit at once (module docstring). The defaults are the plain step; the ops adapters
     (and so ``pallas_kernels.lightning_attention``) run ``auto_layout``'s, 1.2-1.5x faster on an H200.
+    ``reverse=True`` runs the scan from the last token to the first: o_t sums over u >= t with weights
+    e^{-s(u-t)}, the initial state enters as if after the last token (o_t += e^{-s(T-t)} q_t S0) and the state
+    returned is the one reached at the first token; T must be a multiple of 64 (gpu_mosaic_bwd's passes).
     """
     check_supported(q, k, v, decay, initial_state, block_size)
     if int(num_slots) not in (2, 3):  # 4 slots: 251 KB of SMEM (smem_bytes) > 227 KB on H100/H200
@@ -644,18 +654,20 @@ def lightning_attention_fwd(
     if lean and fused:
         raise ValueError("lean=True needs fused=False (the fused step writes K * decay before Q K^T), got fused=True")
     for name, flag in (("vdecay", vdecay), ("q_regs", q_regs), ("m_regs", m_regs), ("state_t", state_t),
-                       ("persistent", persistent)):
+                       ("persistent", persistent), ("reverse", reverse)):
         if not isinstance(flag, bool):
             raise ValueError(f"{name} must be a bool, got {flag!r}")
         if flag and fused:
             raise ValueError(f"{name}=True needs fused=False (a step of its own), got fused=True")
     c = int(block_size)
+    if reverse and q.shape[1] % c:
+        raise ValueError(f"reverse=True needs a sequence length that is a multiple of {c}, got {q.shape[1]}")
     run = functools.partial(_kernel_call, c=c, block_v=int(block_v), interpret=interpret, p_in_smem=p_in_smem,
                             num_slots=int(num_slots), fused=bool(fused), lean=bool(lean), vdecay=bool(vdecay),
                             q_regs=bool(q_regs), m_regs=bool(m_regs), state_t=bool(state_t),
                             grid_ctas=_persistent_ctas(q, v, block_v, num_slots, lean, vdecay, state_t, m_regs)
-                            if persistent else None)
-    return with_tail(run, q, k, v, decay, initial_state, c)
+                            if persistent else None, reverse=bool(reverse))
+    return with_tail(run, q, k, v, decay, initial_state, c, reverse=bool(reverse))
 
 
 # ------------------------------------------------------------------------------------------------

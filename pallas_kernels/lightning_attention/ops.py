@@ -44,6 +44,14 @@ def _mosaic_gpu_impl():
     return gpu_mosaic.lightning_attention
 
 
+def _mosaic_gpu_all_impl():
+    # lazy: the Mosaic GPU forward and a backward of three Mosaic forward passes (gpu_mosaic_bwd.py); not yet
+    # measured on a GPU, so "auto" does not pick it. Falls back per call as "mosaic_gpu" does.
+    from pallas_kernels.lightning_attention import gpu_mosaic_bwd
+
+    return gpu_mosaic_bwd.lightning_attention
+
+
 # impl name -> callable(q, k, v, decay, *, initial_state, segment_ids, block_size, interpret)
 # returning (o, final fp32 state), differentiable in q, k, v and initial_state.
 # Kernel modules are imported lazily so that a missing backend never breaks the reference.
@@ -53,6 +61,7 @@ _IMPLS = {
     "tpu": lambda: _tpu_impl(),
     "triton": lambda: _triton_impl(),
     "mosaic_gpu": lambda: _mosaic_gpu_impl(),
+    "mosaic_gpu_all": lambda: _mosaic_gpu_all_impl(),
 }
 IMPLS = ("auto", *_IMPLS)
 
@@ -124,7 +133,7 @@ def _seq_parts(seq_split, impl_name, q, v) -> int:
     """The number of sequence chunks to run in parallel (``split.py``): ``seq_split`` if an int, and for
     "auto" what fills the GPU's SMs with the GPU kernels (1 elsewhere)."""
     if seq_split == "auto":
-        if impl_name not in ("mosaic_gpu", "triton"):
+        if impl_name not in ("mosaic_gpu", "mosaic_gpu_all", "triton"):
             return 1
         b, t, h, _ = q.shape
         return split.auto_parts(b, t, h, v.shape[-1], split.num_sms())
@@ -159,7 +168,9 @@ def lightning_attention(
       impl: "auto" picks the fastest available path for the backend (``_auto_impl``: "mosaic_gpu" on
         Hopper GPUs, "triton" on other GPUs, "tpu", else "reference"); "reference" is pure jnp;
         "mosaic_gpu" (Hopper forward + Triton backward) runs "triton" for whatever it does not
-        support (segment_ids, fp32 or mixed dtypes, other head dims).
+        support (segment_ids, fp32 or mixed dtypes, other head dims); "mosaic_gpu_all" also runs the
+        backward as three passes of the Mosaic forward (gpu_mosaic_bwd.py; T a multiple of 64, dk and dv
+        64 or 128, else the Triton backward), not yet measured on a GPU.
       interpret: run Pallas kernels in interpret mode (CPU testing).
       seq_split: run the kernel on this many equal chunks of the sequence at once, chained through their
         states (``split.py``; exact). "auto": enough chunks to fill the SMs with the GPU kernels when

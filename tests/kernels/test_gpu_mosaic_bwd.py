@@ -1,0 +1,131 @@
+"""ops impl "mosaic_gpu_all": the Mosaic GPU forward's reverse scan and the backward as three forward passes
+(gpu_mosaic_bwd.py), on a CPU.
+
+The kernel tests run in JAX's GPU interpret mode (JAX >= 0.11; skipped on CI's 0.10.2, as tests/kernels/
+test_gpu_mosaic.py's) against the fp32 jnp reference on the same bf16-rounded inputs; the lowering test exports the
+whole forward + backward for CUDA. The support checks run everywhere.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from pallas_kernels.lightning_attention import ops, reference
+from tests.kernels.common import rel_err
+from tests.kernels.test_gpu_mosaic import DECAY, H, _f32, _inputs, needs_gpu_interpret
+
+
+@needs_gpu_interpret
+@pytest.mark.parametrize("kwargs", [{}, {"state_t": True, "m_regs": True, "lean": True, "persistent": True}],
+                         ids=["plain", "auto-lean"])
+def test_reverse_forward_interpret(rng, kwargs):
+    """reverse=True is the forward of the time-reversed sequence, flipped back: o_t sums over u >= t, the initial
+    state enters after the last token, the state returned is the one at the first token."""
+    from pallas_kernels.lightning_attention import gpu_mosaic
+
+    q, k, v, s0 = _inputs(rng, 1, 3 * 64, 128, 128)
+    o, st = gpu_mosaic.lightning_attention_fwd(q, k, v, DECAY, initial_state=s0, interpret=True, reverse=True,
+                                               **kwargs)
+    flip = lambda x: jnp.flip(x.astype(jnp.float32), 1)  # noqa: E731
+    o_ref, st_ref = jax.jit(reference.quadratic)(flip(q), flip(k), flip(v), DECAY, initial_state=s0)
+    # bf16 operands as the forward (test_gpu_mosaic.test_forward_interpret's tolerance); a wrong mirror gives O(1)
+    assert rel_err(o, jnp.flip(o_ref, 1)) < 2e-2 and rel_err(st, st_ref) < 2e-2
+
+
+def _vjp(fn, q, k, v, s0, do, dst):
+    args = (q, k, v) if s0 is None else (q, k, v, s0)
+
+    def f(q, k, v, *s0_):
+        return fn(q, k, v, DECAY, initial_state=s0_[0] if s0_ else None, return_state=True)
+
+    out, pullback = jax.vjp(f, *args)
+    return out, pullback((do.astype(out[0].dtype), dst))
+
+
+@needs_gpu_interpret
+@pytest.mark.parametrize("b,t,dk,dv,init", [(1, 3 * 64, 128, 128, True), (2, 2 * 64, 64, 128, False)])
+def test_three_pass_backward_interpret(rng, b, t, dk, dv, init):
+    """dq, dk, dv (and d initial_state) of impl "mosaic_gpu_all" against jax.vjp of the fp32 reference, with a
+    random cotangent on o and on the final state; dk != dv swaps the kernel's q / k and v widths between passes."""
+    from pallas_kernels.lightning_attention import gpu_mosaic_bwd
+
+    q, k, v, s0 = _inputs(rng, b, t, dk, dv)
+    s0 = s0 if init else None
+    do = jnp.asarray(rng.standard_normal((b, t, H, dv)), jnp.float32).astype(jnp.bfloat16)
+    dst = jnp.asarray(rng.standard_normal((b, H, dk, dv)), jnp.float32)
+    assert gpu_mosaic_bwd.unsupported_reason(q, k, v, DECAY, s0) is None  # the three passes, no fallback
+
+    def ours(*a, **kw):
+        return ops.lightning_attention(*a, impl="mosaic_gpu_all", interpret=True, seq_split=1, **kw)
+
+    def ref(*a, **kw):
+        return ops.lightning_attention(*a, impl="reference", **kw)
+
+    (o, st), grads = jax.jit(lambda *a: _vjp(ours, *a))(q, k, v, s0, do, dst)
+    (o_r, st_r), grads_r = jax.jit(lambda *a: _vjp(ref, *a))(*_f32(q, k, v, s0, do), dst)
+    assert rel_err(o, o_r) < 2e-2 and rel_err(st, st_r) < 2e-2
+    assert len(grads) == len(grads_r) == (4 if init else 3)
+    for name, g, g_r in zip(("dq", "dk", "dv", "ds0")[: len(grads)], grads, grads_r, strict=True):
+        assert g.dtype == (jnp.float32 if name == "ds0" else jnp.bfloat16), name
+        # each pass rounds P, the decayed operand and the state to bf16 as the forward does (2.4e-3 measured)
+        assert rel_err(g, g_r) < 2e-2, name
+
+
+@needs_gpu_interpret
+def test_ragged_length_falls_back_to_triton_backward(rng):
+    """T % 64 != 0: the reverse scans have no tail, so the backward runs the Triton kernels (same gradients)."""
+    from pallas_kernels.lightning_attention import gpu_mosaic_bwd
+
+    q, k, v, s0 = _inputs(rng, 1, 2 * 64 + 37, 64, 64)
+    assert "multiple of 64" in gpu_mosaic_bwd.unsupported_reason(q, k, v, DECAY, s0)
+    do = jnp.asarray(rng.standard_normal(v.shape), jnp.float32).astype(jnp.bfloat16)
+    dst = jnp.zeros((1, H, 64, 64), jnp.float32)
+
+    def ours(*a, **kw):
+        return ops.lightning_attention(*a, impl="mosaic_gpu_all", interpret=True, seq_split=1, **kw)
+
+    _, grads = jax.jit(lambda *a: _vjp(ours, *a))(q, k, v, s0, do, dst)
+    _, grads_r = jax.jit(lambda *a: _vjp(ops.lightning_attention, *a))(*_f32(q, k, v, s0, do), dst)
+    for g, g_r in zip(grads, grads_r, strict=True):
+        assert rel_err(g, g_r) < 2e-2
+
+
+def test_unsupported_reason():
+    from pallas_kernels.lightning_attention import gpu_mosaic_bwd
+
+    x = jnp.zeros((1, 128, H, 128), jnp.bfloat16)
+    assert gpu_mosaic_bwd.unsupported_reason(x, x, x, DECAY) is None
+    assert "segment_ids" in gpu_mosaic_bwd.unsupported_reason(x, x, x, DECAY, segment_ids=jnp.zeros((1, 128)))
+    assert "multiple of 64" in gpu_mosaic_bwd.unsupported_reason(x[:, :100], x[:, :100], x[:, :100], DECAY)
+    assert "bf16/f16" in gpu_mosaic_bwd.unsupported_reason(*(y.astype(jnp.float32) for y in (x, x, x)), DECAY)
+    assert "mosaic_gpu_all" in ops.IMPLS
+
+
+def test_reverse_needs_whole_blocks():
+    from pallas_kernels.lightning_attention import gpu_mosaic
+
+    x = jnp.zeros((1, 100, H, 64), jnp.bfloat16)
+    with pytest.raises(ValueError, match="reverse=True needs a sequence length that is a multiple of 64, got 100"):
+        gpu_mosaic.lightning_attention_fwd(x, x, x, DECAY, interpret=True, reverse=True)
+
+
+@needs_gpu_interpret
+def test_forward_and_backward_lower_for_hopper():
+    """value_and_grad of impl "mosaic_gpu_all" exports for CUDA with Mosaic GPU kernels only (no Triton call: the
+    backward's three passes and the reverse scans, with their register operands, pass Mosaic's lowering)."""
+    b, t, h, d = 2, 256, 2, 128
+    x = jax.ShapeDtypeStruct((b, t, h, d), jnp.bfloat16)
+
+    def loss(q, k, v, decay, s0):
+        o, st = ops.lightning_attention(q, k, v, decay, initial_state=s0, return_state=True, impl="mosaic_gpu_all",
+                                        seq_split=1)
+        return jnp.sum(o.astype(jnp.float32)) + jnp.sum(st)
+
+    exported = jax.export.export(jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 4))), platforms=["cuda"])(
+        x, x, x, jax.ShapeDtypeStruct((h,), jnp.float32), jax.ShapeDtypeStruct((b, h, d, d), jnp.float32))
+    text = exported.mlir_module()
+    assert "triton" not in text
+    assert text.count("mosaic_gpu") >= 4, "one forward and three backward kernels"
+    assert len(exported.out_avals) == 5  # the loss, dq, dk, dv, d initial_state
