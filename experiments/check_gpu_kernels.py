@@ -63,8 +63,6 @@ except Exception as e:  # noqa: BLE001
 # (label, extra kwargs of gpu_mosaic.lightning_attention_fwd); the first is the default configuration
 MOSAIC_VARIANTS = [
     ("mosaic_gpu", {}),
-    ("mosaic_gpu fused", {"fused": True}),
-    ("mosaic_gpu fused slots=3", {"fused": True, "num_slots": 3}),
     ("mosaic_gpu bv64 lean", {"lean": True}),
     ("mosaic_gpu bv32 lean", {"block_v": 32, "lean": True}),
     ("mosaic_gpu vd", {"vdecay": True}),
@@ -138,7 +136,7 @@ def check_forward(args):
             q, k, v, d, initial_state=s, interpret=args.interpret)))
         if not args.interpret:
             for label, kw in MOSAIC_VARIANTS[1:]:
-                if args.variants and not any(f in label for f in args.variants.split(",")):
+                if args.variants and not set(args.variants.split(",")) & set(label.split()):
                     continue
                 impls.append((label, lambda q, k, v, d, s, kw=kw: gpu_mosaic.lightning_attention_fwd(
                     q, k, v, d, initial_state=s, **kw)))
@@ -501,8 +499,8 @@ def main():
     ap.add_argument("--no-timing", action="store_true")
     ap.add_argument("--quick", action="store_true", help="fewer correctness shapes")
     ap.add_argument("--out", default=None, help="write the markdown summary here")
-    ap.add_argument("--variants", default="", help="forward: only the Mosaic layouts whose label contains one of "
-                    "these comma-separated strings (and the default; no warp-specialised kernel)")
+    ap.add_argument("--variants", default="", help="forward: only the Mosaic layouts whose label has one of these "
+                    "comma-separated words, e.g. persistent,st (and the default; no warp-specialised kernel)")
     ap.add_argument("--only", default="", help="comma-separated subset of: forward,op,segments,auto,decode,"
                     "decode_attention,segment_attention,grouped_matmul,qkv,timings")
     args = ap.parse_args()

@@ -56,6 +56,7 @@ _FORWARD_TO_DECODE = {
     "triton": "triton",
     "gpu_triton": "triton",
     "mosaic_gpu": "triton",
+    "mosaic_gpu_all": "triton",
     "gpu_mosaic": "triton",
     "tpu": "tpu",
     "pallas_tpu": "tpu",

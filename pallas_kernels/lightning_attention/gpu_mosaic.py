@@ -15,8 +15,8 @@ Q, K, V blocks arrive by TMA (``plgpu.copy_gmem_to_smem`` + ``plgpu.barrier_wait
 ``num_slots`` - 1 blocks in flight (default 2 slots: block j+1 loads while block j computes). O goes
 back by TMA from SMEM. All decay factors (the causal decay mask M, the row factors, e^{-sC}) are
 precomputed per head outside the kernel with non-positive exponents and loaded once per CTA.
-``fused=True`` is the same math with Kw first and the three state-independent products issued
-together (one wgmma wait); it measured no faster (see experiments/results/gpu_kernel_check.md).
+A ``fused=True`` step (Kw first, the three state-independent products under one wgmma wait) measured no faster
+(experiments/results/gpu_kernel_check.md) and was removed on 2026-12-01, when the step below replaced it.
 
 Parallelism: the grid is (dv / block_v, heads, batch) = 2 * B * H CTAs at dv = 128, block_v = 64
 (128 CTAs at B1 H64 on 132 SMs). Each value block re-reads Q and K (the sibling CTAs run side by
@@ -55,8 +55,8 @@ need <= 113 KB of SMEM each (H100/H200: 228 KB per SM, 1 KB reserved per CTA) an
   * ``lean=True`` drops two buffers: Kw is written into the block's k slot once its Q K^T product is done
     (the slot is refilled only by the next block's prefetch), and the fp32 state staging buffer is
     scoped (``pl.run_scoped``) before and after the main loop's buffers, sharing their bytes; with an
-    initial state, its load then precedes the first block loads instead of overlapping them. Needs the
-    default step (fused=False: the fused step writes Kw before Q K^T).
+    initial state, its load then precedes the first block loads instead of overlapping them. With vdecay or
+    state_t there is no Kw to store, and lean only scopes the staging (with m_regs, the mask's too).
 ``smem_bytes(dk, block_v, num_slots, lean)`` counts a configuration's dynamic SMEM from the buffer list
 the kernel allocates (Mosaic GPU starts every buffer on 1 KB; ``test_lowers_for_hopper`` checks the
 count against the lowering). At dk = 128, 2 slots (bytes, barriers included):
@@ -73,8 +73,7 @@ B1 T4K 0.20-0.26 ms, B1 T16K 0.52-0.65 ms, B4 T16K 1.90-2.08 ms, B1 T64K 1.76-1.
 Limits (checked, ValueError otherwise):
   * q, k, v [B, T, H, D] in bfloat16 or float16, dk in {64, 128}, dv a multiple of 64;
   * block_size C = 64 (the wgmma M tile; 128 would need more registers); block_v 32 or 64; num_slots 2
-    or 3; lean, vdecay, state_t, q_regs, m_regs, persistent bools, none of the last five with fused=True and lean not
-    with fused=True;
+    or 3; lean, vdecay, state_t, q_regs, m_regs, persistent, reverse bools; reverse needs T % 64 == 0;
   * T may be anything: the whole blocks run in the kernel, a tail of T % C tokens runs in the jnp
     reference from the kernel's final state (exact, a small XLA computation);
   * no segment_ids;
@@ -98,111 +97,26 @@ runs Mosaic's Python lowering passes on a CPU (how the tests check the lowering 
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from pallas_kernels.lightning_attention import gpu_triton, gpu_triton_qkv, reference
-
-try:  # Mosaic GPU Pallas; the API below is the one of JAX 0.11.x.
-    from jax.experimental import pallas as pl
-    from jax.experimental.pallas import mosaic_gpu as plgpu
-except ImportError:  # pragma: no cover
-    pl = plgpu = None
-
-BLOCK_V = 64
-
-
-def _t(ref):
-    """Transposed view of a 2-D SMEM ref (``ref.transpose`` on 0.11+, ``transpose_ref`` before)."""
-    if hasattr(ref, "transpose"):
-        return ref.transpose((1, 0))
-    return plgpu.transpose_ref(ref, (1, 0))
-
-
-def _load(ref, layout):
-    try:
-        return plgpu.load(ref, layout=layout)
-    except TypeError:  # 0.10.x: load(ref, idx, *, layout)
-        return plgpu.load(ref, (), layout=layout)
-
-
-def _decay_tables(decay, c, dk):
-    """Per-head fp32 factors, every exponent <= 0: mask [H,C,C], q row [H,C], k row [H,C], e^{-sC} [H,dk]."""
-    s = decay.astype(jnp.float32)
-    pos = jnp.arange(c, dtype=jnp.float32)
-    dist = pos[:, None] - pos[None, :]
-    causal = dist >= 0
-    mask = jnp.where(causal[None], jnp.exp(-s[:, None, None] * jnp.where(causal, dist, 0.0)[None]), 0.0)
-    qdec = jnp.exp(-s[:, None] * (pos + 1.0)[None])
-    kdec = jnp.exp(-s[:, None] * (c - 1.0 - pos)[None])
-    bdec = jnp.broadcast_to(jnp.exp(-s * c)[:, None], (s.shape[0], dk))
-    return mask, qdec, kdec, bdec
-
-
-def _transforms(row_bytes, itemsize):
-    """Tiling + swizzle of a 2-D SMEM tile with rows of ``row_bytes``: swizzle min(row, 128) bytes, (8, that) tiles."""
-    swizzle = min(int(row_bytes), 128)
-    return plgpu.TilingTransform((8, swizzle // itemsize)), plgpu.SwizzleTransform(swizzle)
-
-
-def _buffers(c, dk, block_v, num_slots, lean, p_in_smem, vdecay=False, state_t=False, m_regs=False):
-    """The kernel's SMEM buffers, name -> (shape, dtype; None = the input dtype), and its barriers.
-
-    Returns (permanent, main_loop, staging, barriers): ``permanent`` lives for the whole kernel, ``main_loop``
-    in a ``pl.run_scoped`` around the block loop, ``staging`` (lean only) in ``pl.run_scoped`` calls before
-    and after it, so it reuses the main loop's bytes (lean with m_regs: the decay mask too, read into
-    registers before the loop).
-    """
-    f32 = jnp.float32
-    permanent = {
-        "m_smem": ((c, c), f32),  # decay mask
-        "qd_smem": ((c,), f32),  # e^{-s(t+1)}
-        "kd_smem": ((c,), f32),  # e^{-s(C-1-u)}
-        "bd_smem": ((dk,), f32),  # e^{-sC}
-    }
-    main_loop = {
-        "q_smem": ((num_slots, c, dk), None),
-        "k_smem": ((num_slots, c, dk), None),  # lean: K * decay overwrites the block's K after Q K^T
-        "v_smem": ((num_slots, c, block_v), None),
-        # state in bf16 (B of the inter-block product; state_t: S^T, read transposed)
-        "sb_smem": ((block_v, dk) if state_t else (dk, block_v), None),
-        "o_smem": ((c, block_v), None),
-    }
-    if vdecay or (state_t and p_in_smem):  # state_t on the GPU: (V * decay)^T in registers
-        main_loop["vw_smem"] = ((c, block_v), None)  # V * decay (B of the state update K^T Vw)
-    elif not lean and not state_t:
-        main_loop["kw_smem"] = ((c, dk), None)  # K * decay (A^T of the state update)
-    if p_in_smem:
-        main_loop["p_smem"] = ((c, c), None)  # P (GPU interpret mode only)
-    staging = {"st_smem": ((block_v, dk) if state_t else (dk, block_v), f32)}  # initial / final state
-    if not lean:
-        permanent.update(staging)
-        staging = {}
-    elif m_regs:
-        staging["m_smem"] = permanent.pop("m_smem")
-    barriers = {"q_bar": num_slots, "k_bar": num_slots, "v_bar": num_slots, "c_bar": 5}
-    return permanent, main_loop, staging, barriers
-
-
-def _smem_types(group, *, dtype, block_v):
-    """{name: plgpu.SMEM} for a ``_buffers``-style group {name: (shape, dtype or None = the input dtype)}.
-
-    The two SMEM operands of a wgmma must share one swizzle, and v / the bf16 state have rows of block_v elements
-    (64 bytes at block_v = 32), so every 16-bit buffer uses that row width's swizzle; fp32 ones (never wgmma
-    operands) use their own rows'."""
-    transforms16 = _transforms(block_v * dtype.itemsize, dtype.itemsize)
-    types = {}
-    for name, (shape, dt) in group.items():
-        dt = dtype if dt is None else jnp.dtype(dt)
-        if len(shape) == 1:
-            types[name] = plgpu.SMEM(shape, dt)
-        else:
-            tr = transforms16 if dt == dtype else _transforms(shape[-1] * dt.itemsize, dt.itemsize)
-            types[name] = plgpu.SMEM(shape, dt, transforms=tr)
-    return types
+from pallas_kernels.lightning_attention.gpu_mosaic_layout import (  # noqa: F401  (re-exported)
+    BLOCK_V,
+    TWO_CTAS_PER_SM,
+    _buffers,
+    _decay_tables,
+    _load,
+    _persistent_ctas,
+    _smem_types,
+    _t,
+    auto_layout,
+    pl,
+    plgpu,
+    smem_bytes,
+)
 
 
 def _launch(body, scratch, args, *, block_v, interpret, state_t=False, grid_ctas=None, **kernel_kw):
@@ -252,32 +166,8 @@ def with_tail(run, q, k, v, decay, initial_state, c, reverse=False):
     return o, state
 
 
-def smem_bytes(dk, block_v=BLOCK_V, num_slots=2, lean=False, *, p_in_smem=False, c=64, itemsize=2, vdecay=False,
-               state_t=False, m_regs=False):
-    """Dynamic SMEM bytes per CTA of the kernel (buffers as allocated by Mosaic GPU, barriers included).
-
-    Mosaic GPU starts every SMEM buffer on a 1024-byte boundary; sibling ``pl.run_scoped`` scopes share
-    their bytes (the larger one counts); each mbarrier takes 8 bytes. Two CTAs per SM on an H100 / H200
-    need <= 113 KB (228 KB per SM, 1 KB of it reserved per CTA).
-    """
-    permanent, main_loop, staging, barriers = _buffers(c, dk, block_v, num_slots, lean, p_in_smem, vdecay, state_t,
-                                                       m_regs)
-
-    def size(group):
-        total = 0
-        for shape, dtype in group.values():
-            nbytes = math.prod(shape) * (itemsize if dtype is None else jnp.dtype(dtype).itemsize)
-            total += -(-nbytes // 1024) * 1024
-        return total
-
-    # lean + m_regs: the mask and the state are staged in sibling scopes (each alone, not together)
-    stage = max(size({n: b for n, b in staging.items() if n != "m_smem"}), size({n: b for n, b in staging.items()
-                                                                                 if n == "m_smem"}))
-    return size(permanent) + max(size(main_loop), stage) + 8 * sum(barriers.values())
-
-
 def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, interpret, p_in_smem=None,
-                 num_slots=2, fused=False, lean=False, vdecay=False, q_regs=False, m_regs=False, state_t=False,
+                 num_slots=2, lean=False, vdecay=False, q_regs=False, m_regs=False, state_t=False,
                  grid_ctas=None, reverse=False):
     t, dk = q.shape[1], q.shape[3]
     nblk = t // c
@@ -386,20 +276,19 @@ def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, i
                 plgpu.barrier_wait(v_bar.at[slot])
                 return q_smem.at[slot], k_smem.at[slot], v_smem.at[slot]
 
-            def store_decayed_keys(ks):
-                """Kw = k * (per-row decay to the block end), the left operand of the state update, into
+            def store_decayed_keys(ks, kd):
+                """Kw = k * (per-row decay to the block end ``kd``), the left operand of the state update, into
                 kw_smem; lean: into ks itself (call only once the block's Q K^T product is done). Returns
                 the ref written. ks is refilled only by the await_block of block j + 1, after this block."""
                 kw = ks if lean else kw_smem
                 kk = _load(ks, wgmma_layout).astype(f32)
-                kw[...] = (kk * lax.broadcast_in_dim(_load(kd_smem, row_layout), (c, dk), [0])).astype(dtype)
+                kw[...] = (kk * lax.broadcast_in_dim(kd, (c, dk), [0])).astype(dtype)
                 plgpu.commit_smem()
                 return kw
 
-            def masked_scores(a, m=None):
-                """P = the decayed causal mask (``m``: held in registers, else read from SMEM) times the scores,
-                in the input dtype, as a wgmma operand."""
-                p = (a * (_load(m_smem, wgmma_layout) if m is None else m)).astype(dtype)
+            def masked_scores(a, m):
+                """P = the decayed causal mask times the scores, in the input dtype, as a wgmma operand."""
+                p = (a * m).astype(dtype)
                 if p_in_smem:  # GPU interpret mode takes wgmma operands from SMEM only
                     p_smem[...] = p
                     plgpu.commit_smem()
@@ -412,87 +301,33 @@ def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, i
                 plgpu.commit_smem()
                 plgpu.copy_smem_to_gmem(o_smem, o_ref.at[bb, pl.ds(block_row(j), c), hh, pl.ds(v0, block_v)])
 
-            def step(j, s):
-                qs, ks, vs = await_block(j)
+            def load_tables():
+                """The decay mask and the row factors: e^{-s(t+1)} per query row, the in-block decay per key
+                (state_t: per column of (V * kdec)^T), e^{-sC} per state row (state_t: of S^T; one value per
+                head, so its first block_v)."""
+                kd_layout = col_layout if state_t and not p_in_smem else row_layout
+                bd = _load(bd_smem.at[pl.ds(0, block_v)] if state_t else bd_smem, row_layout)
+                m = _load(m_smem, wgmma_layout) if m_pre is None else m_pre
+                return m, _load(qd_smem, row_layout), _load(kd_smem, kd_layout), bd
 
-                def scores_and_inter(a_ref, oi_ref):
-                    plgpu.wgmma(a_ref, qs, _t(ks))
-                    plgpu.wgmma(oi_ref, qs, sb_smem)
-                    return a_ref[...], oi_ref[...]
-
-                a, oi = pl.run_scoped(scores_and_inter, plgpu.ACC((c, c), f32), plgpu.ACC((c, block_v), f32))
-                p = masked_scores(a)
-
-                def intra(acc_ref):
-                    plgpu.wgmma(acc_ref, p, vs)
-                    return acc_ref[...]
-
-                # Fresh accumulators (run_scoped) rather than pl.run_state(ACC.init(x)): the GPU interpret
-                # mode of JAX 0.11 cannot run wgmma under run_state; costs one [C, block_v] add.
-                o = pl.run_scoped(intra, plgpu.ACC((c, block_v), f32))
-                o = o + oi * lax.broadcast_in_dim(_load(qd_smem, row_layout), (c, block_v), [0])
-
-                kw = store_decayed_keys(ks)  # Q K^T (above) has read ks
-
-                def update(acc_ref):
-                    plgpu.wgmma(acc_ref, _t(kw), vs)
-                    return acc_ref[...]
-
-                s = s * lax.broadcast_in_dim(_load(bd_smem, row_layout), (dk, block_v), [0])
-                s = s + pl.run_scoped(update, plgpu.ACC((dk, block_v), f32))
-                sb_smem[...] = s.astype(dtype)
-                store_output(j, o)
-                return s
-
-            def step_fused(j, s):
-                # Same math, fewer wgmma round trips: Kw first, then Q K^T, Q S and Kw^T V issued together
-                # (one wait), and the bf16 state store overlapping the P V product. Needs kw_smem (not lean).
-                qs, ks, vs = await_block(j)
-                kw = store_decayed_keys(ks)
-
-                def products(a_ref, oi_ref, up_ref):
-                    plgpu.wgmma(a_ref, qs, _t(ks))
-                    plgpu.wgmma(oi_ref, qs, sb_smem)
-                    plgpu.wgmma(up_ref, _t(kw), vs)
-                    return a_ref[...], oi_ref[...], up_ref[...]
-
-                a, oi, up = pl.run_scoped(
-                    products, plgpu.ACC((c, c), f32), plgpu.ACC((c, block_v), f32), plgpu.ACC((dk, block_v), f32)
-                )
-                s = s * lax.broadcast_in_dim(_load(bd_smem, row_layout), (dk, block_v), [0]) + up
-                p = masked_scores(a)
-
-                def intra(acc_ref):
-                    plgpu.wgmma(acc_ref, p, vs)
-                    sb_smem[...] = s.astype(dtype)  # Q S of this block is done; overlaps the wgmma
-                    return acc_ref[...]
-
-                o = pl.run_scoped(intra, plgpu.ACC((c, block_v), f32))
-                o = o + oi * lax.broadcast_in_dim(_load(qd_smem, row_layout), (c, block_v), [0])
-                store_output(j, o)
-                return s
-
-            def load_bd():
-                """e^{-sC} per row of the state (state_t: of S^T; one value per head, so its first block_v)."""
-                return _load(bd_smem.at[pl.ds(0, block_v)] if state_t else bd_smem, row_layout)
-
-            def step_lean_smem(j, carry):
-                # Same products as ``step``, with less SMEM traffic per block (each flag on its own):
+            def step(j, carry):
+                # Per block, with the flags (each on its own):
                 #  * vdecay: the in-block decay of the state update goes on V's rows, S += K^T (V * kdec): a
                 #    [C, block_v] scale and store instead of [C, dk], and the update reads k from its slot;
-                #  * q_regs: Q is read from SMEM once into registers and is the A operand of Q K^T and Q S;
-                #  * m_regs: the decay mask and row factors are read once per CTA and carried in registers;
                 #  * state_t: the state is kept transposed, S^T [block_v, dk] += (V * kdec)^T K, one wgmma of
                 #    N = dk (rather than two of M = 64 that each read V), whose A operand (V * kdec)^T comes from
                 #    registers on the GPU (v's slot read transposed; interpret mode: through vw_smem); Q S reads the
-                #    bf16 S^T transposed. e^{-sC} is one value per head, so the row factor applies to S^T as well.
+                #    bf16 S^T transposed;
+                #  * q_regs: Q is read from SMEM once into registers and is the A operand of Q K^T and Q S;
+                #  * m_regs: the decay mask and row factors are read once per CTA and carried in registers (else
+                #    from SMEM every block).
                 # Elementwise work is issued while a product runs: V * kdec under P V, the O epilogue and its
-                # store under the state update.
+                # store under the state update. Fresh accumulators (run_scoped) rather than
+                # pl.run_state(ACC.init(x)): the GPU interpret mode of JAX 0.11 cannot run wgmma under run_state.
                 s, tables = carry
                 qs, ks, vs = await_block(j)
                 qa = _load(qs, wgmma_layout) if q_regs else qs
-                m, qd, kd, bd = tables if m_regs else (None, _load(qd_smem, row_layout), _load(kd_smem, row_layout),
-                                                       load_bd())
+                m, qd, kd, bd = tables if m_regs else load_tables()
 
                 def scores_and_inter(a_ref, oi_ref):
                     plgpu.wgmma(a_ref, qa, _t(ks))
@@ -506,7 +341,7 @@ def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, i
                     plgpu.wgmma(acc_ref, p, vs)
                     if state_t and not p_in_smem:  # (V * kdec)^T [block_v, C] in registers, returned
                         vv = _load(_t(vs), wgmma_layout).astype(f32)
-                        vt = (vv * lax.broadcast_in_dim(_load(kd_smem, col_layout), (block_v, c), [1])).astype(dtype)
+                        vt = (vv * lax.broadcast_in_dim(kd, (block_v, c), [1])).astype(dtype)
                         return acc_ref[...], vt
                     if vdecay or state_t:
                         vv = _load(vs, wgmma_layout).astype(f32)
@@ -521,11 +356,7 @@ def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, i
                 elif vdecay:
                     a_upd, b_upd = _t(ks), vw_smem
                 else:
-                    kw = kw_smem if not lean else ks
-                    kk = _load(ks, wgmma_layout).astype(f32)
-                    kw[...] = (kk * lax.broadcast_in_dim(kd, (c, dk), [0])).astype(dtype)
-                    plgpu.commit_smem()
-                    a_upd, b_upd = _t(kw), vs
+                    a_upd, b_upd = _t(store_decayed_keys(ks, kd)), vs  # Q K^T (above) has read ks
 
                 def update(acc_ref):
                     plgpu.wgmma(acc_ref, a_upd, b_upd)
@@ -538,13 +369,7 @@ def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, i
                 plgpu.commit_smem()  # the next block's Q S reads it
                 return s, tables
 
-            if vdecay or q_regs or m_regs or state_t:
-                tables = ()
-                if m_regs:
-                    tables = (_load(m_smem, wgmma_layout) if m_pre is None else m_pre, _load(qd_smem, row_layout),
-                              _load(kd_smem, row_layout), load_bd())
-                return lax.fori_loop(0, nblk, step_lean_smem, (s_init, tables))[0]
-            return lax.fori_loop(0, nblk, step_fused if fused else step, s_init)
+            return lax.fori_loop(0, nblk, step, (s_init, load_tables() if m_regs else ()))[0]
 
         s = pl.run_scoped(main, **smem_types(main_loop))
 
@@ -592,17 +417,6 @@ def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, i
     return launch(body, scratch, (q, k, v, mask, qdec, kdec, bdec, s0))
 
 
-def _persistent_ctas(q, v, block_v, num_slots, lean, vdecay, state_t, m_regs, num_sms=None):
-    """The persistent grid: as many CTAs as fit at once (two per SM where ``smem_bytes`` <= 113 KB), at most one
-    per item."""
-    from pallas_kernels.lightning_attention import split
-
-    per_sm = 2 if smem_bytes(q.shape[-1], block_v, num_slots, lean, vdecay=vdecay, state_t=state_t,
-                             m_regs=m_regs) <= 113 * 1024 else 1
-    items = q.shape[0] * q.shape[2] * (v.shape[-1] // block_v)
-    return max(1, min(items, per_sm * (split.num_sms() if num_sms is None else num_sms)))
-
-
 def check_supported(q, k, v, decay, initial_state=None, block_size=64):
     if plgpu is None:
         raise ImportError("jax.experimental.pallas.mosaic_gpu is not available")
@@ -625,12 +439,12 @@ def check_supported(q, k, v, decay, initial_state=None, block_size=64):
 
 
 @functools.partial(
-    jax.jit, static_argnames=("block_size", "interpret", "p_in_smem", "num_slots", "fused", "block_v", "lean",
+    jax.jit, static_argnames=("block_size", "interpret", "p_in_smem", "num_slots", "block_v", "lean",
                               "vdecay", "q_regs", "m_regs", "state_t", "persistent", "reverse")
 )
 def lightning_attention_fwd(
     q, k, v, decay, *, initial_state=None, block_size=64, interpret=False, p_in_smem=None, num_slots=2,
-    fused=False, block_v=BLOCK_V, lean=False, vdecay=False, q_regs=False, m_regs=False, state_t=False,
+    block_v=BLOCK_V, lean=False, vdecay=False, q_regs=False, m_regs=False, state_t=False,
     persistent=False, reverse=False,
 ):
     """Forward of lightning attention. q, k [B,T,H,dk], v [B,T,H,dv] bf16/f16; decay [H].
@@ -649,21 +463,15 @@ def lightning_attention_fwd(
         raise ValueError(f"num_slots must be 2 or 3, got {num_slots}")
     if block_v not in (32, 64):
         raise ValueError(f"block_v must be 32 or 64, got {block_v!r}")
-    if lean not in (False, True):
-        raise ValueError(f"lean must be a bool, got {lean!r}")
-    if lean and fused:
-        raise ValueError("lean=True needs fused=False (the fused step writes K * decay before Q K^T), got fused=True")
-    for name, flag in (("vdecay", vdecay), ("q_regs", q_regs), ("m_regs", m_regs), ("state_t", state_t),
+    for name, flag in (("lean", lean), ("vdecay", vdecay), ("q_regs", q_regs), ("m_regs", m_regs), ("state_t", state_t),
                        ("persistent", persistent), ("reverse", reverse)):
         if not isinstance(flag, bool):
             raise ValueError(f"{name} must be a bool, got {flag!r}")
-        if flag and fused:
-            raise ValueError(f"{name}=True needs fused=False (a step of its own), got fused=True")
     c = int(block_size)
     if reverse and q.shape[1] % c:
         raise ValueError(f"reverse=True needs a sequence length that is a multiple of {c}, got {q.shape[1]}")
     run = functools.partial(_kernel_call, c=c, block_v=int(block_v), interpret=interpret, p_in_smem=p_in_smem,
-                            num_slots=int(num_slots), fused=bool(fused), lean=bool(lean), vdecay=bool(vdecay),
+                            num_slots=int(num_slots), lean=bool(lean), vdecay=bool(vdecay),
                             q_regs=bool(q_regs), m_regs=bool(m_regs), state_t=bool(state_t),
                             grid_ctas=_persistent_ctas(q, v, block_v, num_slots, lean, vdecay, state_t, m_regs)
                             if persistent else None, reverse=bool(reverse))
@@ -685,26 +493,6 @@ def unsupported_reason(q, k, v, decay, initial_state=None, segment_ids=None):
     except (ValueError, ImportError) as e:
         return str(e)
     return None
-
-
-def auto_layout(b: int, h: int, dv: int, num_sms: int | None = None) -> dict:
-    """The forward layout the ops adapters run: lightning_attention_fwd keyword arguments for a launch of
-    b * h * dv / 64 items (value block, head, batch). The transposed state and the mask in registers always
-    (state_t, m_regs: 1.16-1.22x the plain step); then by launch size, as the backward's stages
-    (gpu_triton_config): at most one item per SM (one wave) takes 3 slots (a deeper prefetch for the CTA alone on
-    its SM); more takes the lean layout (107 KB of SMEM: two CTAs per SM) on a persistent grid of two CTAs per SM
-    that walk the items. Measured in interleaved rounds on an H200 (ms): B1 T16K 0.374 (3 slots) / 0.383 (lean),
-    B1 T64K 1.295 / 1.360 (lightning_fwd_st_rounds_h200.md); lean at B2 / B3 / B4 T16K 0.599 / 1.271 / 1.655 with
-    the hardware's CTA scheduling, 0.587 / 1.061 / 1.106 persistent (lightning_persistent_h200.md). Without the
-    persistent grid, 384 or 512 CTAs ran at ~61% of copy against 85% for 256: the hardware did not keep two
-    long-running CTAs on every SM as the first ones finished."""
-    from pallas_kernels.lightning_attention import split
-
-    ctas = b * h * (dv // BLOCK_V)
-    one_wave = ctas <= (split.num_sms() if num_sms is None else num_sms)
-    layout = {"state_t": True, "m_regs": True}
-    layout.update({"num_slots": 3} if one_wave else {"lean": True, "persistent": True})
-    return layout
 
 
 def _forward(q, k, v, decay, initial_state, segment_ids, *, interpret):

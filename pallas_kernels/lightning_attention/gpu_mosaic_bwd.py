@@ -19,6 +19,9 @@ Triton backward's three kernels does, and runs at the forward's speed with ``gpu
 Rounding: every pass rounds its products' operands to the input dtype as the forward does (P, the decayed operand
 and the bf16 state); the gradients come out in the input dtype.
 
+The reverse scans start from the fp32 state e^{s} dS_T, which overflows only for decay rates above ~88 (MiniMax's
+are below 1).
+
 Limits: the forward kernel's (bf16 / f16 q, k, v, dk and dv in {64, 128}), no segment ids, and T a multiple of 64
 (the reverse scan has no tail); ``unsupported_reason`` says why not, and ``lightning_attention`` (ops impl
 "mosaic_gpu_all") then runs the Triton backward. Status: correct in the GPU interpret mode against the fp32
@@ -71,28 +74,12 @@ def backward(q, k, v, decay, initial_state, do, dst, *, interpret=False):
     return dq, dk_, dv_, ds0
 
 
-# Residuals are the call's inputs only (as gpu_triton's custom_vjp).
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _with_bwd(fwd_fn, params, interpret, q, k, v, decay, initial_state, segment_ids):
-    return fwd_fn(q, k, v, decay, initial_state, segment_ids)
-
-
-def _with_bwd_fwd(fwd_fn, params, interpret, q, k, v, decay, initial_state, segment_ids):
-    return fwd_fn(q, k, v, decay, initial_state, segment_ids), (q, k, v, decay, initial_state, segment_ids)
-
-
-def _with_bwd_bwd(fwd_fn, params, interpret, res, cts):
-    del fwd_fn
-    q, k, v, decay, initial_state, segment_ids = res
-    do, dst = cts
+def backward_or_triton(q, k, v, decay, initial_state, segment_ids, do, dst, *, params):
+    """gpu_triton.with_backward's backward: the three passes where they apply, else the Triton kernels (ragged
+    lengths, other head dims)."""
     if unsupported_reason(q, k, v, decay, initial_state, segment_ids) is None:
-        dq, dk, dv, ds0 = backward(q, k, v, decay, initial_state, do, dst, interpret=interpret)
-    else:  # ragged lengths, other head dims: the Triton backward
-        dq, dk, dv, ds0 = gpu_triton.backward(q, k, v, decay, initial_state, segment_ids, do, dst, params=params)
-    return dq, dk, dv, jnp.zeros_like(decay), ds0, None
-
-
-_with_bwd.defvjp(_with_bwd_fwd, _with_bwd_bwd)
+        return backward(q, k, v, decay, initial_state, do, dst, interpret=params.interpret)
+    return gpu_triton.backward(q, k, v, decay, initial_state, segment_ids, do, dst, params=params)
 
 
 @functools.partial(jax.jit, static_argnames=("block_size", "interpret"))
@@ -105,7 +92,7 @@ def lightning_attention(q, k, v, decay, *, initial_state=None, segment_ids=None,
                                               block_size=block_size, interpret=interpret)
     params = gpu_triton.TritonParams.make(block_size=block_size, interpret=interpret)
     fwd = functools.partial(gpu_mosaic._forward, interpret=bool(interpret))
-    return _with_bwd(fwd, params, bool(interpret), q, k, v, decay, initial_state, None)
+    return gpu_triton.with_backward(fwd, backward_or_triton, params)(q, k, v, decay, initial_state, None)
 
 
-__all__ = ["backward", "lightning_attention", "unsupported_reason"]
+__all__ = ["backward", "backward_or_triton", "lightning_attention", "unsupported_reason"]

@@ -428,21 +428,21 @@ def backward(q, k, v, decay, initial_state, segment_ids, do, dstate, *, params: 
 # (o, final state) is any implementation with reference.chunked's semantics (the Triton forward
 # here, the Mosaic GPU forward in gpu_mosaic.py); the backward is always the Triton kernels above.
 # Residuals are the call's inputs only.
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _with_bwd(fwd_fn, params, q, k, v, decay, initial_state, segment_ids):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _with_bwd(fwd_fn, bwd_fn, params, q, k, v, decay, initial_state, segment_ids):
     return fwd_fn(q, k, v, decay, initial_state, segment_ids)
 
 
-def _with_bwd_fwd(fwd_fn, params, q, k, v, decay, initial_state, segment_ids):
+def _with_bwd_fwd(fwd_fn, bwd_fn, params, q, k, v, decay, initial_state, segment_ids):
     out = fwd_fn(q, k, v, decay, initial_state, segment_ids)
     return out, (q, k, v, decay, initial_state, segment_ids)
 
 
-def _with_bwd_bwd(fwd_fn, params, res, cts):
+def _with_bwd_bwd(fwd_fn, bwd_fn, params, res, cts):
     del fwd_fn
     q, k, v, decay, initial_state, segment_ids = res
     do, dst = cts
-    dq, dk, dv, ds0 = backward(q, k, v, decay, initial_state, segment_ids, do, dst, params=params)
+    dq, dk, dv, ds0 = bwd_fn(q, k, v, decay, initial_state, segment_ids, do, dst, params=params)
     # decay is a fixed (non-trainable) buffer: its gradient is defined as zero; segment ids are ints.
     return dq, dk, dv, jnp.zeros_like(decay), ds0, None
 
@@ -450,19 +450,26 @@ def _with_bwd_bwd(fwd_fn, params, res, cts):
 _with_bwd.defvjp(_with_bwd_fwd, _with_bwd_bwd)
 
 
-def with_triton_backward(fwd_fn, params: TritonParams = _DEFAULT_PARAMS):
-    """Differentiable version of ``fwd_fn`` whose VJP runs the Triton backward kernels.
+def with_backward(fwd_fn, bwd_fn, params: TritonParams = _DEFAULT_PARAMS):
+    """Differentiable version of ``fwd_fn`` whose VJP is ``bwd_fn(q, k, v, decay, initial_state, segment_ids, do,
+    dstate, *, params) -> (dq, dk, dv, d initial_state or None)`` (``backward`` below, or gpu_mosaic_bwd's).
 
     ``fwd_fn(q, k, v, decay, initial_state, segment_ids) -> (o, final fp32 state)`` must compute
-    ``reference.chunked``'s function (it need not be differentiable). Returns
-    ``f(q, k, v, decay, initial_state=None, segment_ids=None) -> (o, state)``, differentiable in q,
-    k, v and initial_state (decay gets a zero gradient). ``params`` configures the backward kernels.
-    """
+    ``reference.chunked``'s function (it need not be differentiable); the residuals are the inputs only. Returns
+    ``f(q, k, v, decay, initial_state=None, segment_ids=None) -> (o, state)``, differentiable in q, k, v and
+    initial_state (decay gets a zero gradient). ``fwd_fn`` and ``bwd_fn`` should be module-level functions or
+    partials built once (they key JAX's caches)."""
 
     def f(q, k, v, decay, initial_state=None, segment_ids=None):
-        return _with_bwd(fwd_fn, params, q, k, v, decay, initial_state, segment_ids)
+        return _with_bwd(fwd_fn, bwd_fn, params, q, k, v, decay, initial_state, segment_ids)
 
     return f
+
+
+def with_triton_backward(fwd_fn, params: TritonParams = _DEFAULT_PARAMS):
+    """Differentiable version of ``fwd_fn`` whose VJP runs the Triton backward kernels configured by ``params``
+    (``with_backward`` with ``backward``)."""
+    return with_backward(fwd_fn, backward, params)
 
 
 @functools.partial(
