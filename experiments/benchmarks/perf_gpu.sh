@@ -289,7 +289,7 @@ case $STAGE in
   # (ops impl mosaic_gpu_all, gpu_mosaic_bwd.py) checked (op: fwd+bwd against the fp32 reference), then issue 14's
   # targets in rounds with it beside impl auto (Mosaic forward + Triton backward)
   # (first: the forward / op / qkv checks, since the step was refactored after its last GPU run, stage 23)
-  timeout "$(left 260)" python3 experiments/check_gpu_kernels.py --only forward,op,qkv --variants st,persistent \
+  timeout "$(left 260)" python3 experiments/check_gpu_kernels.py --only forward,op,qkv --variants st,persistent,lean \
     --no-timing --out "$OUT/check_op_mosaic_all_h200.md" > "$OUT/check_op_mosaic_all.log" 2>&1
   timeout "$(left 9999)" python3 experiments/benchmarks/lightning_vs_fla.py --rounds 20 \
     --shapes B1T16K,B2T16K,B4T16K,B1T64K --impls mosaic_gpu_all \

@@ -64,7 +64,9 @@ count against the lowering). At dk = 128, 2 slots (bytes, barriers included):
     block_v=32          138328 (135 KB)      block_v=32 lean   105560 (103 KB: two CTAs per SM)
 3 slots: 211 KB at block_v=64 (block_v=32 lean: 139 KB); 4 slots do not fit (251 KB > 227 KB).
 
-Measured on one H200 (JAX 0.11.2), H=64, D=128, bf16, median of 10, run-to-run spread ~10-20%, the plain step:
+Measured on one H200 (JAX 0.11.2), H=64, D=128, bf16, median of 10, run-to-run spread ~10-20%, the plain step as it
+was before 2026-12-01 (the step with its flags off is the same math; it now issues the O store under the state
+update, not re-timed):
 B1 T4K 0.20-0.26 ms, B1 T16K 0.52-0.65 ms, B4 T16K 1.90-2.08 ms, B1 T64K 1.76-1.93 ms, i.e.
 1.0-2.4 TB/s on q,k,v,o bytes (fla chunk_simple_gla on the same kind of GPU: 0.44 / 0.74 / 3.13 /
 3.04 ms). Errors against the fp32 reference on the same bf16 inputs: o ~2.6e-3, state ~1.6e-3
@@ -301,14 +303,14 @@ def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, i
                 plgpu.commit_smem()
                 plgpu.copy_smem_to_gmem(o_smem, o_ref.at[bb, pl.ds(block_row(j), c), hh, pl.ds(v0, block_v)])
 
-            def load_tables():
-                """The decay mask and the row factors: e^{-s(t+1)} per query row, the in-block decay per key
-                (state_t: per column of (V * kdec)^T), e^{-sC} per state row (state_t: of S^T; one value per
-                head, so its first block_v)."""
-                kd_layout = col_layout if state_t and not p_in_smem else row_layout
-                bd = _load(bd_smem.at[pl.ds(0, block_v)] if state_t else bd_smem, row_layout)
-                m = _load(m_smem, wgmma_layout) if m_pre is None else m_pre
-                return m, _load(qd_smem, row_layout), _load(kd_smem, kd_layout), bd
+            # The decay mask and the row factors: e^{-s(t+1)} per query row, the in-block decay per key (row
+            # layout; state_t on the GPU reads it per block in the column layout, 2 registers rather than 16 live
+            # through the loop), e^{-sC} per state row (state_t: of S^T; one value per head, so its first block_v).
+            # With m_regs they are read once and carried; else each is read from SMEM where it is used.
+            load_m = lambda: _load(m_smem, wgmma_layout) if m_pre is None else m_pre  # noqa: E731
+            load_qd = lambda: _load(qd_smem, row_layout)  # noqa: E731
+            load_kd = lambda: _load(kd_smem, row_layout)  # noqa: E731
+            load_bd = lambda: _load(bd_smem.at[pl.ds(0, block_v)] if state_t else bd_smem, row_layout)  # noqa: E731
 
             def step(j, carry):
                 # Per block, with the flags (each on its own):
@@ -327,7 +329,7 @@ def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, i
                 s, tables = carry
                 qs, ks, vs = await_block(j)
                 qa = _load(qs, wgmma_layout) if q_regs else qs
-                m, qd, kd, bd = tables if m_regs else load_tables()
+                m, qd, kd, bd = tables if m_regs else (None,) * 4
 
                 def scores_and_inter(a_ref, oi_ref):
                     plgpu.wgmma(a_ref, qa, _t(ks))
@@ -335,28 +337,31 @@ def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, i
                     return a_ref[...], oi_ref[...]
 
                 a, oi = pl.run_scoped(scores_and_inter, plgpu.ACC((c, c), f32), plgpu.ACC((c, block_v), f32))
-                p = masked_scores(a, m)
+                p = masked_scores(a, load_m() if m is None else m)
 
                 def intra(acc_ref):
                     plgpu.wgmma(acc_ref, p, vs)
                     if state_t and not p_in_smem:  # (V * kdec)^T [block_v, C] in registers, returned
                         vv = _load(_t(vs), wgmma_layout).astype(f32)
-                        vt = (vv * lax.broadcast_in_dim(kd, (block_v, c), [1])).astype(dtype)
+                        kd_col = _load(kd_smem, col_layout)
+                        vt = (vv * lax.broadcast_in_dim(kd_col, (block_v, c), [1])).astype(dtype)
                         return acc_ref[...], vt
                     if vdecay or state_t:
                         vv = _load(vs, wgmma_layout).astype(f32)
-                        vw_smem[...] = (vv * lax.broadcast_in_dim(kd, (c, block_v), [0])).astype(dtype)
+                        kd_rows = load_kd() if kd is None else kd
+                        vw_smem[...] = (vv * lax.broadcast_in_dim(kd_rows, (c, block_v), [0])).astype(dtype)
                         plgpu.commit_smem()
                     return acc_ref[...], None
 
                 o, vt = pl.run_scoped(intra, plgpu.ACC((c, block_v), f32))
-                o = o + oi * lax.broadcast_in_dim(qd, (c, block_v), [0])
+                o = o + oi * lax.broadcast_in_dim(load_qd() if qd is None else qd, (c, block_v), [0])
                 if state_t:
                     a_upd, b_upd = (_t(vw_smem) if vt is None else vt), ks
                 elif vdecay:
                     a_upd, b_upd = _t(ks), vw_smem
                 else:
-                    a_upd, b_upd = _t(store_decayed_keys(ks, kd)), vs  # Q K^T (above) has read ks
+                    kw = store_decayed_keys(ks, load_kd() if kd is None else kd)  # Q K^T (above) has read ks
+                    a_upd, b_upd = _t(kw), vs
 
                 def update(acc_ref):
                     plgpu.wgmma(acc_ref, a_upd, b_upd)
@@ -364,12 +369,14 @@ def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, i
                     return acc_ref[...]
 
                 s_shape = (block_v, dk) if state_t else (dk, block_v)
+                bd = load_bd() if bd is None else bd
                 s = s * lax.broadcast_in_dim(bd, s_shape, [0]) + pl.run_scoped(update, plgpu.ACC(s_shape, f32))
                 sb_smem[...] = s.astype(dtype)
                 plgpu.commit_smem()  # the next block's Q S reads it
                 return s, tables
 
-            return lax.fori_loop(0, nblk, step, (s_init, load_tables() if m_regs else ()))[0]
+            tables = (load_m(), load_qd(), load_kd(), load_bd()) if m_regs else ()
+            return lax.fori_loop(0, nblk, step, (s_init, tables))[0]
 
         s = pl.run_scoped(main, **smem_types(main_loop))
 
