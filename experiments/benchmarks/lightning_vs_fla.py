@@ -119,9 +119,12 @@ def main():
     entries = {}  # (shape, impl, pass) -> (fn, sync)
     on_gpu = jax.default_backend() == "gpu"
     # off a GPU, the layouts run in Mosaic's GPU interpret mode (JAX >= 0.11), else not at all
-    variants = args.mosaic_variants if on_gpu or hasattr(mosaic_layouts.plgpu_or_none(), "InterpretGPUParams") else []
+    mosaic_ok = on_gpu or hasattr(mosaic_layouts.plgpu_or_none(), "InterpretGPUParams")
+    variants = args.mosaic_variants if mosaic_ok else []
+    impls = [i for i in args.impls.split(",") if i and (mosaic_ok or not i.startswith("mosaic"))]
+    if len(variants) < len(args.mosaic_variants) or len(impls) < len([i for i in args.impls.split(",") if i]):
+        print(f"no GPU and JAX {jax.__version__} has no Mosaic GPU interpret mode: Mosaic layouts / impls skipped")
     for name, (b, t) in shapes.items():
-        impls = [i for i in args.impls.split(",") if i]
         for p, fn in jax_fns(b, t, h, d, decay, variants, interpret=not on_gpu, impls=impls).items():
             entries[(name, "ours", p)] = (fn, jsync)
         if fla_ops is not None:
