@@ -152,8 +152,7 @@ def auto_layout(b: int, h: int, dv: int, num_sms: int | None = None) -> dict:
     that walk the items. Measured in interleaved rounds on an H200 (ms): B1 T16K 0.374 (3 slots) / 0.383 (lean),
     B1 T64K 1.295 / 1.360 (lightning_fwd_st_rounds_h200.md); lean at B2 / B3 / B4 T16K 0.599 / 1.271 / 1.655 with
     the hardware's CTA scheduling, 0.587 / 1.061 / 1.106 persistent (lightning_persistent_h200.md). Without the
-    persistent grid, 384 or 512 CTAs ran at ~61% of copy against 85% for 256: the hardware did not keep two
-    long-running CTAs on every SM as the first ones finished."""
+    persistent grid, 384 or 512 CTAs ran at ~61% of copy against 85% for 256 (not profiled why)."""
     from pallas_kernels.lightning_attention import split
 
     ctas = b * h * (dv // BLOCK_V)
