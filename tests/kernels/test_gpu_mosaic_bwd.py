@@ -12,6 +12,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from pallas_kernels.lightning_attention import ops, reference
@@ -139,3 +140,55 @@ def test_forward_and_backward_lower_for_hopper():
     assert not re.findall(r"custom_call @triton", text)  # (source locations may still name gpu_triton.py)
     assert len(re.findall(r"custom_call @mosaic_gpu_v2", text)) == 4, "one forward and three backward kernels"
     assert len(exported.out_avals) == 5  # the loss, dq, dk, dv, d initial_state
+
+
+def test_backward_wiring_runs_three_forward_passes(monkeypatch):
+    """Runs everywhere (the forward kernel replaced by a recorder): the three passes get the renamed operands, the
+    reverse flags, the e^{s}-scaled final-state cotangent (transposed for dk) and auto_layout's layout; d initial
+    state is e^{-s} x the dv pass's final state."""
+    from pallas_kernels.lightning_attention import gpu_mosaic, gpu_mosaic_bwd
+
+    b, t, dk, dv = 1, 128, 64, 128
+    rng = np.random.default_rng(0)
+    q, k = (jnp.asarray(rng.standard_normal((b, t, H, dk)), jnp.bfloat16) for _ in range(2))
+    v, do = (jnp.asarray(rng.standard_normal((b, t, H, dv)), jnp.bfloat16) for _ in range(2))
+    s0 = jnp.asarray(rng.standard_normal((b, H, dk, dv)), jnp.float32)
+    dst = jnp.asarray(rng.standard_normal((b, H, dk, dv)), jnp.float32)
+    calls = []
+
+    def fake_fwd(q_, k_, v_, decay, *, initial_state=None, reverse=False, interpret=False, **layout):
+        calls.append((q_, k_, v_, initial_state, reverse, layout))
+        final = jnp.full((b, H, q_.shape[-1], v_.shape[-1]), 2.0, jnp.float32)
+        return jnp.zeros(q_.shape[:3] + v_.shape[-1:], q_.dtype), final
+
+    monkeypatch.setattr(gpu_mosaic, "lightning_attention_fwd", fake_fwd)
+    dq, dk_, dv_, ds0 = gpu_mosaic_bwd.backward(q, k, v, DECAY, s0, do, dst)
+    assert dq.shape == q.shape and dk_.shape == k.shape and dv_.shape == v.shape and ds0.shape == s0.shape
+    (q1, k1, v1, i1, r1, l1), (q2, k2, v2, i2, r2, l2), (q3, k3, v3, i3, r3, l3) = calls
+    grow = np.exp(np.asarray(DECAY))[None, :, None, None]
+
+    def same(xs, ys):
+        return all(x.shape == y.shape and bool(jnp.array_equal(x, y)) for x, y in zip(xs, ys, strict=True))
+
+    assert same((q1, k1, v1), (do, v, k)) and not r1 and np.allclose(i1, np.swapaxes(s0, -1, -2))
+    assert same((q2, k2, v2), (k, q, do)) and r2 and np.allclose(i2, dst * grow)
+    assert same((q3, k3, v3), (v, do, q)) and r3 and np.allclose(i3, np.swapaxes(dst * grow, -1, -2))
+    assert l1 == l3 == gpu_mosaic.auto_layout(b, H, dk) and l2 == gpu_mosaic.auto_layout(b, H, dv)
+    np.testing.assert_allclose(ds0, 2.0 / np.broadcast_to(grow, ds0.shape), rtol=1e-6)
+
+
+def test_ops_adapter_runs_auto_layout(monkeypatch):
+    """Runs everywhere: the ops adapter's forward passes auto_layout's flags to the kernel."""
+    from pallas_kernels.lightning_attention import gpu_mosaic
+
+    seen = {}
+
+    def fake_fwd(q, k, v, decay, *, initial_state=None, interpret=False, **layout):
+        seen.update(layout)
+        return v, None
+
+    monkeypatch.setattr(gpu_mosaic, "lightning_attention_fwd", fake_fwd)
+    x = jnp.zeros((4, 64, 64, 128), jnp.bfloat16)  # 512 CTAs: more than the SMs
+    gpu_mosaic._forward(x, x, x, jnp.ones((64,)), None, None, interpret=False)
+    assert seen == gpu_mosaic.auto_layout(4, 64, 128) == {"state_t": True, "m_regs": True, "lean": True,
+                                                           "persistent": True}
