@@ -52,12 +52,10 @@ from experiments.benchmarks.timing import finish, median_ci, run_rounds  # noqa:
 
 
 def jax_fns(b, t, h, d, decay, variants=(), interpret=False, impls=()):
-    """{pass: fn} of our op, plus {"fwd <label>": fn} per Mosaic layout of ``variants`` (mosaic_layouts.parse) and
-    {"<pass> <impl>": fn} per extra ops impl name of ``impls``."""
+    """{(source, pass): fn}: our op as "ours" (impl auto), each extra ops impl name of ``impls`` under its name, and
+    each Mosaic layout of ``variants`` (mosaic_layouts.parse) under its label, forward only."""
     ks = jax.random.split(jax.random.key(b * 1_000_003 + t), 3)
     q, k, v = (jax.random.normal(x, (b, t, h, d), jnp.float32).astype(jnp.bfloat16) / d**0.25 for x in ks)
-    extra = {f"fwd {label}": (lambda fn=fn: fn(q, k, v, decay))
-             for label, fn in mosaic_layouts.forward_fns(variants, interpret=interpret)}
 
     def passes(impl):
         def op(q, k, v):
@@ -70,9 +68,12 @@ def jax_fns(b, t, h, d, decay, variants=(), interpret=False, impls=()):
         fwd_bwd = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
         return {"fwd": lambda: fwd(q, k, v), "fwd+bwd": lambda: fwd_bwd(q, k, v)}
 
+    fns = {("ours", p): fn for p, fn in passes("auto").items()}
     for impl in impls:
-        extra.update({f"{p} {impl}": fn for p, fn in passes(impl).items()})
-    return {**passes("auto"), **extra}
+        fns.update({(impl, p): fn for p, fn in passes(impl).items()})
+    for label, fn in mosaic_layouts.forward_fns(variants, interpret=interpret):
+        fns[(label, "fwd")] = lambda fn=fn: fn(q, k, v, decay)
+    return fns
 
 
 def fla_fns(torch, chunk_simple_gla, b, t, h, d, decay):
@@ -116,17 +117,18 @@ def main():
     def tsync(_):
         torch.cuda.synchronize()
 
-    entries = {}  # (shape, impl, pass) -> (fn, sync)
+    entries = {}  # (shape, source, pass) -> (fn, sync); source: "ours", an impl name, a layout label, "fla"
     on_gpu = jax.default_backend() == "gpu"
     # off a GPU, the layouts run in Mosaic's GPU interpret mode (JAX >= 0.11), else not at all
     mosaic_ok = on_gpu or hasattr(mosaic_layouts.plgpu_or_none(), "InterpretGPUParams")
     variants = args.mosaic_variants if mosaic_ok else []
-    impls = [i for i in args.impls.split(",") if i and (mosaic_ok or not i.startswith("mosaic"))]
-    if len(variants) < len(args.mosaic_variants) or len(impls) < len([i for i in args.impls.split(",") if i]):
+    requested = [i for i in args.impls.split(",") if i]
+    impls = [i for i in requested if mosaic_ok or not i.startswith("mosaic")]
+    if len(variants) < len(args.mosaic_variants) or len(impls) < len(requested):
         print(f"no GPU and JAX {jax.__version__} has no Mosaic GPU interpret mode: Mosaic layouts / impls skipped")
     for name, (b, t) in shapes.items():
-        for p, fn in jax_fns(b, t, h, d, decay, variants, interpret=not on_gpu, impls=impls).items():
-            entries[(name, "ours", p)] = (fn, jsync)
+        for (source, p), fn in jax_fns(b, t, h, d, decay, variants, interpret=not on_gpu, impls=impls).items():
+            entries[(name, source, p)] = (fn, jsync)
         if fla_ops is not None:
             for p, fn in fla_fns(torch, fla_ops[0], b, t, h, d, decay).items():
                 entries[(name, "fla", p)] = (fn, tsync)
@@ -154,40 +156,37 @@ def main():
         "| shape | pass | ours ms | fla ms | x fla | ours % of copy |",
         "|---|---|---|---|---|---|",
     ]
-    for name, (b, t) in shapes.items():
-        nbytes = 4 * b * t * h * d * 2
+    def pct(name, x):
+        """(q, k, v read + o written) / median time, as a share of the copy's bandwidth."""
+        b, t = shapes[name]
+        return "" if not copy_gbs else f"{4 * b * t * h * d * 2 / np.median(x) / 1e6 / copy_gbs:.0%}"
+
+    def vs_fla(name, p, x):
+        fla = times.get((name, "fla", p))
+        return "" if fla is None else median_ci(fla / x, 2)
+
+    for name in shapes:
         for p in ("fwd", "fwd+bwd"):
             ours = times[(name, "ours", p)]
             fla = times.get((name, "fla", p))
-            ratio = "" if fla is None else median_ci(fla / ours, 2)
-            pct = "" if not copy_gbs else f"{nbytes / np.median(ours) / 1e6 / copy_gbs:.0%}"
             fla_ms = "" if fla is None else f"{np.median(fla):.3f}"
-            lines.append(f"| {name} | {p} | {np.median(ours):.3f} | {fla_ms} | {ratio} | {pct} |")
-    impl_rows = [key for key in times if key[1] == "ours" and key[2].split(" ")[0] in ("fwd", "fwd+bwd")
-                 and len(key[2].split(" ")) == 2 and key[2].split(" ")[1] in args.impls.split(",")]
-    if impl_rows:
+            lines.append(f"| {name} | {p} | {np.median(ours):.3f} | {fla_ms} | {vs_fla(name, p, ours)} | "
+                         f"{pct(name, ours)} |")
+    if impls:
         lines += ["", "Other impls, x ours = our op (impl auto) / this, per round:", "",
                   "| shape | pass | impl | ms | x fla | x ours | % of copy |", "|---|---|---|---|---|---|---|"]
-        for name, _, key in impl_rows:
-            p, impl = key.split(" ")
-            b, t = shapes[name]
-            x = times[(name, "ours", key)]
-            fla = times.get((name, "fla", p))
-            pct = "" if not copy_gbs or p != "fwd" else f"{4 * b * t * h * d * 2 / np.median(x) / 1e6 / copy_gbs:.0%}"
-            vs_fla = "" if fla is None else median_ci(fla / x, 2)
-            lines.append(f"| {name} | {p} | {impl} | {np.median(x):.3f} | {vs_fla} | "
-                         f"{median_ci(times[(name, 'ours', p)] / x, 3)} | {pct} |")
-    variant_rows = [key for key in times if key[1] == "ours" and key[2].startswith("fwd ") and key not in impl_rows]
-    if variant_rows:
+        for (name, impl, p), x in times.items():
+            if impl in impls:
+                lines.append(f"| {name} | {p} | {impl} | {np.median(x):.3f} | {vs_fla(name, p, x)} | "
+                             f"{median_ci(times[(name, 'ours', p)] / x, 3)} | {pct(name, x) if p == 'fwd' else ''} |")
+    labels = [label for label, _ in variants]
+    if labels:
         lines += ["", "Mosaic forward layouts (forward only), x ours = our op's forward / this layout, per round:", "",
                   "| shape | layout | ms | x fla | x ours fwd | % of copy |", "|---|---|---|---|---|---|"]
-        for name, _, p in variant_rows:
-            b, t = shapes[name]
-            x = times[(name, "ours", p)]
-            fla = times.get((name, "fla", "fwd"))
-            pct = "" if not copy_gbs else f"{4 * b * t * h * d * 2 / np.median(x) / 1e6 / copy_gbs:.0%}"
-            lines.append(f"| {name} | {p[4:]} | {np.median(x):.3f} | {'' if fla is None else median_ci(fla / x, 2)} | "
-                         f"{median_ci(times[(name, 'ours', 'fwd')] / x, 3)} | {pct} |")
+        for (name, label, _), x in times.items():
+            if label in labels:
+                lines.append(f"| {name} | {label} | {np.median(x):.3f} | {vs_fla(name, 'fwd', x)} | "
+                             f"{median_ci(times[(name, 'ours', 'fwd')] / x, 3)} | {pct(name, x)} |")
     finish(lines, args.out)
 
 if __name__ == "__main__":
