@@ -508,16 +508,18 @@ def _forward(q, k, v, decay, initial_state, segment_ids, *, interpret):
                                    **auto_layout(q.shape[0], q.shape[2], v.shape[-1]))
 
 
-@functools.partial(jax.jit, static_argnames=("block_size", "interpret"))
+@functools.partial(jax.jit, static_argnames=("block_size", "interpret", "backward"))
 def lightning_attention(
-    q, k, v, decay, *, initial_state=None, segment_ids=None, block_size=64, interpret=False
+    q, k, v, decay, *, initial_state=None, segment_ids=None, block_size=64, interpret=False, backward=None
 ):
     """ops-style entry: Mosaic GPU forward + Triton backward where supported, all-Triton otherwise.
 
     Falls back to ``gpu_triton.lightning_attention`` (forward and backward) for segment_ids, inputs
     that are not bf16/f16 of one dtype (fp32 included), or head dims the kernel does not take (see
     ``check_supported``). ``block_size`` is passed to the Triton kernels (which clamp it to <= 64);
-    the Mosaic forward always uses C = 64. Returns (o in q.dtype, final fp32 state).
+    the Mosaic forward always uses C = 64. ``backward``: None for the Triton backward kernels, or a
+    ``gpu_triton.with_backward`` backward function (gpu_mosaic_bwd.backward_or_triton, ops impl
+    "mosaic_gpu_all"). Returns (o in q.dtype, final fp32 state).
     """
     params = gpu_triton.TritonParams.make(block_size=block_size, interpret=interpret)
     if unsupported_reason(q, k, v, decay, initial_state, segment_ids) is not None:
@@ -526,7 +528,8 @@ def lightning_attention(
             interpret=interpret,
         )
     fwd = functools.partial(_forward, interpret=bool(interpret))
-    return gpu_triton.with_triton_backward(fwd, params)(q, k, v, decay, initial_state, None)
+    bwd = gpu_triton.backward if backward is None else backward
+    return gpu_triton.with_backward(fwd, bwd, params)(q, k, v, decay, initial_state, None)
 
 
 @functools.partial(jax.jit, static_argnames=("block_size", "interpret", "seq_split"))

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import functools
 
-import jax
 import jax.numpy as jnp
 
 from pallas_kernels.lightning_attention import gpu_mosaic, gpu_triton
@@ -48,7 +47,7 @@ def unsupported_reason(q, k, v, decay, initial_state=None, segment_ids=None):
     reason = gpu_mosaic.unsupported_reason(q, k, v, decay, initial_state, segment_ids)
     if reason is not None:
         return reason
-    if q.shape[-1] > 128 or v.shape[-1] > 128 or v.shape[-1] % 64:  # dv is the q / k width of the dq pass
+    if v.shape[-1] > 128:  # dv is the q / k width of the dq pass (dk <= 128 and both % 64: the forward's check)
         return f"the backward passes need dk and dv in {{64, 128}}, got {q.shape[-1]}, {v.shape[-1]}"
     if q.shape[1] % BLOCK:
         return f"the reverse passes need a sequence length that is a multiple of {BLOCK}, got {q.shape[1]}"
@@ -82,17 +81,12 @@ def backward_or_triton(q, k, v, decay, initial_state, segment_ids, do, dst, *, p
     return gpu_triton.backward(q, k, v, decay, initial_state, segment_ids, do, dst, params=params)
 
 
-@functools.partial(jax.jit, static_argnames=("block_size", "interpret"))
 def lightning_attention(q, k, v, decay, *, initial_state=None, segment_ids=None, block_size=64, interpret=False):
-    """ops-style entry (impl "mosaic_gpu_all"): the Mosaic forward and the three-pass Mosaic backward where they
-    apply (``unsupported_reason``), the Mosaic forward + Triton backward where only the forward does, all-Triton
-    otherwise (as ``gpu_mosaic.lightning_attention``). Returns (o in q.dtype, final fp32 state)."""
-    if gpu_mosaic.unsupported_reason(q, k, v, decay, initial_state, segment_ids) is not None:
-        return gpu_mosaic.lightning_attention(q, k, v, decay, initial_state=initial_state, segment_ids=segment_ids,
-                                              block_size=block_size, interpret=interpret)
-    params = gpu_triton.TritonParams.make(block_size=block_size, interpret=interpret)
-    fwd = functools.partial(gpu_mosaic._forward, interpret=bool(interpret))
-    return gpu_triton.with_backward(fwd, backward_or_triton, params)(q, k, v, decay, initial_state, None)
+    """ops-style entry (impl "mosaic_gpu_all"): ``gpu_mosaic.lightning_attention`` with the three-pass Mosaic
+    backward where it applies (``backward_or_triton``): the Mosaic forward and the Triton backward where only the
+    forward does, all-Triton otherwise. Returns (o in q.dtype, final fp32 state)."""
+    return gpu_mosaic.lightning_attention(q, k, v, decay, initial_state=initial_state, segment_ids=segment_ids,
+                                          block_size=block_size, interpret=interpret, backward=backward_or_triton)
 
 
 __all__ = ["backward", "backward_or_triton", "lightning_attention", "unsupported_reason"]
