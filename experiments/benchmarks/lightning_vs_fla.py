@@ -45,6 +45,7 @@ from experiments.benchmarks.lightning_attention import (  # noqa: E402
     SHAPES,
     import_torch_fla,
     minimax_decay,
+    mosaic_interpret_available,
     versions,
 )
 from experiments.benchmarks import mosaic_layouts  # noqa: E402
@@ -120,7 +121,7 @@ def main():
     entries = {}  # (shape, source, pass) -> (fn, sync); source: "ours", an impl name, a layout label, "fla"
     on_gpu = jax.default_backend() == "gpu"
     # off a GPU, the layouts run in Mosaic's GPU interpret mode (JAX >= 0.11), else not at all
-    mosaic_ok = on_gpu or hasattr(mosaic_layouts.plgpu_or_none(), "InterpretGPUParams")
+    mosaic_ok = on_gpu or mosaic_interpret_available()
     variants = args.mosaic_variants if mosaic_ok else []
     requested = [i for i in args.impls.split(",") if i]
     impls = [i for i in requested if mosaic_ok or not i.startswith("mosaic")]

@@ -51,15 +51,6 @@ def parse(text):
     return variants
 
 
-def plgpu_or_none():
-    """jax.experimental.pallas.mosaic_gpu, or None where this JAX has none."""
-    try:
-        from jax.experimental.pallas import mosaic_gpu
-    except ImportError:
-        return None
-    return mosaic_gpu
-
-
 def forward_fns(variants, *, interpret: bool):
     """[(label, jitted (q, k, v, decay) -> o)] for ``parse``'s variants (forward only, no ops adapter)."""
     from pallas_kernels.lightning_attention import gpu_mosaic, gpu_mosaic_ws
