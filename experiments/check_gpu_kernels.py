@@ -10,8 +10,9 @@ checks
     final state) against ``jax.vjp`` of reference.chunked in fp32; its fp32-input fallback (Triton);
   * ``impl="triton"`` fwd+bwd with segment_ids (packed sequences), and ``impl="mosaic_gpu"`` with
     segment_ids (falls back to Triton);
-  * that ``impl="auto"`` resolves to "mosaic_gpu" on Hopper (compute capability 9.x) and gives the
-    same output as impl="mosaic_gpu";
+  * that ``impl="auto"`` resolves to "mosaic_gpu_all" on Hopper (compute capability 9.x) and gives the
+    same output as impl="mosaic_gpu_all";
+  * ``lightning_attention_qkv`` (interleaved q|k|v) fwd+bwd with "triton", "mosaic_gpu" and "mosaic_gpu_all";
   * decode.lightning_attention_decode(impl="triton") (one step, chained steps, in-place state),
   * pallas_kernels.decode_attention's split-K softmax decode kernel (ragged rows, GQA) vs its fp32 oracle,
   * pallas_kernels.segment_attention (packed documents) forward and gradients, and pallas_kernels.grouped_matmul's
@@ -333,10 +334,14 @@ def check_qkv(args):
     key = jax.random.PRNGKey(6)
     # (b, t, h, d, segments (0: none), initial state); B1 T8192 H16 is the 1b layer (seq_split "auto" splits it in 4;
     # without segments that is the Mosaic forward + split_sequence_qkv)
-    cases = [(1, 100, 2, 64, 3, True), (1, 130, 2, 64, 0, False)]  # interpret; no segments: Mosaic (JAX >= 0.11)
+    # interpret (Mosaic: JAX >= 0.11)
+    cases = [(1, 100, 2, 64, 3, True), (1, 130, 2, 64, 0, False), (1, 128, 2, 64, 0, True)]
     if not args.interpret:
-        cases = [(1, 8192, 16, 128, 5, True), (1, 8192, 16, 128, 0, False), (2, 1000, 4, 128, 0, True)]
-    impls = ("triton", "mosaic_gpu") if gpu_mosaic is not None else ("triton",)
+        cases = [(1, 8192, 16, 128, 5, True), (1, 8192, 16, 128, 0, False), (2, 2048, 8, 128, 0, True),
+                 (2, 1000, 4, 128, 0, True)]
+    # mosaic_gpu_all: the three-pass backward reading q | k | v and writing d qkv in place (T % 64 == 0; T = 1000 and
+    # segments fall back to the Triton backward / kernels)
+    impls = ("triton", "mosaic_gpu", "mosaic_gpu_all") if gpu_mosaic is not None else ("triton",)
     for i, (b, t, h, d, n_seg, init) in enumerate(cases):
         q, k, v, decay, s0 = make_inputs(jax.random.fold_in(key, i), b, t, h, d, d, jnp.bfloat16, "minimax", init)
         seg = make_segments(jax.random.fold_in(key, 10 + i), b, t, n_seg) if n_seg else None
@@ -355,7 +360,7 @@ def check_auto(args):
     cc = str(getattr(dev, "compute_capability", "") or "")
     auto = ops._auto_impl()
     hopper = jax.default_backend() == "gpu" and cc.split(".")[0] == "9"
-    want = "mosaic_gpu" if hopper else ("triton" if jax.default_backend() == "gpu" else "reference")
+    want = "mosaic_gpu_all" if hopper else ("triton" if jax.default_backend() == "gpu" else "reference")
     ok = auto == want
     print(f"  {'ok  ' if ok else 'FAIL'} backend {jax.default_backend()}, compute capability {cc or '-'}: "
           f"auto -> {auto!r} (expected {want!r})")
@@ -368,16 +373,16 @@ def check_auto(args):
     def run_same():
         q, k, v, decay, s0 = make_inputs(jax.random.PRNGKey(5), 1, 4096, 64, 128, 128, jnp.bfloat16)
         outs, hlo = {}, {}
-        for impl in ("auto", "mosaic_gpu"):
+        for impl in ("auto", "mosaic_gpu_all"):
             f = jax.jit(lambda q, k, v, d, impl=impl: pallas_kernels.lightning_attention(q, k, v, d, impl=impl))
             outs[impl] = np.asarray(f(q, k, v, decay).astype(F32))
             hlo[impl] = f.lower(q, k, v, decay).as_text()
-        same = bool(np.array_equal(outs["auto"], outs["mosaic_gpu"]))
+        same = bool(np.array_equal(outs["auto"], outs["mosaic_gpu_all"]))
         mosaic_call = "custom_call @mosaic_gpu" in hlo["auto"]  # the Mosaic GPU kernel's custom call
         ok = same and mosaic_call
-        print(f"  {'ok  ' if ok else 'FAIL'} impl='auto' output == impl='mosaic_gpu' output: {same}; "
+        print(f"  {'ok  ' if ok else 'FAIL'} impl='auto' output == impl='mosaic_gpu_all' output: {same}; "
               f"auto's HLO calls the Mosaic GPU kernel: {mosaic_call}")
-        ROWS.append(("impl auto == mosaic_gpu", "B1 T4096 H64 D128", "o", 0.0 if ok else float("inf"), 0.0, 0, ok))
+        ROWS.append(("impl auto == mosaic_gpu_all", "B1 T4096 H64 D128", "o", 0.0 if ok else float("inf"), 0.0, 0, ok))
         if not ok:
             FAILED.append("impl auto does not run the mosaic_gpu kernel")
 

@@ -88,6 +88,7 @@ from pallas_kernels.lightning_attention import ops  # noqa: E402
 H, D = 64, 128
 SHAPES = {
     "B1T4K": (1, 4096),
+    "B1T8K": (1, 8192),
     "B1T16K": (1, 16384),
     "B2T16K": (2, 16384),
     "B3T16K": (3, 16384),

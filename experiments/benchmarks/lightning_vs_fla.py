@@ -52,9 +52,10 @@ from experiments.benchmarks import mosaic_layouts  # noqa: E402
 from experiments.benchmarks.timing import finish, median_ci, run_rounds  # noqa: E402
 
 
-def jax_fns(b, t, h, d, decay, variants=(), interpret=False, impls=()):
-    """{(source, pass): fn}: our op as "ours" (impl auto), each extra ops impl name of ``impls`` under its name, and
-    each Mosaic layout of ``variants`` (mosaic_layouts.parse) under its label, forward only."""
+def jax_fns(b, t, h, d, decay, variants=(), interpret=False, impls=(), qkv_impls=()):
+    """{(source, pass): fn}: our op as "ours" (impl auto), each extra ops impl name of ``impls`` under its name, each
+    impl of ``qkv_impls`` on the interleaved projection (``lightning_attention_qkv`` on q | k | v per head) as
+    "qkv <impl>", and each Mosaic layout of ``variants`` (mosaic_layouts.parse) under its label, forward only."""
     ks = jax.random.split(jax.random.key(b * 1_000_003 + t), 3)
     q, k, v = (jax.random.normal(x, (b, t, h, d), jnp.float32).astype(jnp.bfloat16) / d**0.25 for x in ks)
 
@@ -69,9 +70,21 @@ def jax_fns(b, t, h, d, decay, variants=(), interpret=False, impls=()):
         fwd_bwd = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
         return {"fwd": lambda: fwd(q, k, v), "fwd+bwd": lambda: fwd_bwd(q, k, v)}
 
+    def qkv_passes(impl):
+        qkv = jnp.concatenate([q, k, v], axis=-1)  # [b, t, h, 3 d]: the lightning layer's projection, per head
+
+        def op(x):
+            return pallas_kernels.lightning_attention_qkv(x, decay, impl=impl, interpret=interpret and impl != "auto")
+
+        fwd = jax.jit(op)
+        fwd_bwd = jax.jit(jax.value_and_grad(lambda x: jnp.sum(op(x).astype(jnp.float32))))
+        return {"fwd": lambda: fwd(qkv), "fwd+bwd": lambda: fwd_bwd(qkv)}
+
     fns = {("ours", p): fn for p, fn in passes("auto").items()}
     for impl in impls:
         fns.update({(impl, p): fn for p, fn in passes(impl).items()})
+    for impl in qkv_impls:
+        fns.update({(f"qkv {impl}", p): fn for p, fn in qkv_passes(impl).items()})
     for label, fn in mosaic_layouts.forward_fns(variants, interpret=interpret):
         fns[(label, "fwd")] = lambda fn=fn: fn(q, k, v, decay)
     return fns
@@ -105,9 +118,12 @@ def main():
     ap.add_argument("--mosaic-variants", type=mosaic_layouts.parse, default=[],
                     help="comma list of Mosaic forward layouts (benchmarks/mosaic_layouts.py), timed forward only")
     ap.add_argument("--impls", default="", help="comma list of other ops impl names to time beside auto")
+    ap.add_argument("--qkv-impls", default="", help="comma list of ops impl names (or auto) to time on the interleaved "
+                    "q|k|v (lightning_attention_qkv, the lightning layer's call)")
+    ap.add_argument("--heads", type=int, default=64, help="H (64: issue 14's shapes; 16: the 1b preset's layer)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    h, d = (2, 128) if args.smoke else (64, 128)
+    h, d = (2, 128) if args.smoke else (args.heads, 128)
     shapes = {"B1T256": (1, 256)} if args.smoke else {s: SHAPES[s] for s in args.shapes.split(",")}
     rounds, inner = (3, 1) if args.smoke else (args.rounds, args.inner)
     decay = jnp.asarray(minimax_decay(h))
@@ -125,10 +141,13 @@ def main():
     variants = args.mosaic_variants if mosaic_ok else []
     requested = [i for i in args.impls.split(",") if i]
     impls = [i for i in requested if mosaic_ok or not i.startswith("mosaic")]
-    if len(variants) < len(args.mosaic_variants) or len(impls) < len(requested):
+    requested_qkv = [i for i in args.qkv_impls.split(",") if i]
+    qkv_impls = [i for i in requested_qkv if mosaic_ok or not i.startswith("mosaic")]
+    if len(variants) < len(args.mosaic_variants) or len(impls) + len(qkv_impls) < len(requested) + len(requested_qkv):
         print(f"no GPU and JAX {jax.__version__} has no Mosaic GPU interpret mode: Mosaic layouts / impls skipped")
     for name, (b, t) in shapes.items():
-        for (source, p), fn in jax_fns(b, t, h, d, decay, variants, interpret=not on_gpu, impls=impls).items():
+        for (source, p), fn in jax_fns(b, t, h, d, decay, variants, interpret=not on_gpu, impls=impls,
+                                       qkv_impls=qkv_impls).items():
             entries[(name, source, p)] = (fn, jsync)
         if fla_ops is not None:
             for p, fn in fla_fns(torch, fla_ops[0], b, t, h, d, decay).items():
@@ -173,11 +192,13 @@ def main():
             fla_ms = "" if fla is None else f"{np.median(fla):.3f}"
             lines.append(f"| {name} | {p} | {np.median(ours):.3f} | {fla_ms} | {vs_fla(name, p, ours)} | "
                          f"{pct(name, ours)} |")
-    if impls:
-        lines += ["", "Other impls, x ours = our op (impl auto) / this, per round:", "",
+    if impls or qkv_impls:
+        lines += ["", "Other impls (qkv: lightning_attention_qkv on the interleaved q | k | v), x ours = our op (impl "
+                  "auto, q, k, v) / this, per round:", "",
                   "| shape | pass | impl | ms | x fla | x ours | % of copy |", "|---|---|---|---|---|---|---|"]
+        others = {*impls, *(f"qkv {i}" for i in qkv_impls)}
         for (name, impl, p), x in times.items():
-            if impl in impls:
+            if impl in others:
                 lines.append(f"| {name} | {p} | {impl} | {np.median(x):.3f} | {vs_fla(name, p, x)} | "
                              f"{median_ci(times[(name, 'ours', p)] / x, 3)} | {pct(name, x) if p == 'fwd' else ''} |")
     labels = [label for label, _ in variants]

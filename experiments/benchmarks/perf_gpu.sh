@@ -57,10 +57,13 @@
 #          rounds at B1/B2/B4 T16K and B1 T64K with the plain, 3-slot and lean layouts beside them
 # Stage 22 one GPU: the lean layout at B2 / B3 / B4 T16K with the SM clock sampled, then stage 18 at B1 T16K only
 # Stage 23 one GPU: the persistent grid (gpu_mosaic persistent=True) checked and timed at B2 / B3 / B4 T16K
-# Stage 24 (not run yet) one GPU: impl mosaic_gpu_all (the backward as three Mosaic forward passes) checked, then
-#          timed in rounds beside impl auto and fla
+# Stage 24 (session of 2026-12-01, fifth) one GPU: impl mosaic_gpu_all (the backward as three Mosaic forward passes)
+#          checked, then timed in rounds beside impl auto and fla
+# Stage 25 one GPU: impl "auto" = mosaic_gpu_all and its interleaved path (q | k | v read in place by the Mosaic
+#          forward, d qkv written in place by the three passes through a jax.new_ref) checked (forward, op, qkv,
+#          auto), then lightning_attention_qkv per impl in rounds at H64 B1/B4 T16K and at the 1b layer (H16 B1 T8K)
 set -u -o pipefail
-STAGE=${1:?stage 1 to 24}
+STAGE=${1:?stage 1 to 25}
 TOTAL=${2:-540}
 FINAL=${OUT:-/tmp/out}; OUT=$FINAL/r; mkdir -p "$OUT"  # $OUT returns only a few files: all go into one tarball
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -294,6 +297,15 @@ case $STAGE in
   timeout "$(left 9999)" python3 experiments/benchmarks/lightning_vs_fla.py --rounds 20 \
     --shapes B1T16K,B2T16K,B4T16K,B1T64K --impls mosaic_gpu_all \
     --out "$OUT/lightning_vs_fla_mosaic_all_h200.md" > "$OUT/lightning_vs_fla_mosaic_all.log" 2>&1 ;;
+25)
+  timeout "$(left 300)" python3 experiments/check_gpu_kernels.py --only forward,op,qkv,auto --variants st,persistent,lean \
+    --no-timing --out "$OUT/check_qkv_mosaic_all_h200.md" > "$OUT/check_qkv_mosaic_all.log" 2>&1
+  timeout "$(left 150)" python3 experiments/benchmarks/lightning_vs_fla.py --rounds 10 --shapes B1T16K,B4T16K \
+    --impls mosaic_gpu --qkv-impls mosaic_gpu,mosaic_gpu_all \
+    --out "$OUT/lightning_qkv_mosaic_all_h200.md" > "$OUT/lightning_qkv_mosaic_all.log" 2>&1
+  timeout "$(left 9999)" python3 experiments/benchmarks/lightning_vs_fla.py --rounds 15 --heads 16 --shapes B1T8K \
+    --impls mosaic_gpu --qkv-impls triton,mosaic_gpu,mosaic_gpu_all \
+    --out "$OUT/lightning_qkv_mosaic_all_1b_h200.md" > "$OUT/lightning_qkv_mosaic_all_1b.log" 2>&1 ;;
 esac
 tar czf "$FINAL/results.tgz" -C "$OUT" . && rm -rf "$OUT"
 ls -la "$FINAL"

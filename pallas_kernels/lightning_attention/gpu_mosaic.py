@@ -121,33 +121,44 @@ from pallas_kernels.lightning_attention.gpu_mosaic_layout import (  # noqa: F401
 )
 
 
-def _launch(body, scratch, args, *, block_v, interpret, state_t=False, grid_ctas=None, **kernel_kw):
+def _launch(body, scratch, args, *, block_v, interpret, state_t=False, grid_ctas=None, dims=None, o_buf=None,
+            **kernel_kw):
     """Run ``body`` over the grid (dv / block_v, heads, batch) on args = (q, k, v, tables..., s0): outputs
     (o [B, T, H, dv] in q's dtype, final state [B, H, dk, dv] fp32; state_t: [B, H, dv, dk]). With
-    ``grid_ctas``, a persistent grid of that many CTAs ("w") instead, which walk the (v, h, b) items."""
+    ``grid_ctas``, a persistent grid of that many CTAs ("w") instead, which walk the (v, h, b) items. ``dims``
+    (dk, dv): the head dims where q, k, v are wider arrays read at column offsets (default: their last dims).
+    ``o_buf``: a Ref the body writes o into (an extra input, updated in place); then only the state is returned."""
     q, v = args[0], args[2]
-    b, t, h, dk = q.shape
-    dv = v.shape[-1]
+    b, t, h = q.shape[:3]
+    dk, dv = (q.shape[-1], v.shape[-1]) if dims is None else dims
     if interpret:
         kernel_kw["interpret"] = plgpu.InterpretGPUParams()
+    state_type = jax.ShapeDtypeStruct((b, h, dv, dk) if state_t else (b, h, dk, dv), jnp.float32)
+    out_type = state_type if o_buf is not None else (jax.ShapeDtypeStruct((b, t, h, dv), q.dtype), state_type)
     return plgpu.kernel(
         body,
-        out_type=(jax.ShapeDtypeStruct((b, t, h, dv), q.dtype),
-                  jax.ShapeDtypeStruct((b, h, dv, dk) if state_t else (b, h, dk, dv), jnp.float32)),
+        out_type=out_type,
         scratch_types=scratch,
         grid=(dv // block_v, h, b) if grid_ctas is None else (grid_ctas,),
         grid_names=("v", "h", "b") if grid_ctas is None else ("w",),
         compiler_params=plgpu.CompilerParams(),
         **kernel_kw,
-    )(*args)
+    )(*args, *(() if o_buf is None else (o_buf,)))
 
 
-def with_tail(run, q, k, v, decay, initial_state, c, reverse=False):
+def _columns(x, start, width):
+    """x[..., start:start + width] (no copy when that is all of x)."""
+    return x if start == 0 and width == x.shape[-1] else x[..., start: start + width]
+
+
+def with_tail(run, q, k, v, decay, initial_state, c, reverse=False, cols=None):
     """The forward over whole blocks of ``c`` tokens by ``run(q, k, v, mask, qdec, kdec, bdec, s0, has_init) ->
     (o, final state)`` (a kernel call), the T % c tail in the jnp reference from the kernel's final state (exact).
     Returns (o [B, T, H, dv] in q.dtype, final fp32 state). ``reverse`` (T a multiple of c): the kernel walks the
-    blocks from the last, with the in-block tables mirrored (the causal mask transposed, the row factors reversed)."""
-    t, dk, dv = q.shape[1], q.shape[-1], v.shape[-1]
+    blocks from the last, with the in-block tables mirrored (the causal mask transposed, the row factors reversed).
+    ``cols`` (q start, k start, v start, dk, dv): q, k, v are read at those columns of wider arrays."""
+    t = q.shape[1]
+    qc, kc, vc, dk, dv = (0, 0, 0, q.shape[-1], v.shape[-1]) if cols is None else cols
     t_main = (t // c) * c
     state = None if initial_state is None else initial_state.astype(jnp.float32)
     outs = []
@@ -161,7 +172,8 @@ def with_tail(run, q, k, v, decay, initial_state, c, reverse=False):
         outs.append(o_main)
     if t_main < t:
         o_tail, state = reference.chunked(
-            q[:, t_main:], k[:, t_main:], v[:, t_main:], decay, initial_state=state, block_size=c
+            _columns(q, qc, dk)[:, t_main:], _columns(k, kc, dk)[:, t_main:], _columns(v, vc, dv)[:, t_main:],
+            decay, initial_state=state, block_size=c
         )
         outs.append(o_tail)
     o = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
@@ -170,8 +182,11 @@ def with_tail(run, q, k, v, decay, initial_state, c, reverse=False):
 
 def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, interpret, p_in_smem=None,
                  num_slots=2, lean=False, vdecay=False, q_regs=False, m_regs=False, state_t=False,
-                 grid_ctas=None, reverse=False):
-    t, dk = q.shape[1], q.shape[3]
+                 grid_ctas=None, reverse=False, cols=None, o_buf=None, o_col=0):
+    # cols (q start, k start, v start, dk, dv): q, k, v are read at those columns of wider arrays (the interleaved
+    # q|k|v projection); o_buf: a Ref [B, T, H, >= o_col + dv] that o is written into at column o_col, in place.
+    qc, kc, vc, dk, dv = (0, 0, 0, q.shape[-1], v.shape[-1]) if cols is None else cols
+    t = q.shape[1]
     nblk = t // c
     dtype = q.dtype
     f32 = jnp.float32
@@ -245,9 +260,9 @@ def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, i
         def main(*, q_smem, k_smem, v_smem, sb_smem, o_smem, kw_smem=None, vw_smem=None, p_smem=None):
             def issue(j, slot):
                 rows = pl.ds(block_row(j), c)
-                plgpu.copy_gmem_to_smem(q_ref.at[bb, rows, hh], q_smem.at[slot], q_bar.at[slot])
-                plgpu.copy_gmem_to_smem(k_ref.at[bb, rows, hh], k_smem.at[slot], k_bar.at[slot])
-                v_src = v_ref.at[bb, rows, hh, pl.ds(v0, block_v)]
+                plgpu.copy_gmem_to_smem(q_ref.at[bb, rows, hh, pl.ds(qc, dk)], q_smem.at[slot], q_bar.at[slot])
+                plgpu.copy_gmem_to_smem(k_ref.at[bb, rows, hh, pl.ds(kc, dk)], k_smem.at[slot], k_bar.at[slot])
+                v_src = v_ref.at[bb, rows, hh, pl.ds(vc + v0, block_v)]
                 plgpu.copy_gmem_to_smem(v_src, v_smem.at[slot], v_bar.at[slot])
 
             for i in range(min(num_slots - 1, nblk)):
@@ -301,7 +316,7 @@ def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, i
                 plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the previous O store has left o_smem
                 o_smem[...] = o.astype(dtype)
                 plgpu.commit_smem()
-                plgpu.copy_smem_to_gmem(o_smem, o_ref.at[bb, pl.ds(block_row(j), c), hh, pl.ds(v0, block_v)])
+                plgpu.copy_smem_to_gmem(o_smem, o_ref.at[bb, pl.ds(block_row(j), c), hh, pl.ds(o_col + v0, block_v)])
 
             # The decay mask and the row factors: e^{-s(t+1)} per query row, the in-block decay per key (row
             # layout; state_t on the GPU reads it per block in the column layout, 2 registers rather than 16 live
@@ -392,7 +407,7 @@ def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, i
 
         with_state_buffer(store_final_state)
 
-    n_v, n_h, n_b = v.shape[-1] // block_v, q.shape[2], q.shape[0]
+    n_v, n_h, n_b = dv // block_v, q.shape[2], q.shape[0]
 
     def body(*refs, **scratch_refs):
         if grid_ctas is None:  # one CTA per item
@@ -416,12 +431,13 @@ def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, i
 
     scratch = smem_types(permanent)
     scratch.update({name: plgpu.Barrier(num_barriers=n) for name, n in barriers.items()})
-    launch = functools.partial(_launch, block_v=block_v, interpret=interpret, grid_ctas=grid_ctas)
+    launch = functools.partial(_launch, block_v=block_v, interpret=interpret, grid_ctas=grid_ctas, dims=(dk, dv),
+                               o_buf=o_buf)
     if state_t:
         s0 = jnp.swapaxes(s0, -1, -2)  # [B, H, dv, dk] (an [1, 1, dk, dv] placeholder without an initial state)
-        o, sf = launch(body, scratch, (q, k, v, mask, qdec, kdec, bdec, s0), state_t=True)
-        return o, jnp.swapaxes(sf, -1, -2)
-    return launch(body, scratch, (q, k, v, mask, qdec, kdec, bdec, s0))
+    out = launch(body, scratch, (q, k, v, mask, qdec, kdec, bdec, s0), state_t=state_t)
+    o, sf = (None, out) if o_buf is not None else out
+    return o, (jnp.swapaxes(sf, -1, -2) if state_t else sf)
 
 
 def check_supported(q, k, v, decay, initial_state=None, block_size=64):
@@ -445,9 +461,11 @@ def check_supported(q, k, v, decay, initial_state=None, block_size=64):
         raise ValueError(f"initial_state must be {(b, h, dk, dv)}, got {initial_state.shape}")
 
 
+_FLAGS = ("lean", "vdecay", "q_regs", "m_regs", "state_t", "persistent", "reverse")
+
+
 @functools.partial(
-    jax.jit, static_argnames=("block_size", "interpret", "p_in_smem", "num_slots", "block_v", "lean",
-                              "vdecay", "q_regs", "m_regs", "state_t", "persistent", "reverse")
+    jax.jit, static_argnames=("block_size", "interpret", "p_in_smem", "num_slots", "block_v", *_FLAGS)
 )
 def lightning_attention_fwd(
     q, k, v, decay, *, initial_state=None, block_size=64, interpret=False, p_in_smem=None, num_slots=2,
@@ -465,24 +483,53 @@ def lightning_attention_fwd(
     e^{-s(u-t)}, the initial state enters as if after the last token (o_t += e^{-s(T-t)} q_t S0) and the state
     returned is the one reached at the first token; T must be a multiple of 64 (gpu_mosaic_bwd's passes).
     """
-    check_supported(q, k, v, decay, initial_state, block_size)
+    return forward_columns(q, k, v, decay, initial_state=initial_state, block_size=block_size, interpret=interpret,
+                           p_in_smem=p_in_smem, num_slots=num_slots, block_v=block_v, lean=lean, vdecay=vdecay,
+                           q_regs=q_regs, m_regs=m_regs, state_t=state_t, persistent=persistent, reverse=reverse)
+
+
+def forward_columns(q, k, v, decay, *, cols=None, o_buf=None, o_col=0, initial_state=None, block_size=64,
+                    interpret=False, p_in_smem=None, num_slots=2, block_v=BLOCK_V, **flags):
+    """``lightning_attention_fwd`` (not jitted: call it inside a jitted function) on operands read in place.
+
+    ``cols`` = (q start, k start, v start, dk, dv): q, k, v are [B, T, H, >= start + width] arrays (the same array
+    may be passed more than once, e.g. the interleaved q|k|v projection) whose columns [start, start + width) the
+    TMA loads read; None: the whole last dims. ``o_buf``: a Ref [B, T, H, >= o_col + dv] in q's dtype (``jax.new_ref``)
+    that o is written into at columns [o_col, o_col + dv), in place (T a multiple of 64); then o comes back as None
+    and the Ref holds it. Returns (o or None, final fp32 state [B, H, dk, dv]). ``flags``: lightning_attention_fwd's
+    step and grid flags."""
+    for name, flag in flags.items():
+        if name not in _FLAGS:
+            raise TypeError(f"unknown flag {name!r} (expected one of {_FLAGS})")
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name} must be a bool, got {flag!r}")
+    qc, kc, vc, dk, dv = (0, 0, 0, q.shape[-1], v.shape[-1]) if cols is None else cols
+    for name, x, start, width in (("q", q, qc, dk), ("k", k, kc, dk), ("v", v, vc, dv)):
+        if x.ndim != 4 or start < 0 or start + width > x.shape[-1]:
+            raise ValueError(f"{name}'s columns [{start}, {start + width}) are not within its shape {x.shape}")
+    view = lambda x, d: jax.ShapeDtypeStruct((*x.shape[:3], d), x.dtype)  # noqa: E731
+    qv, kv, vv = view(q, dk), view(k, dk), view(v, dv)
+    check_supported(qv, kv, vv, decay, initial_state, block_size)
     if int(num_slots) not in (2, 3):  # 4 slots: 251 KB of SMEM (smem_bytes) > 227 KB on H100/H200
         raise ValueError(f"num_slots must be 2 or 3, got {num_slots}")
     if block_v not in (32, 64):
         raise ValueError(f"block_v must be 32 or 64, got {block_v!r}")
-    for name, flag in (("lean", lean), ("vdecay", vdecay), ("q_regs", q_regs), ("m_regs", m_regs), ("state_t", state_t),
-                       ("persistent", persistent), ("reverse", reverse)):
-        if not isinstance(flag, bool):
-            raise ValueError(f"{name} must be a bool, got {flag!r}")
     c = int(block_size)
+    reverse = flags.get("reverse", False)
     if reverse and q.shape[1] % c:
         raise ValueError(f"reverse=True needs a sequence length that is a multiple of {c}, got {q.shape[1]}")
+    if o_buf is not None:
+        shape, dtype = tuple(o_buf.shape), o_buf.dtype
+        if len(shape) != 4 or shape[:3] != q.shape[:3] or o_col < 0 or o_col + dv > shape[-1] or dtype != q.dtype:
+            raise ValueError(f"o_buf must be [B, T, H, >= {o_col + dv}] {q.dtype}, got {shape} {dtype}")
+        if q.shape[1] % c:
+            raise ValueError(f"o_buf needs a sequence length that is a multiple of {c}, got {q.shape[1]}")
+    layout = {name: bool(flags.get(name, False)) for name in ("lean", "vdecay", "state_t", "m_regs")}
+    grid_ctas = _persistent_ctas(qv, vv, block_v, num_slots, **layout) if flags.get("persistent") else None
     run = functools.partial(_kernel_call, c=c, block_v=int(block_v), interpret=interpret, p_in_smem=p_in_smem,
-                            num_slots=int(num_slots), lean=bool(lean), vdecay=bool(vdecay),
-                            q_regs=bool(q_regs), m_regs=bool(m_regs), state_t=bool(state_t),
-                            grid_ctas=_persistent_ctas(q, v, block_v, num_slots, lean, vdecay, state_t, m_regs)
-                            if persistent else None, reverse=bool(reverse))
-    return with_tail(run, q, k, v, decay, initial_state, c, reverse=bool(reverse))
+                            num_slots=int(num_slots), q_regs=bool(flags.get("q_regs", False)), grid_ctas=grid_ctas,
+                            reverse=bool(reverse), cols=(qc, kc, vc, dk, dv), o_buf=o_buf, o_col=int(o_col), **layout)
+    return with_tail(run, q, k, v, decay, initial_state, c, reverse=bool(reverse), cols=(qc, kc, vc, dk, dv))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -532,32 +579,33 @@ def lightning_attention(
     return gpu_triton.with_backward(fwd, bwd, params)(q, k, v, decay, initial_state, None)
 
 
-@functools.partial(jax.jit, static_argnames=("block_size", "interpret", "seq_split"))
+@functools.partial(jax.jit, static_argnames=("block_size", "interpret", "seq_split", "backward"))
 def lightning_attention_qkv(qkv, decay, *, initial_state=None, segment_ids=None, block_size=64, interpret=False,
-                            seq_split=1):
+                            seq_split=1, backward=None):
     """``lightning_attention`` on an interleaved qkv [B, T, H, 3 D] (ops' ``lightning_attention_qkv``): the
-    Mosaic forward on q, k, v sliced in XLA (its TMA loads take whole arrays), and the Triton backward writing
-    d qkv interleaved in place (``gpu_triton_qkv.backward_qkv``: no concatenation), on ``seq_split`` chunks of the
-    sequence at once when > 1. Where the Mosaic forward does not apply, ``gpu_triton_qkv.lightning_attention_qkv``
-    (which raises ValueError for a head dim the interleaved kernels cannot tile)."""
+    Mosaic forward reading q, k, v in place (``forward_columns``: the TMA loads take their column ranges), and a
+    backward writing d qkv interleaved in place: ``backward`` None for the Triton kernels
+    (``gpu_triton_qkv.backward_qkv``), or a function with its signature and params keyword
+    (gpu_mosaic_bwd.backward_qkv_or_triton: ops impl "mosaic_gpu_all"); on ``seq_split`` chunks of the sequence at
+    once when > 1. Where the Mosaic forward does not apply, ``gpu_triton_qkv.lightning_attention_qkv`` (which raises
+    ValueError for a head dim the interleaved kernels cannot tile)."""
     d = qkv.shape[-1] // 3
-    q, k, v = qkv[..., :d], qkv[..., d: 2 * d], qkv[..., 2 * d:]
     reason = gpu_triton_qkv.qkv_unsupported_reason(qkv)
     if reason is not None:
         raise ValueError(reason)
-    if unsupported_reason(q, k, v, decay, initial_state, segment_ids) is not None:
+    view = jax.ShapeDtypeStruct((*qkv.shape[:3], d), qkv.dtype)
+    if unsupported_reason(view, view, view, decay, initial_state, segment_ids) is not None:
         return gpu_triton_qkv.lightning_attention_qkv(qkv, decay, initial_state=initial_state, segment_ids=segment_ids,
-                                                  block_size=block_size, interpret=interpret, seq_split=seq_split)
+                                                      block_size=block_size, interpret=interpret, seq_split=seq_split)
 
     def fwd(qkv, decay, initial_state, segment_ids):
         del segment_ids  # None here
-        return lightning_attention_fwd(qkv[..., :d], qkv[..., d: 2 * d], qkv[..., 2 * d:], decay,
-                                       initial_state=initial_state, interpret=interpret,
-                                       **auto_layout(qkv.shape[0], qkv.shape[2], d))
+        return forward_columns(qkv, qkv, qkv, decay, cols=(0, d, 2 * d, d, d), initial_state=initial_state,
+                               interpret=interpret, **auto_layout(qkv.shape[0], qkv.shape[2], d))
 
     params = gpu_triton.TritonParams.make(block_size=block_size, interpret=interpret)
-    return gpu_triton_qkv.qkv_with_backward(fwd, params, seq_split)(qkv, decay, initial_state, None)
+    return gpu_triton_qkv.qkv_with_backward(fwd, params, seq_split, backward)(qkv, decay, initial_state, None)
 
 
-__all__ = ["lightning_attention_fwd", "lightning_attention", "lightning_attention_qkv", "check_supported",
-           "unsupported_reason", "auto_layout"]
+__all__ = ["lightning_attention_fwd", "forward_columns", "lightning_attention", "lightning_attention_qkv",
+           "check_supported", "unsupported_reason", "auto_layout"]

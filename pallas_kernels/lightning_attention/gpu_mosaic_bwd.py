@@ -24,19 +24,22 @@ are below 1).
 
 Limits: the forward kernel's (bf16 / f16 q, k, v, dk and dv in {64, 128}), no segment ids, and T a multiple of 64
 (the reverse scan has no tail); ``unsupported_reason`` says why not, and ``lightning_attention`` (ops impl
-"mosaic_gpu_all") then runs the Triton backward. Status: correct in the GPU interpret mode against the fp32
-reference's gradients (tests/kernels/test_gpu_mosaic_bwd.py) and through Mosaic GPU's lowering passes; not yet run
-or timed on a GPU (2026-12-01: the session's device time was spent before it was written), so ``impl="auto"`` keeps
-the Triton backward (ops impl "mosaic_gpu").
+"mosaic_gpu_all", what "auto" runs on Hopper) then runs the Triton backward. ``backward_qkv`` does the same on the
+interleaved projection, reading q | k | v in place and writing d qkv in place (a ``jax.new_ref`` the three kernels
+update). Status: correct on an H200 (experiments/results/gpu_kernel_check_op_mosaic_all_h200.md,
+gpu_kernel_check_qkv_auto_mosaic_all_h200.md) and in the GPU interpret mode (tests/kernels/test_gpu_mosaic_bwd.py);
+fwd+bwd 1.33-1.52x the Mosaic forward + Triton backward, 2.53-3.21x fla (lightning_vs_fla_mosaic_all_h200.md).
 """
 
 from __future__ import annotations
 
 import functools
 
+import jax
 import jax.numpy as jnp
+from jax import lax
 
-from pallas_kernels.lightning_attention import gpu_mosaic, gpu_triton
+from pallas_kernels.lightning_attention import gpu_mosaic, gpu_triton, gpu_triton_qkv
 
 _F32 = jnp.float32
 BLOCK = 64
@@ -54,23 +57,33 @@ def unsupported_reason(q, k, v, decay, initial_state=None, segment_ids=None):
     return None
 
 
-def backward(q, k, v, decay, initial_state, do, dst, *, interpret=False):
-    """(dq, dk, dv, d initial_state or None) of lightning attention by three forward-kernel passes (module
-    docstring). q, k [B, T, H, dk], v and do [B, T, H, dv] of one 16-bit dtype, dst [B, H, dk, dv] (or None for
-    zero); the call must be supported (``unsupported_reason``)."""
-    b, _, h, dk = q.shape
-    dv = v.shape[-1]
-    fwd = functools.partial(gpu_mosaic.lightning_attention_fwd, interpret=interpret)
+def _passes(q, k, v, decay, initial_state, do, dst, *, cols, interpret, o_buf=None):
+    """The three passes (module docstring) on q, k, v read at ``cols`` = (q start, k start, v start, dk, dv) of their
+    arrays (``gpu_mosaic.forward_columns``) and do [B, T, H, dv]. o_buf None: returns (dq, dk, dv, d initial state or
+    None); else a Ref like q that dq, dk, dv are written into at the q, k, v columns (dq, dk, dv come back None)."""
+    qc, kc, vc, dk, dv = cols
+    b, h = q.shape[0], q.shape[2]
+    fwd = functools.partial(gpu_mosaic.forward_columns, interpret=interpret, o_buf=o_buf)
     layout = functools.partial(gpu_mosaic.auto_layout, b, h)
     grow = jnp.exp(decay.astype(_F32))[None, :, None, None]  # e^{+s}: the reverse scans' initial states
     dst = jnp.zeros((b, h, dk, dv), _F32) if dst is None else dst.astype(_F32)
     s0t = None if initial_state is None else jnp.swapaxes(initial_state.astype(_F32), -1, -2)
     do = do.astype(q.dtype)
-    dq, _ = fwd(do, v, k, decay, initial_state=s0t, **layout(dk))
-    dv_, s_end = fwd(k, q, do, decay, initial_state=dst * grow, reverse=True, **layout(dv))
-    dk_, _ = fwd(v, do, q, decay, initial_state=jnp.swapaxes(dst * grow, -1, -2), reverse=True, **layout(dk))
+    dq, _ = fwd(do, v, k, decay, cols=(0, vc, kc, dv, dk), o_col=qc, initial_state=s0t, **layout(dk))
+    dv_, s_end = fwd(k, q, do, decay, cols=(kc, qc, 0, dk, dv), o_col=vc, initial_state=dst * grow, reverse=True,
+                     **layout(dv))
+    dk_, _ = fwd(v, do, q, decay, cols=(vc, 0, qc, dv, dk), o_col=kc, initial_state=jnp.swapaxes(dst * grow, -1, -2),
+                 reverse=True, **layout(dk))
     ds0 = None if initial_state is None else (s_end / grow).astype(initial_state.dtype)
     return dq, dk_, dv_, ds0
+
+
+def backward(q, k, v, decay, initial_state, do, dst, *, interpret=False):
+    """(dq, dk, dv, d initial_state or None) of lightning attention by three forward-kernel passes (module
+    docstring). q, k [B, T, H, dk], v and do [B, T, H, dv] of one 16-bit dtype, dst [B, H, dk, dv] (or None for
+    zero); the call must be supported (``unsupported_reason``)."""
+    return _passes(q, k, v, decay, initial_state, do, dst, cols=(0, 0, 0, q.shape[-1], v.shape[-1]),
+                   interpret=interpret)
 
 
 def backward_or_triton(q, k, v, decay, initial_state, segment_ids, do, dst, *, params):
@@ -81,6 +94,27 @@ def backward_or_triton(q, k, v, decay, initial_state, segment_ids, do, dst, *, p
     return gpu_triton.backward(q, k, v, decay, initial_state, segment_ids, do, dst, params=params)
 
 
+def backward_qkv(qkv, decay, initial_state, do, dst, *, interpret=False):
+    """``backward`` for the interleaved qkv [B, T, H, 3 D] (ops' ``lightning_attention_qkv``): the passes read q, k,
+    v in place and write dq | dk | dv into one interleaved buffer (a ``jax.new_ref`` each kernel updates in place:
+    neither slices nor a concatenation are materialised). Returns (d qkv, d initial_state or None)."""
+    d = qkv.shape[-1] // 3
+    buf = jax.new_ref(lax.empty(qkv.shape, qkv.dtype))
+    *_, ds0 = _passes(qkv, qkv, qkv, decay, initial_state, do, dst, cols=(0, d, 2 * d, d, d), interpret=interpret,
+                      o_buf=buf)
+    return buf[...], ds0
+
+
+def backward_qkv_or_triton(qkv, decay, initial_state, segment_ids, do, dst, *, params):
+    """gpu_triton_qkv.qkv_with_backward's backward: ``backward_qkv`` where the passes apply, else the interleaved
+    Triton kernels (``gpu_triton_qkv.backward_qkv``)."""
+    d = qkv.shape[-1] // 3
+    view = jax.ShapeDtypeStruct((*qkv.shape[:3], d), qkv.dtype)
+    if unsupported_reason(view, view, view, decay, initial_state, segment_ids) is None:
+        return backward_qkv(qkv, decay, initial_state, do, dst, interpret=params.interpret)
+    return gpu_triton_qkv.backward_qkv(qkv, decay, initial_state, segment_ids, do, dst, params=params)
+
+
 def lightning_attention(q, k, v, decay, *, initial_state=None, segment_ids=None, block_size=64, interpret=False):
     """ops-style entry (impl "mosaic_gpu_all"): ``gpu_mosaic.lightning_attention`` with the three-pass Mosaic
     backward where it applies (``backward_or_triton``): the Mosaic forward and the Triton backward where only the
@@ -89,4 +123,15 @@ def lightning_attention(q, k, v, decay, *, initial_state=None, segment_ids=None,
                                           block_size=block_size, interpret=interpret, backward=backward_or_triton)
 
 
-__all__ = ["backward", "backward_or_triton", "lightning_attention", "unsupported_reason"]
+def lightning_attention_qkv(qkv, decay, *, initial_state=None, segment_ids=None, block_size=64, interpret=False,
+                            seq_split=1):
+    """ops-style interleaved entry (impl "mosaic_gpu_all"): ``gpu_mosaic.lightning_attention_qkv`` with the
+    three-pass backward writing d qkv in place where it applies (``backward_qkv_or_triton``). Returns (o, final
+    fp32 state)."""
+    return gpu_mosaic.lightning_attention_qkv(qkv, decay, initial_state=initial_state, segment_ids=segment_ids,
+                                              block_size=block_size, interpret=interpret, seq_split=seq_split,
+                                              backward=backward_qkv_or_triton)
+
+
+__all__ = ["backward", "backward_or_triton", "backward_qkv", "backward_qkv_or_triton", "lightning_attention",
+           "lightning_attention_qkv", "unsupported_reason"]

@@ -73,19 +73,19 @@ def backward_qkv(qkv, decay, initial_state, segment_ids, do, dstate, *, params: 
     return dqkv[:, :t], None if initial_state is None else ds0.astype(initial_state.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _qkv_with_bwd(fwd_fn, params, qkv, decay, initial_state, segment_ids):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _qkv_with_bwd(fwd_fn, bwd_fn, params, qkv, decay, initial_state, segment_ids):
     return fwd_fn(qkv, decay, initial_state, segment_ids)
 
 
-def _qkv_with_bwd_fwd(fwd_fn, params, qkv, decay, initial_state, segment_ids):
+def _qkv_with_bwd_fwd(fwd_fn, bwd_fn, params, qkv, decay, initial_state, segment_ids):
     return fwd_fn(qkv, decay, initial_state, segment_ids), (qkv, decay, initial_state, segment_ids)
 
 
-def _qkv_with_bwd_bwd(fwd_fn, params, res, cts):
+def _qkv_with_bwd_bwd(fwd_fn, bwd_fn, params, res, cts):
     del fwd_fn
     qkv, decay, initial_state, segment_ids = res
-    dqkv, ds0 = backward_qkv(qkv, decay, initial_state, segment_ids, *cts, params=params)
+    dqkv, ds0 = bwd_fn(qkv, decay, initial_state, segment_ids, *cts, params=params)
     return dqkv, jnp.zeros_like(decay), ds0, None
 
 
@@ -113,21 +113,20 @@ def lightning_attention_qkv(qkv, decay, *, initial_state=None, segment_ids=None,
         qkv, decay, initial_state, segment_ids)
 
 
-def qkv_with_backward(fwd_fn, params: TritonParams, seq_split: int = 1):
+def qkv_with_backward(fwd_fn, params: TritonParams, seq_split: int = 1, bwd_fn=None):
     """``fwd_fn(qkv, decay, initial_state, segment_ids) -> (o, final state)`` (any forward with
     ``reference.chunked``'s function on the slices) made differentiable in qkv and initial_state with
-    ``backward_qkv`` as its VJP: whole, or on ``seq_split`` chunks (``split.split_sequence_qkv``). Returns
-    ``f(qkv, decay, initial_state=None, segment_ids=None) -> (o, state)``."""
+    ``bwd_fn(qkv, decay, initial_state, segment_ids, do, dstate, *, params) -> (d qkv, d initial_state or None)``
+    as its VJP (None: ``backward_qkv``, the Triton kernels): whole, or on ``seq_split`` chunks
+    (``split.split_sequence_qkv``). Returns ``f(qkv, decay, initial_state=None, segment_ids=None) -> (o, state)``."""
+    bwd_fn = backward_qkv if bwd_fn is None else bwd_fn
     if int(seq_split) == 1:
         def f(qkv, decay, initial_state=None, segment_ids=None):
-            return _qkv_with_bwd(fwd_fn, params, qkv, decay, initial_state, segment_ids)
+            return _qkv_with_bwd(fwd_fn, bwd_fn, params, qkv, decay, initial_state, segment_ids)
 
         return f
 
-    def bwd_fn(qkv, decay, s0, seg, do, dstate):
-        return backward_qkv(qkv, decay, s0, seg, do, dstate, params=params)
-
-    return split.split_sequence_qkv(fwd_fn, bwd_fn, int(seq_split))
+    return split.split_sequence_qkv(fwd_fn, functools.partial(bwd_fn, params=params), int(seq_split))
 
 
 __all__ = ["lightning_attention_qkv", "forward_qkv", "backward_qkv", "qkv_with_backward", "qkv_unsupported_reason"]

@@ -45,8 +45,8 @@ def _mosaic_gpu_impl():
 
 
 def _mosaic_gpu_all_impl():
-    # lazy: the Mosaic GPU forward and a backward of three Mosaic forward passes (gpu_mosaic_bwd.py); not yet
-    # measured on a GPU, so "auto" does not pick it. Falls back per call as "mosaic_gpu" does.
+    # lazy: the Mosaic GPU forward and a backward of three Mosaic forward passes (gpu_mosaic_bwd.py), what "auto"
+    # picks on Hopper (fwd+bwd 1.33-1.52x "mosaic_gpu"'s on an H200). Falls back per call as "mosaic_gpu" does.
     from pallas_kernels.lightning_attention import gpu_mosaic_bwd
 
     return gpu_mosaic_bwd.lightning_attention
@@ -108,15 +108,17 @@ def _is_hopper(device) -> bool:
 def _auto_impl() -> str:
     """The fastest implementation registered for the default backend.
 
-    TPU: "tpu". GPU: "mosaic_gpu" on Hopper (compute capability 9.x) with JAX >= 0.11, else
-    "triton". Otherwise "reference".
+    TPU: "tpu". GPU: "mosaic_gpu_all" on Hopper (compute capability 9.x) with JAX >= 0.11, else
+    "triton". Otherwise "reference". On an H200 "mosaic_gpu_all" (the backward as three Mosaic forward passes) ran
+    fwd+bwd 1.33-1.52x faster than "mosaic_gpu" (Triton backward), the forward the same
+    (experiments/results/lightning_vs_fla_mosaic_all_h200.md).
     """
     backend = jax.default_backend()
     if backend == "tpu":
         return "tpu"
     if backend == "gpu":
         if _is_hopper(jax.devices()[0]) and tuple(jax.__version_info__[:2]) >= _MOSAIC_GPU_MIN_JAX:
-            return "mosaic_gpu"
+            return "mosaic_gpu_all"
         return "triton"
     return "reference"
 
@@ -165,12 +167,12 @@ def lightning_attention(
       return_state: also return the final fp32 state.
       segment_ids: optional [batch, seq] ints; the state resets where the id changes.
       block_size: chunk length C of the blocked algorithm.
-      impl: "auto" picks the fastest available path for the backend (``_auto_impl``: "mosaic_gpu" on
+      impl: "auto" picks the fastest available path for the backend (``_auto_impl``: "mosaic_gpu_all" on
         Hopper GPUs, "triton" on other GPUs, "tpu", else "reference"); "reference" is pure jnp;
         "mosaic_gpu" (Hopper forward + Triton backward) runs "triton" for whatever it does not
         support (segment_ids, fp32 or mixed dtypes, other head dims); "mosaic_gpu_all" also runs the
         backward as three passes of the Mosaic forward (gpu_mosaic_bwd.py; T a multiple of 64, dk and dv
-        64 or 128, else the Triton backward), not yet measured on a GPU.
+        64 or 128, else the Triton backward).
       interpret: run Pallas kernels in interpret mode (CPU testing).
       seq_split: run the kernel on this many equal chunks of the sequence at once, chained through their
         states (``split.py``; exact). "auto": enough chunks to fill the SMs with the GPU kernels when
@@ -205,7 +207,13 @@ def _mosaic_gpu_qkv():
     return gpu_mosaic.lightning_attention_qkv
 
 
-_QKV_IMPLS = {"triton": _triton_qkv, "mosaic_gpu": _mosaic_gpu_qkv}
+def _mosaic_gpu_all_qkv():
+    from pallas_kernels.lightning_attention import gpu_mosaic_bwd
+
+    return gpu_mosaic_bwd.lightning_attention_qkv
+
+
+_QKV_IMPLS = {"triton": _triton_qkv, "mosaic_gpu": _mosaic_gpu_qkv, "mosaic_gpu_all": _mosaic_gpu_all_qkv}
 
 
 def _qkv_fits(qkv) -> bool:
@@ -221,10 +229,10 @@ def lightning_attention_qkv(qkv, decay, *, initial_state=None, return_state: boo
     """``lightning_attention`` of q, k, v = qkv[..., :D], qkv[..., D:2D], qkv[..., 2D:] for qkv [batch, seq, heads,
     3 D], the lightning layer's per-head interleaved projection output.
 
-    The GPU kernels ("triton", "mosaic_gpu"; D a power of two in [16, 256]) read the three column ranges in place
-    and write d qkv as one interleaved array, so neither the slices nor the gradient's concatenation (two passes
-    over [batch, seq, 3 heads D] each) are materialised; other impls and shapes run ``lightning_attention`` on
-    the slices. Arguments and results are ``lightning_attention``'s.
+    The GPU kernels ("triton", "mosaic_gpu", "mosaic_gpu_all"; D a power of two in [16, 256]) read the three
+    column ranges in place and write d qkv as one interleaved array, so neither the slices nor the gradient's
+    concatenation (two passes over [batch, seq, 3 heads D] each) are materialised; other impls and shapes run
+    ``lightning_attention`` on the slices. Arguments and results are ``lightning_attention``'s.
     """
     if qkv.ndim != 4 or qkv.shape[-1] % 3:
         raise ValueError(f"qkv must be [batch, seq, heads, 3 * head_dim], got shape {qkv.shape}")

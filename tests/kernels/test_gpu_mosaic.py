@@ -73,7 +73,7 @@ class _FakeDevice:
 @pytest.mark.parametrize(
     "cc,version,want",
     [
-        ("9.0", (0, 11, 2), "mosaic_gpu"),  # H100 / H200
+        ("9.0", (0, 11, 2), "mosaic_gpu_all"),  # H100 / H200
         ("9.0", (0, 10, 2), "triton"),  # Mosaic GPU API of 0.10 differs from the kernel's
         ("8.0", (0, 11, 2), "triton"),  # A100: no wgmma
         ("10.0", (0, 11, 2), "triton"),  # Blackwell: no wgmma either

@@ -103,6 +103,56 @@ def test_ragged_length_falls_back_to_triton_backward(rng):
         assert rel_err(g, g_r) < 2e-2
 
 
+@needs_gpu_interpret
+@pytest.mark.parametrize("parts", [1, 2])
+def test_qkv_three_pass_backward_interpret(rng, monkeypatch, parts):
+    """ops.lightning_attention_qkv(impl="mosaic_gpu_all"): the forward reads q | k | v in place, the three passes
+    write d qkv in place; against jax.vjp of the fp32 reference on the slices, whole and on a 2-way sequence split
+    (split_sequence_qkv seeds each chunk's passes with its end-state cotangent). 1 "SM": the lean persistent
+    layout."""
+    from pallas_kernels.lightning_attention import split
+
+    monkeypatch.setattr(split, "num_sms", lambda: 1)
+    b, t, d = 1, 4 * 64, 64
+    qkv = jnp.asarray(rng.standard_normal((b, t, H, 3 * d)) / d**0.25, jnp.float32).astype(jnp.bfloat16)
+    s0 = jnp.asarray(rng.standard_normal((b, H, d, d)), jnp.float32)
+    do = jnp.asarray(rng.standard_normal((b, t, H, d)), jnp.float32).astype(jnp.bfloat16)
+    dst = jnp.asarray(rng.standard_normal((b, H, d, d)), jnp.float32)
+
+    def run(x, s, impl, **kw):
+        def f(x, s):
+            return ops.lightning_attention_qkv(x, DECAY, initial_state=s, return_state=True, impl=impl, **kw)
+
+        out, pullback = jax.vjp(f, x, s)
+        return out, pullback((do.astype(out[0].dtype), dst))
+
+    (o, st), (dqkv, ds0) = jax.jit(lambda x, s: run(x, s, "mosaic_gpu_all", interpret=True, seq_split=parts))(
+        qkv, s0)
+    (o_r, st_r), (dqkv_r, ds0_r) = jax.jit(lambda x, s: run(x, s, "reference"))(qkv.astype(jnp.float32), s0)
+    assert dqkv.dtype == jnp.bfloat16 and dqkv.shape == qkv.shape
+    assert rel_err(o, o_r) < 2e-2 and rel_err(st, st_r) < 2e-2 and rel_err(ds0, ds0_r) < 2e-2
+    for i, name in enumerate(("dq", "dk", "dv")):  # each third is its own gradient (a misplaced one is O(1) off)
+        assert rel_err(dqkv[..., i * d: (i + 1) * d], dqkv_r[..., i * d: (i + 1) * d]) < 2e-2, name
+
+
+@needs_gpu_interpret
+def test_qkv_forward_and_backward_lower_for_hopper():
+    """value_and_grad of lightning_attention_qkv(impl="mosaic_gpu_all") exports for CUDA as four Mosaic kernels and
+    nothing that copies qkv's thirds: no slice of it, no concatenation or pad building d qkv (the in-place
+    reads and the Ref the passes write into)."""
+    b, t, h, d = 2, 256, 2, 128
+
+    def loss(qkv, decay):
+        return jnp.sum(ops.lightning_attention_qkv(qkv, decay, impl="mosaic_gpu_all", seq_split=1).astype(jnp.float32))
+
+    exported = jax.export.export(jax.jit(jax.value_and_grad(loss)), platforms=["cuda"])(
+        jax.ShapeDtypeStruct((b, t, h, 3 * d), jnp.bfloat16), jax.ShapeDtypeStruct((h,), jnp.float32))
+    text = exported.mlir_module()
+    assert len(re.findall(r"custom_call @mosaic_gpu_v2", text)) == 4
+    assert not re.findall(r"custom_call @triton", text)
+    assert not re.findall(r"stablehlo\.(slice|concatenate|pad)\b[^\n]*tensor<2x256x2x384xbf16>", text)
+
+
 def test_unsupported_reason():
     from pallas_kernels.lightning_attention import gpu_mosaic_bwd
 
@@ -142,11 +192,52 @@ def test_forward_and_backward_lower_for_hopper():
     assert len(exported.out_avals) == 5  # the loss, dq, dk, dv, d initial_state
 
 
+def _record_passes(monkeypatch, b):
+    """Replace gpu_mosaic.forward_columns by a recorder: each call's (q, k, v) views (its columns), initial state,
+    reverse flag, layout and output column; o is the pass's index + 1 (written into o_buf when given), the final
+    state 2."""
+    from pallas_kernels.lightning_attention import gpu_mosaic
+
+    calls = []
+
+    def fake(q_, k_, v_, decay, *, cols, o_buf=None, o_col=0, initial_state=None, reverse=False, interpret=False,
+             **layout):
+        qc, kc, vc, dk, dv = cols
+        views = tuple(gpu_mosaic._columns(x, c, w) for x, c, w in ((q_, qc, dk), (k_, kc, dk), (v_, vc, dv)))
+        calls.append((views, initial_state, reverse, layout, o_col))
+        o = jnp.full(q_.shape[:3] + (dv,), len(calls), q_.dtype)
+        final = jnp.full((b, H, dk, dv), 2.0, jnp.float32)
+        if o_buf is None:
+            return o, final
+        o_buf[:, :, :, o_col: o_col + dv] = o
+        return None, final
+
+    monkeypatch.setattr(gpu_mosaic, "forward_columns", fake)
+    return calls
+
+
+def _check_passes(calls, q, k, v, do, s0, dst, b, dk, dv):
+    """The renamed operands, reverse flags, e^{s}-scaled (and for dk transposed) state cotangent, auto_layout."""
+    from pallas_kernels.lightning_attention import gpu_mosaic
+
+    (v1, i1, r1, l1, _), (v2, i2, r2, l2, _), (v3, i3, r3, l3, _) = calls
+    grow = np.exp(np.asarray(DECAY))[None, :, None, None]
+
+    def same(xs, ys):
+        return all(x.shape == y.shape and bool(jnp.array_equal(x, y)) for x, y in zip(xs, ys, strict=True))
+
+    assert same(v1, (do, v, k)) and not r1 and np.allclose(i1, np.swapaxes(s0, -1, -2))
+    assert same(v2, (k, q, do)) and r2 and np.allclose(i2, dst * grow)
+    assert same(v3, (v, do, q)) and r3 and np.allclose(i3, np.swapaxes(dst * grow, -1, -2))
+    assert l1 == l3 == gpu_mosaic.auto_layout(b, H, dk) and l2 == gpu_mosaic.auto_layout(b, H, dv)
+    return grow
+
+
 def test_backward_wiring_runs_three_forward_passes(monkeypatch):
     """Runs everywhere (the forward kernel replaced by a recorder): the three passes get the renamed operands, the
     reverse flags, the e^{s}-scaled final-state cotangent (transposed for dk) and auto_layout's layout; d initial
     state is e^{-s} x the dv pass's final state."""
-    from pallas_kernels.lightning_attention import gpu_mosaic, gpu_mosaic_bwd
+    from pallas_kernels.lightning_attention import gpu_mosaic_bwd
 
     b, t, dk, dv = 1, 128, 64, 128
     rng = np.random.default_rng(0)
@@ -154,27 +245,31 @@ def test_backward_wiring_runs_three_forward_passes(monkeypatch):
     v, do = (jnp.asarray(rng.standard_normal((b, t, H, dv)), jnp.bfloat16) for _ in range(2))
     s0 = jnp.asarray(rng.standard_normal((b, H, dk, dv)), jnp.float32)
     dst = jnp.asarray(rng.standard_normal((b, H, dk, dv)), jnp.float32)
-    calls = []
-
-    def fake_fwd(q_, k_, v_, decay, *, initial_state=None, reverse=False, interpret=False, **layout):
-        calls.append((q_, k_, v_, initial_state, reverse, layout))
-        final = jnp.full((b, H, q_.shape[-1], v_.shape[-1]), 2.0, jnp.float32)
-        return jnp.zeros(q_.shape[:3] + v_.shape[-1:], q_.dtype), final
-
-    monkeypatch.setattr(gpu_mosaic, "lightning_attention_fwd", fake_fwd)
+    calls = _record_passes(monkeypatch, b)
     dq, dk_, dv_, ds0 = gpu_mosaic_bwd.backward(q, k, v, DECAY, s0, do, dst)
     assert dq.shape == q.shape and dk_.shape == k.shape and dv_.shape == v.shape and ds0.shape == s0.shape
-    (q1, k1, v1, i1, r1, l1), (q2, k2, v2, i2, r2, l2), (q3, k3, v3, i3, r3, l3) = calls
-    grow = np.exp(np.asarray(DECAY))[None, :, None, None]
-
-    def same(xs, ys):
-        return all(x.shape == y.shape and bool(jnp.array_equal(x, y)) for x, y in zip(xs, ys, strict=True))
-
-    assert same((q1, k1, v1), (do, v, k)) and not r1 and np.allclose(i1, np.swapaxes(s0, -1, -2))
-    assert same((q2, k2, v2), (k, q, do)) and r2 and np.allclose(i2, dst * grow)
-    assert same((q3, k3, v3), (v, do, q)) and r3 and np.allclose(i3, np.swapaxes(dst * grow, -1, -2))
-    assert l1 == l3 == gpu_mosaic.auto_layout(b, H, dk) and l2 == gpu_mosaic.auto_layout(b, H, dv)
+    assert [float(x[0, 0, 0, 0]) for x in (dq, dv_, dk_)] == [1.0, 2.0, 3.0]  # dq, dv, dk passes in that order
+    grow = _check_passes(calls, q, k, v, do, s0, dst, b, dk, dv)
     np.testing.assert_allclose(ds0, 2.0 / np.broadcast_to(grow, ds0.shape), rtol=1e-6)
+
+
+def test_qkv_backward_wiring_writes_dqkv_in_place(monkeypatch):
+    """Runs everywhere: on the interleaved qkv the passes read q | k | v at their columns and write dq, dk, dv into
+    one buffer at the same columns (each pass's output lands in its own third, nothing else is written)."""
+    from pallas_kernels.lightning_attention import gpu_mosaic_bwd
+
+    b, t, d = 2, 128, 64
+    rng = np.random.default_rng(1)
+    qkv = jnp.asarray(rng.standard_normal((b, t, H, 3 * d)), jnp.bfloat16)
+    do = jnp.asarray(rng.standard_normal((b, t, H, d)), jnp.bfloat16)
+    s0, dst = (jnp.asarray(rng.standard_normal((b, H, d, d)), jnp.float32) for _ in range(2))
+    calls = _record_passes(monkeypatch, b)
+    dqkv, ds0 = gpu_mosaic_bwd.backward_qkv(qkv, DECAY, s0, do, dst)
+    assert dqkv.shape == qkv.shape and dqkv.dtype == qkv.dtype and ds0.shape == s0.shape
+    # dq pass first (columns 0:d), then dv (2d:3d), then dk (d:2d)
+    np.testing.assert_array_equal(dqkv.astype(jnp.float32).reshape(-1, 3, d).mean(axis=(0, 2)), [1.0, 3.0, 2.0])
+    assert [c[-1] for c in calls] == [0, 2 * d, d]
+    _check_passes(calls, qkv[..., :d], qkv[..., d: 2 * d], qkv[..., 2 * d:], do, s0, dst, b, d, d)
 
 
 def test_ops_adapter_runs_auto_layout(monkeypatch):
