@@ -62,8 +62,13 @@
 # Stage 25 one GPU: impl "auto" = mosaic_gpu_all and its interleaved path (q | k | v read in place by the Mosaic
 #          forward, d qkv written in place by the three passes through a jax.new_ref) checked (forward, op, qkv,
 #          auto), then lightning_attention_qkv per impl in rounds at H64 B1/B4 T16K and at the 1b layer (H16 B1 T8K)
+#          (the check ran out of the call's time in its qkv section; the qkv / auto checks and the H64 rounds were re-run
+#          as two direct calls)
+# Stage 26 one GPU: the lightning layer's silu inside the kernels (lightning_attention_qkv(activation="silu"))
+#          checked (qkv, auto), timed against XLA's silu passes at the 1b layer (benchmarks/qkv_silu.py), then
+#          `m1jax train` 1b at 8K (stage 3's command) with it
 set -u -o pipefail
-STAGE=${1:?stage 1 to 25}
+STAGE=${1:?stage 1 to 26}
 TOTAL=${2:-540}
 FINAL=${OUT:-/tmp/out}; OUT=$FINAL/r; mkdir -p "$OUT"  # $OUT returns only a few files: all go into one tarball
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -306,6 +311,16 @@ case $STAGE in
   timeout "$(left 9999)" python3 experiments/benchmarks/lightning_vs_fla.py --rounds 15 --heads 16 --shapes B1T8K \
     --impls mosaic_gpu --qkv-impls triton,mosaic_gpu,mosaic_gpu_all \
     --out "$OUT/lightning_qkv_mosaic_all_1b_h200.md" > "$OUT/lightning_qkv_mosaic_all_1b.log" 2>&1 ;;
+26)
+  timeout "$(left 170)" python3 experiments/check_gpu_kernels.py --only qkv,auto --no-timing \
+    --out "$OUT/check_qkv_silu_h200.md" > "$OUT/check_qkv_silu.log" 2>&1
+  timeout "$(left 100)" python3 experiments/benchmarks/qkv_silu.py --rounds 15 --out "$OUT/qkv_silu_h200.md" \
+    > "$OUT/qkv_silu.log" 2>&1
+  timeout "$(left 9999)" python3 -m m1jax.cli.main train --config=experiments/pretrain.py:1b \
+    --config.data.seq_len=8192 --config.data.batch_size=16 --config.optim.grad_accum_steps=16 --config.steps=12 \
+    --config.optim.warmup_steps=2 --config.log.every=1 --config.checkpoint.every=1000000 --workdir=/tmp/w1b \
+    > "$OUT/train_1b_8k.log" 2>&1
+  cp /tmp/w1b/metrics.jsonl "$OUT/train_1b_8k_silu_metrics.jsonl" 2>/dev/null ;;
 esac
 tar czf "$FINAL/results.tgz" -C "$OUT" . && rm -rf "$OUT"
 ls -la "$FINAL"
