@@ -306,32 +306,22 @@ def check_segments(args):
                 args.interpret, jax.random.fold_in(key, 20 + i), 1e-2, 2e-2))
 
 
-def qkv_grads(impl, shape, q, k, v, decay, s0, seg, do, dst, interpret, activation=None):
+def qkv_grads(impl, shape, q, k, v, decay, s0, seg, do, dst, interpret):
     """pallas_kernels.lightning_attention_qkv on the interleaved q|k|v: (o, state) and d qkv (split back into dq, dk,
-    dv) and d s0 against jax.vjp of the fp32 reference on q, k, v; with ``activation`` "silu", q | k | v are the
-    pre-activations and the reference runs on their fp32 silu, differentiated through it."""
+    dv) and d s0 against jax.vjp of the fp32 reference on q, k, v."""
     d = q.shape[-1]
 
     def f(x, s):
         return pallas_kernels.lightning_attention_qkv(x, decay, initial_state=s, segment_ids=seg, return_state=True,
-                                                      impl=impl, interpret=interpret, activation=activation)
+                                                      impl=impl, interpret=interpret)
 
     def vjp(x, s):
         out, pullback = jax.vjp(f, x, s)
         return out, pullback((do, dst))
 
     (o, st), (dqkv, ds0) = jax.jit(vjp)(jnp.concatenate([q, k, v], axis=-1), s0)
-    if activation is None:
-        (ro, rs), rgrads = jax.jit(ref_vjp)(q, k, v, decay, s0, seg, do, dst)
-    else:
-        def act_ref(q, k, v, decay, s0, seg, do, dst):
-            pre = tuple(x.astype(F32) for x in (q, k, v))
-            out, pullback = jax.vjp(lambda *x: tuple(jax.nn.silu(y) for y in x), *pre)
-            ref_out, ref_grads = ref_vjp(*out, decay, s0, seg, do, dst)
-            return ref_out, pullback(tuple(ref_grads[:3])) + tuple(ref_grads[3:])
-
-        (ro, rs), rgrads = jax.jit(act_ref)(q, k, v, decay, s0, seg, do, dst)
-    check = f"qkv {impl}{' silu' if activation else ''} fwd+bwd"
+    (ro, rs), rgrads = jax.jit(ref_vjp)(q, k, v, decay, s0, seg, do, dst)
+    check = f"qkv {impl} fwd+bwd"
     record(check, shape, "o", o, ro, 1e-2)
     record(check, shape, "state", st, rs, 1e-2)
     got = (dqkv[..., :d], dqkv[..., d: 2 * d], dqkv[..., 2 * d:]) + (() if s0 is None else (ds0,))
@@ -362,10 +352,6 @@ def check_qkv(args):
         for impl in impls:
             guarded(f"qkv {impl} {shape}", functools.partial(
                 qkv_grads, impl, shape, q, k, v, decay, s0, seg, do, dst, args.interpret))
-        # the lightning layer's call: silu applied by the kernels on load (Triton; XLA before the Mosaic kernels)
-        for impl in ("triton", "auto") if n_seg or i == 0 else ("auto",):
-            guarded(f"qkv {impl} silu {shape}", functools.partial(
-                qkv_grads, impl, shape, q, k, v, decay, s0, seg, do, dst, args.interpret, "silu"))
 
 
 def check_auto(args):

@@ -66,7 +66,8 @@
 #          as two direct calls)
 # Stage 26 one GPU: the lightning layer's silu inside the kernels (lightning_attention_qkv(activation="silu"))
 #          checked (qkv, auto), timed against XLA's silu passes at the 1b layer (benchmarks/qkv_silu.py), then
-#          `m1jax train` 1b at 8K (stage 3's command) with it
+#          `m1jax train` 1b at 8K (stage 3's command) with it. 2x slower: the option and the script were removed
+#          (rerun at commit e57bd59, which has them)
 set -u -o pipefail
 STAGE=${1:?stage 1 to 26}
 TOTAL=${2:-540}

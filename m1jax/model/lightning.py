@@ -67,19 +67,16 @@ class LightningAttention(nnx.Module):
         """
         b, n, _ = x.shape
         H, D = self.num_heads, self.head_dim
-        pre = dense(x, self.qkv_proj[...], self.dtype).reshape(b, n, H, 3 * D)
-        pre = constrain(pre, ("batch", "seq", "heads", None))  # per-head interleaved: heads split whole
+        qkv = jax.nn.silu(dense(x, self.qkv_proj[...], self.dtype)).reshape(b, n, H, 3 * D)
+        qkv = constrain(qkv, ("batch", "seq", "heads", None))  # per-head interleaved: heads split whole
         decay = jnp.asarray(self.decay, jnp.float32)
         decode = state is not None and n == 1 and segment_ids is None
         if self.fused and pad_mask is None and not decode:
-            # the kernels take the pre-activations and apply the silu as they load (and its derivative as they write
-            # d qkv), where they can: no pass over [b, n, 3 H D] for it in either direction
             o, state = lightning_cp.lightning_attention_qkv(
-                pre, decay, initial_state=state, segment_ids=segment_ids, block_size=self.block_size,
-                impl=self.kernel_impl, activation="silu",
+                qkv, decay, initial_state=state, segment_ids=segment_ids, block_size=self.block_size,
+                impl=self.kernel_impl,
             )
             return self._output(x, o), state
-        qkv = jax.nn.silu(pre)
         q, k, v = qkv[..., :D], qkv[..., D : 2 * D], qkv[..., 2 * D :]
         if pad_mask is not None:  # where, not a product: a non-finite padded activation must not leak
             keep = pad_mask[:, :, None, None]

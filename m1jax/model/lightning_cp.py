@@ -39,11 +39,8 @@ def lightning_attention(q, k, v, decay, *, initial_state=None, segment_ids=None,
     return _on_mesh(lambda qkv: qkv[0], (q, k, v), decay, initial_state, segment_ids, block_size, impl, qkv=False)
 
 
-def lightning_attention_qkv(qkv, decay, *, initial_state=None, segment_ids=None, block_size: int, impl: str,
-                            activation: str | None = None):
-    """``lightning_attention`` of the per-head interleaved qkv [b, n, H, 3 D] (q | k | v); with ``activation``
-    "silu", of silu(qkv), differentiable in the pre-activations (the kernels apply it on load where they can,
-    ``pallas_kernels.lightning_attention_qkv``).
+def lightning_attention_qkv(qkv, decay, *, initial_state=None, segment_ids=None, block_size: int, impl: str):
+    """``lightning_attention`` of the per-head interleaved qkv [b, n, H, 3 D] (q | k | v).
 
     Differentiated, the kernels take qkv whole (``pallas_kernels.lightning_attention_qkv``: no slices, and d qkv
     written in place, without a concatenation; under context parallelism only q is sliced, for the correction).
@@ -51,34 +48,27 @@ def lightning_attention_qkv(qkv, decay, *, initial_state=None, segment_ids=None,
     the interleaved path measured slower on an H200 (1b layer forward 1.40 vs 1.20 ms, the cause not traced;
     experiments/results/lightning_layer_fused_split_h200.md), while forward + backward it is faster.
     """
-    return _fused_when_differentiated(int(block_size), impl, activation, qkv, decay, initial_state, segment_ids)
+    return _fused_when_differentiated(int(block_size), impl, qkv, decay, initial_state, segment_ids)
 
 
-def _activate(activation, x):
-    return jax.nn.silu(x) if activation == "silu" else x
-
-
-def _interleaved(qkv, decay, initial_state, segment_ids, block_size, impl, activation):
+def _interleaved(qkv, decay, initial_state, segment_ids, block_size, impl):
     d = qkv.shape[-1] // 3
-    return _on_mesh(lambda x: _activate(activation, x[..., :d]), qkv, decay, initial_state, segment_ids, block_size,
-                    impl, qkv=True, activation=activation)
+    return _on_mesh(lambda x: x[..., :d], qkv, decay, initial_state, segment_ids, block_size, impl, qkv=True)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _fused_when_differentiated(block_size, impl, activation, qkv, decay, initial_state, segment_ids):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _fused_when_differentiated(block_size, impl, qkv, decay, initial_state, segment_ids):
     d = qkv.shape[-1] // 3
-    qkv = _activate(activation, qkv)
     return lightning_attention(qkv[..., :d], qkv[..., d: 2 * d], qkv[..., 2 * d:], decay,
                                initial_state=initial_state, segment_ids=segment_ids, block_size=block_size, impl=impl)
 
 
-def _fused_fwd(block_size, impl, activation, qkv, decay, initial_state, segment_ids):
-    out, pullback = jax.vjp(lambda x, s: _interleaved(x, decay, s, segment_ids, block_size, impl, activation), qkv,
-                            initial_state)
+def _fused_fwd(block_size, impl, qkv, decay, initial_state, segment_ids):
+    out, pullback = jax.vjp(lambda x, s: _interleaved(x, decay, s, segment_ids, block_size, impl), qkv, initial_state)
     return out, (pullback, decay)
 
 
-def _fused_bwd(block_size, impl, activation, res, cts):
+def _fused_bwd(block_size, impl, res, cts):
     pullback, decay = res
     dqkv, ds0 = pullback(cts)
     return dqkv, jnp.zeros_like(decay), ds0, None  # decay: a fixed buffer (zero gradient, as the kernels define)
@@ -87,14 +77,13 @@ def _fused_bwd(block_size, impl, activation, res, cts):
 _fused_when_differentiated.defvjp(_fused_fwd, _fused_bwd)
 
 
-def _on_mesh(q_of, x, decay, initial_state, segment_ids, block_size, impl, *, qkv: bool, activation=None):
-    """The kernel on ``x`` (q, k, v, or one interleaved qkv when ``qkv``, with its ``activation``; ``q_of(x)`` is
-    its (activated) q)."""
+def _on_mesh(q_of, x, decay, initial_state, segment_ids, block_size, impl, *, qkv: bool):
+    """The kernel on ``x`` (q, k, v, or one interleaved qkv when ``qkv``; ``q_of(x)`` is its q)."""
     kernel_kw = dict(return_state=True, block_size=block_size, impl=impl)
 
     def kernel(x, decay, **kw):
         if qkv:
-            return pallas_kernels.lightning_attention_qkv(x, decay, **kw, **kernel_kw, activation=activation)
+            return pallas_kernels.lightning_attention_qkv(x, decay, **kw, **kernel_kw)
         return pallas_kernels.lightning_attention(*x, decay, **kw, **kernel_kw)
 
     mesh = active_mesh()

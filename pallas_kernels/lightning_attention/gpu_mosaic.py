@@ -579,30 +579,24 @@ def lightning_attention(
     return gpu_triton.with_backward(fwd, bwd, params)(q, k, v, decay, initial_state, None)
 
 
-@functools.partial(jax.jit, static_argnames=("block_size", "interpret", "seq_split", "backward", "activation"))
+@functools.partial(jax.jit, static_argnames=("block_size", "interpret", "seq_split", "backward"))
 def lightning_attention_qkv(qkv, decay, *, initial_state=None, segment_ids=None, block_size=64, interpret=False,
-                            seq_split=1, backward=None, activation=None):
+                            seq_split=1, backward=None):
     """``lightning_attention`` on an interleaved qkv [B, T, H, 3 D] (ops' ``lightning_attention_qkv``): the
     Mosaic forward reading q, k, v in place (``forward_columns``: the TMA loads take their column ranges), and a
     backward writing d qkv interleaved in place: ``backward`` None for the Triton kernels
     (``gpu_triton_qkv.backward_qkv``), or a function with its signature and params keyword
     (gpu_mosaic_bwd.backward_qkv_or_triton: ops impl "mosaic_gpu_all"); on ``seq_split`` chunks of the sequence at
     once when > 1. Where the Mosaic forward does not apply, ``gpu_triton_qkv.lightning_attention_qkv`` (which raises
-    ValueError for a head dim the interleaved kernels cannot tile). ``activation`` "silu": of silu(qkv); the Triton
-    kernels apply it as they load, here it is an XLA pass before the Mosaic kernels (their TMA tiles go straight
-    from memory to the tensor cores)."""
+    ValueError for a head dim the interleaved kernels cannot tile)."""
     d = qkv.shape[-1] // 3
     reason = gpu_triton_qkv.qkv_unsupported_reason(qkv)
     if reason is not None:
         raise ValueError(reason)
-    gpu_triton_qkv.check_activation(activation)
     view = jax.ShapeDtypeStruct((*qkv.shape[:3], d), qkv.dtype)
     if unsupported_reason(view, view, view, decay, initial_state, segment_ids) is not None:
         return gpu_triton_qkv.lightning_attention_qkv(qkv, decay, initial_state=initial_state, segment_ids=segment_ids,
-                                                      block_size=block_size, interpret=interpret, seq_split=seq_split,
-                                                      activation=activation)
-    if activation == "silu":
-        qkv = jax.nn.silu(qkv)
+                                                      block_size=block_size, interpret=interpret, seq_split=seq_split)
 
     def fwd(qkv, decay, initial_state, segment_ids):
         del segment_ids  # None here

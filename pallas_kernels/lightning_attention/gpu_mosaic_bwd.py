@@ -124,13 +124,13 @@ def lightning_attention(q, k, v, decay, *, initial_state=None, segment_ids=None,
 
 
 def lightning_attention_qkv(qkv, decay, *, initial_state=None, segment_ids=None, block_size=64, interpret=False,
-                            seq_split=1, activation=None):
+                            seq_split=1):
     """ops-style interleaved entry (impl "mosaic_gpu_all"): ``gpu_mosaic.lightning_attention_qkv`` with the
     three-pass backward writing d qkv in place where it applies (``backward_qkv_or_triton``). Returns (o, final
     fp32 state)."""
     return gpu_mosaic.lightning_attention_qkv(qkv, decay, initial_state=initial_state, segment_ids=segment_ids,
                                               block_size=block_size, interpret=interpret, seq_split=seq_split,
-                                              backward=backward_qkv_or_triton, activation=activation)
+                                              backward=backward_qkv_or_triton)
 
 
 __all__ = ["backward", "backward_or_triton", "backward_qkv", "backward_qkv_or_triton", "lightning_attention",

@@ -142,39 +142,16 @@ def _block_factors(cfg: _Cfg, s, i, seg_ref):
     return pl.ds(start, c), mask, qdec, kdec, keep
 
 
-def _split_refs(cfg: _Cfg, rest, n_out: int, pre: bool = False):
+def _split_refs(cfg: _Cfg, rest, n_out: int):
     """(segment ref or None, the n_out output refs) from the refs after the fixed inputs; an input aliased to
-    an output (the interleaved gradient buffer, ``_backward``) comes between them and is skipped. ``pre``: a
-    backward kernel's pre-activation tile of its output (``cfg.act``) comes first; then (pre ref, seg, outs)."""
-    pre_ref, rest = (rest[0], rest[1:]) if pre else (None, rest)
+    an output (the interleaved gradient buffer, ``_backward``) comes between them and is skipped."""
     seg, rest = (rest[0], rest[1:]) if cfg.has_seg else (None, rest)
     assert len(rest) in (n_out, n_out + 1), f"{len(rest)} refs after the inputs, expected {n_out} outputs (+1 alias)"
-    return (seg, rest[len(rest) - n_out:]) if not pre else (pre_ref, seg, rest[len(rest) - n_out:])
-
-
-def _act(cfg: _Cfg, x):
-    """silu(x) in x's dtype where q, k, v are pre-activations (``cfg.act``; the lightning layer's qkv = silu(x Wqkv)),
-    else x."""
-    if not cfg.act:
-        return x
-    xf = x.astype(_F32)
-    return (xf / (1.0 + jnp.exp(-xf))).astype(x.dtype)
-
-
-def _act_grad(cfg: _Cfg, g, pre_ref, sl):
-    """g (fp32, the gradient w.r.t. silu(x)) times silu'(x) = sig(x) (1 + x (1 - sig(x))) at the pre-activations
-    ``pre_ref[sl]`` (``cfg.act``), else g."""
-    if not cfg.act:
-        return g
-    x = pre_ref[sl, :].astype(_F32)
-    sig = 1.0 / (1.0 + jnp.exp(-x))
-    return g * (sig * (1.0 + x * (1.0 - sig)))
+    return seg, rest[len(rest) - n_out:]
 
 
 # ----------------------------------------------------------------------------------------------
 # Kernels. Refs are one (batch, head) slice: sequence refs [Tp, D or tile], state refs [Dk?, Dv?].
-# With cfg.act the q, k, v refs hold pre-activations (silu applied on load) and each backward kernel also reads the
-# pre-activation tile of the operand it differentiates (its gradient is taken through the silu).
 # ----------------------------------------------------------------------------------------------
 
 
@@ -185,7 +162,7 @@ def _fwd_kernel(decay_ref, q_ref, k_ref, v_ref, s0_ref, *rest, cfg: _Cfg):
 
     def body(i, state):  # state [Dk, BV] fp32
         sl, mask, qdec, kdec, keep = _block_factors(cfg, s, i, seg_ref)
-        qb, kb, vb = (_act(cfg, r[sl, :]) for r in (q_ref, k_ref, v_ref))
+        qb, kb, vb = q_ref[sl, :], k_ref[sl, :], v_ref[sl, :]
         a = _dot(qb, kb, 1, 1) * mask  # [C, C]
         o = _dot(a.astype(dt), vb, 1, 0) + qdec[:, None] * _dot(qb, state.astype(dt), 1, 0)
         o_ref[sl, :] = o.astype(o_ref.dtype)
@@ -197,17 +174,17 @@ def _fwd_kernel(decay_ref, q_ref, k_ref, v_ref, s0_ref, *rest, cfg: _Cfg):
 
 
 def _dq_kernel(decay_ref, k_ref, v_ref, do_ref, s0_ref, *rest, cfg: _Cfg):
-    # k [Tp, BK], v / do [Tp, Dv], s0 [BK, Dv] -> dq [Tp, BK] (cfg.act: q's pre-activation tile [Tp, BK] first in rest)
-    q_ref, seg_ref, (dq_ref,) = _split_refs(cfg, rest, 1, pre=True) if cfg.act else (None, *_split_refs(cfg, rest, 1))
+    # k [Tp, BK], v / do [Tp, Dv], s0 [BK, Dv] -> dq [Tp, BK]
+    seg_ref, (dq_ref,) = _split_refs(cfg, rest, 1)
     s = decay_ref[pl.program_id(1)].astype(_F32)
     dt = k_ref.dtype
 
     def body(i, state):  # rows kcols of the forward state, [BK, Dv]
         sl, mask, qdec, kdec, keep = _block_factors(cfg, s, i, seg_ref)
-        kb, vb, dob = _act(cfg, k_ref[sl, :]), _act(cfg, v_ref[sl, :]), do_ref[sl, :]
+        kb, vb, dob = k_ref[sl, :], v_ref[sl, :], do_ref[sl, :]
         da = _dot(dob, vb, 1, 1) * mask  # [t, u]
         dq = _dot(da.astype(dt), kb, 1, 0) + qdec[:, None] * _dot(dob, state.astype(dt), 1, 1)
-        dq_ref[sl, :] = _act_grad(cfg, dq, q_ref, sl).astype(dq_ref.dtype)
+        dq_ref[sl, :] = dq.astype(dq_ref.dtype)
         kd = (kb.astype(_F32) * kdec[:, None]).astype(dt)
         return keep * state + _dot(kd, vb, 0, 0)
 
@@ -215,18 +192,18 @@ def _dq_kernel(decay_ref, k_ref, v_ref, do_ref, s0_ref, *rest, cfg: _Cfg):
 
 
 def _dk_kernel(decay_ref, q_ref, v_ref, do_ref, dst_ref, *rest, cfg: _Cfg):
-    # q [Tp, BK], v / do [Tp, Dv], dst [BK, Dv] -> dk [Tp, BK] (cfg.act: k's pre-activation tile first in rest)
-    k_ref, seg_ref, (dk_ref,) = _split_refs(cfg, rest, 1, pre=True) if cfg.act else (None, *_split_refs(cfg, rest, 1))
+    # q [Tp, BK], v / do [Tp, Dv], dst [BK, Dv] -> dk [Tp, BK]
+    seg_ref, (dk_ref,) = _split_refs(cfg, rest, 1)
     s = decay_ref[pl.program_id(1)].astype(_F32)
     dt = q_ref.dtype
 
     def body(j, dstate):  # rows kcols of dS (gradient w.r.t. the state after the block), [BK, Dv]
         i = cfg.nblk - 1 - j
         sl, mask, qdec, kdec, keep = _block_factors(cfg, s, i, seg_ref)
-        qb, vb, dob = _act(cfg, q_ref[sl, :]), _act(cfg, v_ref[sl, :]), do_ref[sl, :]
+        qb, vb, dob = q_ref[sl, :], v_ref[sl, :], do_ref[sl, :]
         da = _dot(dob, vb, 1, 1) * mask  # [t, u]
         dk = _dot(da.astype(dt), qb, 0, 0) + kdec[:, None] * _dot(vb, dstate.astype(dt), 1, 1)
-        dk_ref[sl, :] = _act_grad(cfg, dk, k_ref, sl).astype(dk_ref.dtype)
+        dk_ref[sl, :] = dk.astype(dk_ref.dtype)
         qd = (qb.astype(_F32) * qdec[:, None]).astype(dt)
         return keep * dstate + _dot(qd, dob, 0, 0)
 
@@ -234,20 +211,19 @@ def _dk_kernel(decay_ref, q_ref, v_ref, do_ref, dst_ref, *rest, cfg: _Cfg):
 
 
 def _dv_kernel(decay_ref, q_ref, k_ref, do_ref, dst_ref, *rest, cfg: _Cfg):
-    # q / k [Tp, Dk], do [Tp, BV], dst [Dk, BV] -> dv [Tp, BV], ds0 [Dk, BV] (cfg.act: v's pre-activation tile first)
-    v_ref, seg_ref, (dv_ref, ds0_ref) = (_split_refs(cfg, rest, 2, pre=True) if cfg.act
-                                         else (None, *_split_refs(cfg, rest, 2)))
+    # q / k [Tp, Dk], do [Tp, BV], dst [Dk, BV] -> dv [Tp, BV], ds0 [Dk, BV]
+    seg_ref, (dv_ref, ds0_ref) = _split_refs(cfg, rest, 2)
     s = decay_ref[pl.program_id(1)].astype(_F32)
     dt = q_ref.dtype
 
     def body(j, dstate):  # columns vcols of dS, [Dk, BV]
         i = cfg.nblk - 1 - j
         sl, mask, qdec, kdec, keep = _block_factors(cfg, s, i, seg_ref)
-        qb, kb, dob = _act(cfg, q_ref[sl, :]), _act(cfg, k_ref[sl, :]), do_ref[sl, :]
+        qb, kb, dob = q_ref[sl, :], k_ref[sl, :], do_ref[sl, :]
         a = _dot(qb, kb, 1, 1) * mask  # [t, u]
         kd = (kb.astype(_F32) * kdec[:, None]).astype(dt)
         dv = _dot(a.astype(dt), dob, 0, 0) + _dot(kd, dstate.astype(dt), 1, 0)
-        dv_ref[sl, :] = _act_grad(cfg, dv, v_ref, sl).astype(dv_ref.dtype)
+        dv_ref[sl, :] = dv.astype(dv_ref.dtype)
         qd = (qb.astype(_F32) * qdec[:, None]).astype(dt)
         return keep * dstate + _dot(qd, dob, 0, 0)
 
@@ -343,40 +319,31 @@ def _backward(cfg: _Cfg, q, k, v, decay, s0, seg, do, dst, *, dk=None):
     def carried(prev, n_in):  # the interleaved buffer so far, as an input aliased to output 0
         return ([prev], [pl.BlockSpec(memory_space=pl.ANY)], {n_in: 0}) if qkv else ([], [], None)
 
-    def pre(x, spec):  # cfg.act: the pre-activation tile of the operand a kernel differentiates (its output's tile)
-        return ([x], [spec]) if cfg.act else ([], [])
-
-    pre_args, pre_specs = pre(q, _seq_spec(cfg, bk, True))
     (dq,) = _call(
         _dq_kernel, cfg, "lightning_attention_bwd_dq", (b, h, dk // bk),
-        [decay_spec, _seq_spec(cfg, bk, True, off_k), full_v, full_do, _state_spec(bk, dv, True), *pre_specs,
-         *seg_specs],
+        [decay_spec, _seq_spec(cfg, bk, True, off_k), full_v, full_do, _state_spec(bk, dv, True), *seg_specs],
         [_seq_spec(cfg, bk, True)],
         [grad_shape(q)],
-        (decay, k, v, do, s0, *pre_args, *seg_args),
+        (decay, k, v, do, s0, *seg_args),
     )
-    n_fixed = 5 + len(pre_args) + len(seg_args)
-    args, specs, aliases = carried(dq, n_fixed)
-    pre_args, pre_specs = pre(k, _seq_spec(cfg, bk, True, off_k))
+    args, specs, aliases = carried(dq, 5 + len(seg_args))
     (dk_,) = _call(
         _dk_kernel, cfg, "lightning_attention_bwd_dk", (b, h, dk // bk),
-        [decay_spec, _seq_spec(cfg, bk, True), full_v, full_do, _state_spec(bk, dv, True), *pre_specs, *seg_specs,
-         *specs],
+        [decay_spec, _seq_spec(cfg, bk, True), full_v, full_do, _state_spec(bk, dv, True), *seg_specs, *specs],
         [_seq_spec(cfg, bk, True, off_k)],
         [grad_shape(k)],
-        (decay, q, v, do, dst, *pre_args, *seg_args, *args),
+        (decay, q, v, do, dst, *seg_args, *args),
         aliases=aliases,
     )
-    args, specs, aliases = carried(dk_, n_fixed)
+    args, specs, aliases = carried(dk_, 5 + len(seg_args))
     full_k = _seq_spec(cfg, dk, False)
-    pre_args, pre_specs = pre(v, _seq_spec(cfg, bv, True, off_v))
     dv_, ds0 = _call(
         _dv_kernel, cfg, "lightning_attention_bwd_dv", (b, h, dv // bv),
         [decay_spec, full_k, _seq_spec(cfg, dk, False, off_k), _seq_spec(cfg, bv, True),
-         _state_spec(dk, bv, False), *pre_specs, *seg_specs, *specs],
+         _state_spec(dk, bv, False), *seg_specs, *specs],
         [_seq_spec(cfg, bv, True, off_v), _state_spec(dk, bv, False)],
         [grad_shape(v), jax.ShapeDtypeStruct(s0.shape, _F32)],
-        (decay, q, k, do, dst, *pre_args, *seg_args, *args),
+        (decay, q, k, do, dst, *seg_args, *args),
         aliases=aliases,
     )
     if qkv:

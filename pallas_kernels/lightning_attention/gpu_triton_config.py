@@ -66,7 +66,6 @@ class _Cfg:
     num_warps: int
     num_stages: tuple[int, int]  # (forward, backward) software-pipelining stages
     interpret: bool
-    act: bool = False  # q, k, v are pre-activations: silu on every load, gradients times silu' (gpu_triton_qkv)
 
     @property
     def tp(self) -> int:
@@ -107,7 +106,7 @@ class TritonParams:
         )
 
 
-def _config(p: TritonParams, b: int, t: int, h: int, dkp: int, dvp: int, has_seg: bool, act: bool = False) -> _Cfg:
+def _config(p: TritonParams, b: int, t: int, h: int, dkp: int, dvp: int, has_seg: bool) -> _Cfg:
     fwd_block_v = p.fwd_block_v
     if fwd_block_v is None:
         fwd_block_v = 64 if b * h * max(1, dvp // 64) >= _FWD_MIN_PROGRAMS else 32
@@ -122,5 +121,5 @@ def _config(p: TritonParams, b: int, t: int, h: int, dkp: int, dvp: int, has_seg
         bwd_stages = _auto_bwd_stages(b * h * max(dkp // bk, dvp // bv)) if calibrated else 3
     return _Cfg(
         t=t, c=c, nblk=-(-t // c), fwd_block_v=fbv, block_k=bk, block_v=bv, has_seg=has_seg,
-        num_warps=p.num_warps, num_stages=(fwd_stages, bwd_stages), interpret=p.interpret, act=bool(act),
+        num_warps=p.num_warps, num_stages=(fwd_stages, bwd_stages), interpret=p.interpret,
     )

@@ -46,43 +46,28 @@ def qkv_unsupported_reason(qkv) -> str | None:
     return None
 
 
-ACTIVATIONS = (None, "silu")
-
-
-def check_activation(activation):
-    """ValueError unless ``activation`` is one the kernels apply to q, k, v on load (``ACTIVATIONS``)."""
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-
-
-def _prepare_qkv(p: TritonParams, qkv, initial_state, segment_ids, activation=None):
-    check_activation(activation)
+def _prepare_qkv(p: TritonParams, qkv, initial_state, segment_ids):
     b, t, h, d3 = qkv.shape
     d = d3 // 3
-    cfg = _config(p, b, t, h, d, d, segment_ids is not None, act=activation == "silu")
+    cfg = _config(p, b, t, h, d, d, segment_ids is not None)
     s0, seg = _state_and_segments(cfg, b, h, d, d, initial_state, segment_ids)
     return cfg, _pad_axis(qkv, 1, cfg.tp), s0, seg
 
 
-def forward_qkv(qkv, decay, initial_state=None, segment_ids=None, *, params: TritonParams = _DEFAULT_PARAMS,
-                activation=None):
+def forward_qkv(qkv, decay, initial_state=None, segment_ids=None, *, params: TritonParams = _DEFAULT_PARAMS):
     """``forward`` on an interleaved qkv [B, T, H, 3 D] (per head q | k | v, one dtype): the kernel reads its
-    three column ranges in place, so no slices are materialised. ``activation`` "silu": qkv holds pre-activations
-    and the kernel applies silu to each tile it loads (the lightning layer's silu without a pass over memory).
-    Returns (o [B, T, H, D], final fp32 state)."""
+    three column ranges in place, so no slices are materialised. Returns (o [B, T, H, D], final fp32 state)."""
     t, d = qkv.shape[1], qkv.shape[-1] // 3
-    cfg, qkv_, s0, seg = _prepare_qkv(params, qkv, initial_state, segment_ids, activation)
+    cfg, qkv_, s0, seg = _prepare_qkv(params, qkv, initial_state, segment_ids)
     o, state = _forward(cfg, qkv_, qkv_, qkv_, decay.astype(_F32), s0, seg, dk=d)
     return o[:, :t], state
 
 
-def backward_qkv(qkv, decay, initial_state, segment_ids, do, dstate, *, params: TritonParams = _DEFAULT_PARAMS,
-                 activation=None):
+def backward_qkv(qkv, decay, initial_state, segment_ids, do, dstate, *, params: TritonParams = _DEFAULT_PARAMS):
     """``backward`` for ``forward_qkv``: (d qkv [B, T, H, 3 D] in qkv's dtype, interleaved like qkv and written by
-    the three kernels into one buffer, d initial_state or None). With ``activation`` the gradient is w.r.t. the
-    pre-activations (each kernel multiplies by silu' at the tile it writes)."""
+    the three kernels into one buffer, d initial_state or None)."""
     t, d = qkv.shape[1], qkv.shape[-1] // 3
-    cfg, qkv_, s0, seg = _prepare_qkv(params, qkv, initial_state, segment_ids, activation)
+    cfg, qkv_, s0, seg = _prepare_qkv(params, qkv, initial_state, segment_ids)
     do_ = _pad_axis(do.astype(qkv.dtype), 1, cfg.tp)
     dqkv, ds0 = _backward(cfg, qkv_, qkv_, qkv_, decay.astype(_F32), s0, seg, do_, dstate.astype(_F32), dk=d)
     return dqkv[:, :t], None if initial_state is None else ds0.astype(initial_state.dtype)
@@ -109,37 +94,31 @@ _qkv_with_bwd.defvjp(_qkv_with_bwd_fwd, _qkv_with_bwd_bwd)
 
 @functools.partial(
     jax.jit,
-    static_argnames=("block_size", "interpret", "seq_split", "fwd_block_v", "bwd_block", "num_warps", "num_stages",
-                     "activation"),
+    static_argnames=("block_size", "interpret", "seq_split", "fwd_block_v", "bwd_block", "num_warps", "num_stages"),
 )
 def lightning_attention_qkv(qkv, decay, *, initial_state=None, segment_ids=None, block_size: int = 64,
                             interpret: bool = False, seq_split: int = 1, fwd_block_v: int | None = None,
                             bwd_block: int = DEFAULT_BWD_BLOCK, num_warps: int = DEFAULT_NUM_WARPS,
-                            num_stages: int | tuple[int, int | None] = DEFAULT_NUM_STAGES, activation=None):
+                            num_stages: int | tuple[int, int | None] = DEFAULT_NUM_STAGES):
     """``lightning_attention`` of q, k, v = qkv[..., :D], qkv[..., D:2D], qkv[..., 2D:] for an interleaved qkv
     [B, T, H, 3 D] (D a power of two >= 16), without materialising the slices, and with d qkv written as one
     interleaved array (no concatenation). ``seq_split`` > 1 runs that many chunks of the sequence at once
-    (``split.split_sequence_qkv``, whose backward also stays in the one buffer). ``activation`` "silu": of
-    silu(qkv), applied by the kernels as they load (``forward_qkv``), differentiable in qkv. Returns (o [B, T, H, D]
-    in qkv's dtype, final fp32 state)."""
+    (``split.split_sequence_qkv``, whose backward also stays in the one buffer). Returns (o [B, T, H, D] in qkv's
+    dtype, final fp32 state)."""
     reason = qkv_unsupported_reason(qkv)
     if reason is not None:
         raise ValueError(reason)
-    check_activation(activation)
     params = TritonParams.make(block_size, interpret, fwd_block_v, bwd_block, num_warps, num_stages)
-    fwd = functools.partial(forward_qkv, params=params, activation=activation)
-    bwd = functools.partial(backward_qkv, activation=activation)
-    return qkv_with_backward(fwd, params, seq_split, bwd, activation=activation)(qkv, decay, initial_state,
-                                                                                 segment_ids)
+    return qkv_with_backward(functools.partial(forward_qkv, params=params), params, seq_split)(
+        qkv, decay, initial_state, segment_ids)
 
 
-def qkv_with_backward(fwd_fn, params: TritonParams, seq_split: int = 1, bwd_fn=None, activation=None):
+def qkv_with_backward(fwd_fn, params: TritonParams, seq_split: int = 1, bwd_fn=None):
     """``fwd_fn(qkv, decay, initial_state, segment_ids) -> (o, final state)`` (any forward with
     ``reference.chunked``'s function on the slices) made differentiable in qkv and initial_state with
     ``bwd_fn(qkv, decay, initial_state, segment_ids, do, dstate, *, params) -> (d qkv, d initial_state or None)``
     as its VJP (None: ``backward_qkv``, the Triton kernels): whole, or on ``seq_split`` chunks
-    (``split.split_sequence_qkv``; ``activation``: the one fwd_fn and bwd_fn apply to q, k, v, which the split's own
-    chunk-state glue applies too). Returns ``f(qkv, decay, initial_state=None, segment_ids=None) -> (o, state)``."""
+    (``split.split_sequence_qkv``). Returns ``f(qkv, decay, initial_state=None, segment_ids=None) -> (o, state)``."""
     bwd_fn = backward_qkv if bwd_fn is None else bwd_fn
     if int(seq_split) == 1:
         def f(qkv, decay, initial_state=None, segment_ids=None):
@@ -147,9 +126,7 @@ def qkv_with_backward(fwd_fn, params: TritonParams, seq_split: int = 1, bwd_fn=N
 
         return f
 
-    return split.split_sequence_qkv(fwd_fn, functools.partial(bwd_fn, params=params), int(seq_split),
-                                    activation=activation)
+    return split.split_sequence_qkv(fwd_fn, functools.partial(bwd_fn, params=params), int(seq_split))
 
 
-__all__ = ["lightning_attention_qkv", "forward_qkv", "backward_qkv", "qkv_with_backward", "qkv_unsupported_reason",
-           "ACTIVATIONS", "check_activation"]
+__all__ = ["lightning_attention_qkv", "forward_qkv", "backward_qkv", "qkv_with_backward", "qkv_unsupported_reason"]

@@ -223,26 +223,17 @@ def _qkv_fits(qkv) -> bool:
     return 16 <= d <= 256 and d & (d - 1) == 0
 
 
-_ACTIVATIONS = (None, "silu")
-
-
 def lightning_attention_qkv(qkv, decay, *, initial_state=None, return_state: bool = False, segment_ids=None,
                             block_size: int = DEFAULT_BLOCK_SIZE, impl: str = "auto", interpret: bool = False,
-                            seq_split: int | str = "auto", activation: str | None = None):
+                            seq_split: int | str = "auto"):
     """``lightning_attention`` of q, k, v = qkv[..., :D], qkv[..., D:2D], qkv[..., 2D:] for qkv [batch, seq, heads,
     3 D], the lightning layer's per-head interleaved projection output.
 
     The GPU kernels ("triton", "mosaic_gpu", "mosaic_gpu_all"; D a power of two in [16, 256]) read the three
     column ranges in place and write d qkv as one interleaved array, so neither the slices nor the gradient's
     concatenation (two passes over [batch, seq, 3 heads D] each) are materialised; other impls and shapes run
-    ``lightning_attention`` on the slices. Arguments and results are ``lightning_attention``'s, and
-    ``activation``: None, or "silu" for the attention of silu(qkv) (the lightning layer's qkv = silu(x Wqkv)),
-    differentiable in the pre-activations qkv. The Triton kernels apply it as they load each tile and take the
-    gradient through it as they write d qkv, so silu(qkv) and its gradient are never a pass over memory; elsewhere
-    (the Mosaic kernels' unsegmented path included) it is jax.nn.silu before the kernels.
+    ``lightning_attention`` on the slices. Arguments and results are ``lightning_attention``'s.
     """
-    if activation not in _ACTIVATIONS:
-        raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
     if qkv.ndim != 4 or qkv.shape[-1] % 3:
         raise ValueError(f"qkv must be [batch, seq, heads, 3 * head_dim], got shape {qkv.shape}")
     d = qkv.shape[-1] // 3
@@ -250,8 +241,6 @@ def lightning_attention_qkv(qkv, decay, *, initial_state=None, return_state: boo
     _check_inputs(view, view, view, decay, initial_state, segment_ids, block_size)
     name, _ = _resolve_impl(impl)
     if name not in _QKV_IMPLS or not _qkv_fits(qkv):
-        if activation == "silu":
-            qkv = jax.nn.silu(qkv)
         return lightning_attention(
             qkv[..., :d], qkv[..., d: 2 * d], qkv[..., 2 * d:], decay, initial_state=initial_state,
             return_state=return_state, segment_ids=segment_ids, block_size=block_size, impl=impl,
@@ -259,7 +248,7 @@ def lightning_attention_qkv(qkv, decay, *, initial_state=None, return_state: boo
         )
     o, state = _QKV_IMPLS[name]()(qkv, decay, initial_state=initial_state, segment_ids=segment_ids,
                                   block_size=int(block_size), interpret=interpret,
-                                  seq_split=_seq_parts(seq_split, name, view, view), activation=activation)
+                                  seq_split=_seq_parts(seq_split, name, view, view))
     return (o, state) if return_state else o
 
 

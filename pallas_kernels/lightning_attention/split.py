@@ -123,7 +123,7 @@ def _chunk_reach(q, do, decay, segment_ids):
     return local, carry, starts
 
 
-def split_sequence_qkv(fwd_fn, bwd_fn, parts: int, activation=None):
+def split_sequence_qkv(fwd_fn, bwd_fn, parts: int):
     """``split_sequence`` for an interleaved qkv [b, t, h, 3 d], with a backward that never leaves the kernels'
     interleaved gradient buffer: ``f(qkv, decay, initial_state, segment_ids) -> (o, final state)``, differentiable
     in qkv and initial_state.
@@ -136,11 +136,7 @@ def split_sequence_qkv(fwd_fn, bwd_fn, parts: int, activation=None):
         dIn_c = R_c + carry_c * dEnd_c,   dEnd_{P-1} = d final,   dEnd_{c-1} = dIn_c (0 when chunk c starts a
         segment),
     and one run of ``bwd_fn`` on the chunks, seeded with dEnd_c, gives d qkv whole (and dIn_0 = d initial_state).
-    ``activation`` "silu": qkv holds pre-activations that fwd_fn and bwd_fn take through silu themselves; the chunk
-    states and reaches here take silu of their k, v and q slices (their own gradients still reach qkv only through
-    bwd_fn's seeds, so the silu' is bwd_fn's).
     """
-    act = (lambda x: jax.nn.silu(x.astype(jnp.float32)).astype(x.dtype)) if activation == "silu" else (lambda x: x)
 
     def chunks(a, b, L):
         return a.reshape(b * parts, L, *a.shape[2:])
@@ -148,8 +144,8 @@ def split_sequence_qkv(fwd_fn, bwd_fn, parts: int, activation=None):
     def forward(qkv, decay, initial_state, segment_ids):
         b, t, h, d3 = qkv.shape
         d = d3 // 3
-        incoming, final = _incoming_states(parts, act(qkv[..., d: 2 * d]), act(qkv[..., 2 * d:]), decay,
-                                           initial_state, segment_ids)
+        incoming, final = _incoming_states(parts, qkv[..., d: 2 * d], qkv[..., 2 * d:], decay, initial_state,
+                                           segment_ids)
         seg = None if segment_ids is None else chunks(segment_ids, b, t // parts)
         o, _ = fwd_fn(chunks(qkv, b, t // parts), decay, incoming, seg)
         return (o.reshape(b, t, h, d), final), incoming
@@ -167,7 +163,7 @@ def split_sequence_qkv(fwd_fn, bwd_fn, parts: int, activation=None):
         do, dfinal = cts
         b, t, h, d3 = qkv.shape
         d, L = d3 // 3, t // parts
-        q = act(qkv[..., :d]).reshape(b, parts, L, h, d)
+        q = qkv[..., :d].reshape(b, parts, L, h, d)
         reach, carry, starts = _chunk_reach(q, do.reshape(b, parts, L, h, d), decay, segment_ids)
 
         def step(d_end, xs):  # reverse over chunks: d_end is the cotangent of chunk c's end state

@@ -102,27 +102,23 @@ def _qkv_value_and_grads(fn, qkv, s0, seg, do, dst):
     return out, vjp((do, dst))
 
 
-def _sliced_reference(qkv, s0, seg, activation=None):
+def _sliced_reference(qkv, s0, seg):
     d = qkv.shape[-1] // 3
-    qkv = jax.nn.silu(qkv) if activation == "silu" else qkv
     return reference.chunked(qkv[..., :d], qkv[..., d: 2 * d], qkv[..., 2 * d:], DECAY, initial_state=s0,
                              segment_ids=seg)
 
 
 @pytest.mark.parametrize(
-    "t,d,use_s0,use_seg,dtype,parts,activation",
+    "t,d,use_s0,use_seg,dtype,parts",
     [
-        (37, 16, True, True, jnp.float32, 1, None),  # ragged last block, segments, initial state
-        (50, 32, False, True, jnp.bfloat16, 1, None),  # bf16; Dk / Dv in two tiles of the interleaved columns
-        (64, 16, True, True, jnp.float32, 2, None),  # through the sequence split (chunk states slice k and v)
-        (37, 16, True, True, jnp.float32, 1, "silu"),  # silu on load, d qkv through silu' (pre-activation tiles)
-        (64, 32, True, True, jnp.float32, 2, "silu"),  # the same split in two column tiles: the chunk glue's silu
+        (37, 16, True, True, jnp.float32, 1),  # ragged last block, segments, initial state
+        (50, 32, False, True, jnp.bfloat16, 1),  # bf16; Dk / Dv in two tiles of the interleaved columns
+        (64, 16, True, True, jnp.float32, 2),  # through the sequence split (chunk states slice k and v)
     ],
 )
-def test_interleaved_qkv_matches_reference(rng, t, d, use_s0, use_seg, dtype, parts, activation):
+def test_interleaved_qkv_matches_reference(rng, t, d, use_s0, use_seg, dtype, parts):
     """ops.lightning_attention_qkv with the Triton kernels reading q | k | v in place and writing d qkv interleaved
-    (aliased from kernel to kernel): outputs and gradients against the reference on the slices (of silu(qkv) with
-    activation="silu", the gradient w.r.t. the pre-activations)."""
+    (aliased from kernel to kernel): outputs and gradients against the reference on the slices."""
     qkv = jnp.asarray(rng.standard_normal((2, t, H, 3 * d)) / d**0.5, jnp.float32).astype(dtype)
     s0 = jnp.asarray(rng.standard_normal((2, H, d, d)), jnp.float32) if use_s0 else None
     seg = _segments(t) if use_seg else None
@@ -131,12 +127,10 @@ def test_interleaved_qkv_matches_reference(rng, t, d, use_s0, use_seg, dtype, pa
 
     def kern(x, s0, seg):
         return ops.lightning_attention_qkv(x, DECAY, initial_state=s0, segment_ids=seg, return_state=True,
-                                           block_size=16, impl="triton", interpret=True, seq_split=parts,
-                                           activation=activation)
+                                           block_size=16, impl="triton", interpret=True, seq_split=parts)
 
-    ref = functools.partial(_sliced_reference, activation=activation)
     outs, grads = jax.jit(functools.partial(_qkv_value_and_grads, kern))(qkv, s0, seg, do, dst)
-    ref_outs, ref_grads = jax.jit(functools.partial(_qkv_value_and_grads, ref))(qkv, s0, seg, do, dst)
+    ref_outs, ref_grads = jax.jit(functools.partial(_qkv_value_and_grads, _sliced_reference))(qkv, s0, seg, do, dst)
     assert grads[0].shape == qkv.shape
     assert_outputs_and_grads_match(outs, grads, ref_outs, ref_grads, dtype)
 
