@@ -379,9 +379,13 @@ def check_auto(args):
             hlo[impl] = f.lower(q, k, v, decay).as_text()
         same = bool(np.array_equal(outs["auto"], outs["mosaic_gpu_all"]))
         mosaic_call = "custom_call @mosaic_gpu" in hlo["auto"]  # the Mosaic GPU kernel's custom call
-        ok = same and mosaic_call
+        # the forward alone is the same kernel for mosaic_gpu: the backward tells them apart (three Mosaic passes)
+        loss = lambda q, k, v, d: jnp.sum(pallas_kernels.lightning_attention(q, k, v, d).astype(F32))  # noqa: E731
+        grad_hlo = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))).lower(q, k, v, decay).as_text()
+        n_mosaic = grad_hlo.count("custom_call @mosaic_gpu")
+        ok = same and mosaic_call and n_mosaic == 4
         print(f"  {'ok  ' if ok else 'FAIL'} impl='auto' output == impl='mosaic_gpu_all' output: {same}; "
-              f"auto's HLO calls the Mosaic GPU kernel: {mosaic_call}")
+              f"auto's HLO calls the Mosaic GPU kernel: {mosaic_call}; its fwd+bwd, 4 Mosaic kernels: {n_mosaic}")
         ROWS.append(("impl auto == mosaic_gpu_all", "B1 T4096 H64 D128", "o", 0.0 if ok else float("inf"), 0.0, 0, ok))
         if not ok:
             FAILED.append("impl auto does not run the mosaic_gpu kernel")

@@ -10,12 +10,13 @@ report gives medians over rounds and, per round, fla's time / ours with a bootst
         [--mosaic-variants bv64vd,vdrqrm] [--impls mosaic_gpu_all] [--out results.md]
     JAX_PLATFORMS=cpu python3 experiments/benchmarks/lightning_vs_fla.py --smoke   # tiny, the jnp reference
 
-Ours: pallas_kernels.lightning_attention(impl="auto") as users call it (Mosaic GPU forward + Triton backward on
-Hopper), fwd+bwd = jax.value_and_grad of sum(o in fp32) w.r.t. q, k, v (jax.grad alone would drop our forward
-kernel: its output is dead when the custom_vjp saves only the inputs). fla 0.6: chunk_simple_gla(q, k, v,
-g_gamma=-s, scale=1.0), fwd+bwd = backward of o.float().sum(). H 64, D 128, bf16 q, k, v ~ N(0, 1) / D^(1/4),
-MiniMax layer-0 slopes. Copy: torch copy_ of 2 GiB (fp32), timed in the same rounds; % of copy = (q, k, v read +
-o written) / time against the copy's bytes / time. ``--mosaic-variants`` (benchmarks/mosaic_layouts.py specs) adds
+Ours: pallas_kernels.lightning_attention(impl="auto") as users call it (on Hopper "mosaic_gpu_all": the Mosaic GPU
+forward and the backward as three passes of it; before 2026-12-01's stage 25, Mosaic forward + Triton backward),
+fwd+bwd = jax.value_and_grad of sum(o in fp32) w.r.t. q, k, v (jax.grad alone would drop our forward kernel: its
+output is dead when the custom_vjp saves only the inputs). fla 0.6: chunk_simple_gla(q, k, v, g_gamma=-s,
+scale=1.0), fwd+bwd = backward of o.float().sum(). H 64 (``--heads``), D 128, bf16 q, k, v ~ N(0, 1) / D^(1/4),
+MiniMax layer-0 slopes. Copy: torch copy_ of 2 GiB (fp32), timed in the same rounds; % of copy = (q, k, v read + o
+written) / time against the copy's bytes / time. ``--mosaic-variants`` (benchmarks/mosaic_layouts.py specs) adds
 forward-only rows of the Mosaic kernel's layouts (gpu_mosaic.lightning_attention_fwd called directly) in the same
 rounds, each with its ratio to fla and to our op's forward per round; ``--impls`` adds our op with other ``impl``
 names (e.g. mosaic_gpu_all: the backward as three Mosaic forward passes), forward and forward + backward.

@@ -313,15 +313,9 @@ case $STAGE in
     --impls mosaic_gpu --qkv-impls triton,mosaic_gpu,mosaic_gpu_all \
     --out "$OUT/lightning_qkv_mosaic_all_1b_h200.md" > "$OUT/lightning_qkv_mosaic_all_1b.log" 2>&1 ;;
 26)
-  timeout "$(left 170)" python3 experiments/check_gpu_kernels.py --only qkv,auto --no-timing \
-    --out "$OUT/check_qkv_silu_h200.md" > "$OUT/check_qkv_silu.log" 2>&1
-  timeout "$(left 100)" python3 experiments/benchmarks/qkv_silu.py --rounds 15 --out "$OUT/qkv_silu_h200.md" \
-    > "$OUT/qkv_silu.log" 2>&1
-  timeout "$(left 9999)" python3 -m m1jax.cli.main train --config=experiments/pretrain.py:1b \
-    --config.data.seq_len=8192 --config.data.batch_size=16 --config.optim.grad_accum_steps=16 --config.steps=12 \
-    --config.optim.warmup_steps=2 --config.log.every=1 --config.checkpoint.every=1000000 --workdir=/tmp/w1b \
-    > "$OUT/train_1b_8k.log" 2>&1
-  cp /tmp/w1b/metrics.jsonl "$OUT/train_1b_8k_silu_metrics.jsonl" 2>/dev/null ;;
+  echo "stage 26 timed the lightning layer's silu inside the kernels (2x slower, reverted): check out commit e57bd59," \
+    "which has the activation option and benchmarks/qkv_silu.py, to rerun it" | tee "$OUT/stage26.txt"
+  exit 2 ;;
 esac
 tar czf "$FINAL/results.tgz" -C "$OUT" . && rm -rf "$OUT"
 ls -la "$FINAL"

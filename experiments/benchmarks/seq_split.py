@@ -2,10 +2,11 @@
 
     python3 experiments/benchmarks/seq_split.py --out $OUT/seq_split.md
 
-bf16 q, k, v with MiniMax layer-0 slopes, impl="auto" (mosaic_gpu forward + Triton backward on Hopper);
-median ms per call (experiments/benchmarks/timing.time_jax); fwd and fwd+bwd (grad of
-sum(o) w.r.t. q, k, v). Shapes with few (batch, head) pairs, where one thread block per pair and value
-slice leaves SMs idle, plus a control shape that already fills the GPU.
+bf16 q, k, v with MiniMax layer-0 slopes, impl="auto" (on Hopper since 2026-12-01 mosaic_gpu_all: the Mosaic forward
+and its three-pass backward; the results file predates it: Mosaic forward + Triton backward); median ms per call
+(experiments/benchmarks/timing.time_jax); fwd and fwd+bwd (grad of sum(o) w.r.t. q, k, v). Shapes with few (batch,
+head) pairs, where one thread block per pair and value slice leaves SMs idle, plus a control shape that already
+fills the GPU.
 """
 
 from __future__ import annotations

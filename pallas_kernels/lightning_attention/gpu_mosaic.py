@@ -79,9 +79,13 @@ Limits (checked, ValueError otherwise):
   * T may be anything: the whole blocks run in the kernel, a tail of T % C tokens runs in the jnp
     reference from the kernel's final state (exact, a small XLA computation);
   * no segment_ids;
-  * forward only. ``lightning_attention`` (the ops adapter, impl "mosaic_gpu") pairs it with the
-    Triton backward kernels of gpu_triton.py (``gpu_triton.with_triton_backward``), and runs the
-    Triton forward and backward instead for segment_ids, fp32 or mixed dtypes, other head dims.
+  * forward only. ``lightning_attention`` (the ops adapter) pairs it with a backward: the Triton kernels of
+    gpu_triton.py (impl "mosaic_gpu"), or three passes of this forward (``backward=``, gpu_mosaic_bwd.py: impl
+    "mosaic_gpu_all", what "auto" runs on Hopper), and runs the Triton forward and backward instead for segment_ids,
+    fp32 or mixed dtypes, other head dims;
+  * ``forward_columns`` reads q, k, v at column offsets of wider arrays (the interleaved q|k|v projection, read in
+    place by ``lightning_attention_qkv``) and can write o into a ``jax.new_ref`` at a column offset, in place
+    (T % 64 == 0 then; the backward passes' d qkv).
 The inter-block product uses the state rounded to bf16 (as fla does); the state itself, all
 accumulators and the decay math are fp32. Needs sm_90 (wgmma, TMA): Hopper only.
 
@@ -122,14 +126,16 @@ from pallas_kernels.lightning_attention.gpu_mosaic_layout import (  # noqa: F401
 
 
 def _launch(body, scratch, args, *, block_v, interpret, state_t=False, grid_ctas=None, dims=None, o_buf=None,
-            **kernel_kw):
+            rows=None, **kernel_kw):
     """Run ``body`` over the grid (dv / block_v, heads, batch) on args = (q, k, v, tables..., s0): outputs
     (o [B, T, H, dv] in q's dtype, final state [B, H, dk, dv] fp32; state_t: [B, H, dv, dk]). With
     ``grid_ctas``, a persistent grid of that many CTAs ("w") instead, which walk the (v, h, b) items. ``dims``
     (dk, dv): the head dims where q, k, v are wider arrays read at column offsets (default: their last dims).
-    ``o_buf``: a Ref the body writes o into (an extra input, updated in place); then only the state is returned."""
+    ``o_buf``: a Ref the body writes o into (an extra input, updated in place); then only the state is returned.
+    ``rows``: o's sequence length where the body walks only the first ``rows`` of longer q, k, v (default: all)."""
     q, v = args[0], args[2]
     b, t, h = q.shape[:3]
+    t = t if rows is None else rows
     dk, dv = (q.shape[-1], v.shape[-1]) if dims is None else dims
     if interpret:
         kernel_kw["interpret"] = plgpu.InterpretGPUParams()
@@ -146,6 +152,16 @@ def _launch(body, scratch, args, *, block_v, interpret, state_t=False, grid_ctas
     )(*args, *(() if o_buf is None else (o_buf,)))
 
 
+def _cols(q, v, cols):
+    """(q start, k start, v start, dk, dv): ``cols``, or whole last dims when None."""
+    return (0, 0, 0, q.shape[-1], v.shape[-1]) if cols is None else tuple(cols)
+
+
+def qkv_view(qkv):
+    """A ShapeDtypeStruct of one third (q, k or v) of an interleaved qkv [B, T, H, 3 D], for the support checks."""
+    return jax.ShapeDtypeStruct((*qkv.shape[:3], qkv.shape[-1] // 3), qkv.dtype)
+
+
 def _columns(x, start, width):
     """x[..., start:start + width] (no copy when that is all of x)."""
     return x if start == 0 and width == x.shape[-1] else x[..., start: start + width]
@@ -156,9 +172,10 @@ def with_tail(run, q, k, v, decay, initial_state, c, reverse=False, cols=None):
     (o, final state)`` (a kernel call), the T % c tail in the jnp reference from the kernel's final state (exact).
     Returns (o [B, T, H, dv] in q.dtype, final fp32 state). ``reverse`` (T a multiple of c): the kernel walks the
     blocks from the last, with the in-block tables mirrored (the causal mask transposed, the row factors reversed).
-    ``cols`` (q start, k start, v start, dk, dv): q, k, v are read at those columns of wider arrays."""
+    ``cols`` (q start, k start, v start, dk, dv): q, k, v are read at those columns of wider arrays, which ``run`` gets
+    whole with ``rows`` = the tokens of whole blocks (no copy of the first rows of a wide array)."""
     t = q.shape[1]
-    qc, kc, vc, dk, dv = (0, 0, 0, q.shape[-1], v.shape[-1]) if cols is None else cols
+    qc, kc, vc, dk, dv = _cols(q, v, cols)
     t_main = (t // c) * c
     state = None if initial_state is None else initial_state.astype(jnp.float32)
     outs = []
@@ -167,8 +184,11 @@ def with_tail(run, q, k, v, decay, initial_state, c, reverse=False, cols=None):
         if reverse:  # token i of a block is step C - 1 - i of the reversed scan
             mask, qdec, kdec = jnp.swapaxes(mask, 1, 2), qdec[:, ::-1], kdec[:, ::-1]
         s0 = state if state is not None else jnp.zeros((1, 1, dk, dv), jnp.float32)
-        sl = lambda x: x if t_main == t else x[:, :t_main]  # noqa: E731
-        o_main, state = run(sl(q), sl(k), sl(v), mask, qdec, kdec, bdec, s0, has_init=state is not None)
+        if cols is None:
+            sl = lambda x: x if t_main == t else x[:, :t_main]  # noqa: E731
+            o_main, state = run(sl(q), sl(k), sl(v), mask, qdec, kdec, bdec, s0, has_init=state is not None)
+        else:
+            o_main, state = run(q, k, v, mask, qdec, kdec, bdec, s0, has_init=state is not None, rows=t_main)
         outs.append(o_main)
     if t_main < t:
         o_tail, state = reference.chunked(
@@ -182,11 +202,12 @@ def with_tail(run, q, k, v, decay, initial_state, c, reverse=False, cols=None):
 
 def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, interpret, p_in_smem=None,
                  num_slots=2, lean=False, vdecay=False, q_regs=False, m_regs=False, state_t=False,
-                 grid_ctas=None, reverse=False, cols=None, o_buf=None, o_col=0):
+                 grid_ctas=None, reverse=False, cols=None, o_buf=None, o_col=0, rows=None):
     # cols (q start, k start, v start, dk, dv): q, k, v are read at those columns of wider arrays (the interleaved
-    # q|k|v projection); o_buf: a Ref [B, T, H, >= o_col + dv] that o is written into at column o_col, in place.
-    qc, kc, vc, dk, dv = (0, 0, 0, q.shape[-1], v.shape[-1]) if cols is None else cols
-    t = q.shape[1]
+    # q|k|v projection); o_buf: a Ref [B, T, H, >= o_col + dv] that o is written into at column o_col, in place;
+    # rows: walk only the first rows (whole blocks) of q, k, v.
+    qc, kc, vc, dk, dv = _cols(q, v, cols)
+    t = q.shape[1] if rows is None else rows
     nblk = t // c
     dtype = q.dtype
     f32 = jnp.float32
@@ -432,7 +453,7 @@ def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, i
     scratch = smem_types(permanent)
     scratch.update({name: plgpu.Barrier(num_barriers=n) for name, n in barriers.items()})
     launch = functools.partial(_launch, block_v=block_v, interpret=interpret, grid_ctas=grid_ctas, dims=(dk, dv),
-                               o_buf=o_buf)
+                               o_buf=o_buf, rows=t)
     if state_t:
         s0 = jnp.swapaxes(s0, -1, -2)  # [B, H, dv, dk] (an [1, 1, dk, dv] placeholder without an initial state)
     out = launch(body, scratch, (q, k, v, mask, qdec, kdec, bdec, s0), state_t=state_t)
@@ -503,9 +524,10 @@ def forward_columns(q, k, v, decay, *, cols=None, o_buf=None, o_col=0, initial_s
             raise TypeError(f"unknown flag {name!r} (expected one of {_FLAGS})")
         if not isinstance(flag, bool):
             raise ValueError(f"{name} must be a bool, got {flag!r}")
-    qc, kc, vc, dk, dv = (0, 0, 0, q.shape[-1], v.shape[-1]) if cols is None else cols
+    qc, kc, vc, dk, dv = _cols(q, v, cols)
     for name, x, start, width in (("q", q, qc, dk), ("k", k, kc, dk), ("v", v, vc, dv)):
-        if x.ndim != 4 or start < 0 or start + width > x.shape[-1]:
+        if x.ndim != 4 or not all(isinstance(n, int) for n in (start, width)) or start < 0 or width < 1 or \
+                start + width > x.shape[-1]:
             raise ValueError(f"{name}'s columns [{start}, {start + width}) are not within its shape {x.shape}")
     view = lambda x, d: jax.ShapeDtypeStruct((*x.shape[:3], d), x.dtype)  # noqa: E731
     qv, kv, vv = view(q, dk), view(k, dk), view(v, dv)
@@ -520,7 +542,8 @@ def forward_columns(q, k, v, decay, *, cols=None, o_buf=None, o_col=0, initial_s
         raise ValueError(f"reverse=True needs a sequence length that is a multiple of {c}, got {q.shape[1]}")
     if o_buf is not None:
         shape, dtype = tuple(o_buf.shape), o_buf.dtype
-        if len(shape) != 4 or shape[:3] != q.shape[:3] or o_col < 0 or o_col + dv > shape[-1] or dtype != q.dtype:
+        if (len(shape) != 4 or shape[:3] != q.shape[:3] or not isinstance(o_col, int) or o_col < 0
+                or o_col + dv > shape[-1] or dtype != q.dtype):
             raise ValueError(f"o_buf must be [B, T, H, >= {o_col + dv}] {q.dtype}, got {shape} {dtype}")
         if q.shape[1] % c:
             raise ValueError(f"o_buf needs a sequence length that is a multiple of {c}, got {q.shape[1]}")
@@ -593,7 +616,7 @@ def lightning_attention_qkv(qkv, decay, *, initial_state=None, segment_ids=None,
     reason = gpu_triton_qkv.qkv_unsupported_reason(qkv)
     if reason is not None:
         raise ValueError(reason)
-    view = jax.ShapeDtypeStruct((*qkv.shape[:3], d), qkv.dtype)
+    view = qkv_view(qkv)
     if unsupported_reason(view, view, view, decay, initial_state, segment_ids) is not None:
         return gpu_triton_qkv.lightning_attention_qkv(qkv, decay, initial_state=initial_state, segment_ids=segment_ids,
                                                       block_size=block_size, interpret=interpret, seq_split=seq_split)

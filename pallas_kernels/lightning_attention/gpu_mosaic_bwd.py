@@ -108,8 +108,7 @@ def backward_qkv(qkv, decay, initial_state, do, dst, *, interpret=False):
 def backward_qkv_or_triton(qkv, decay, initial_state, segment_ids, do, dst, *, params):
     """gpu_triton_qkv.qkv_with_backward's backward: ``backward_qkv`` where the passes apply, else the interleaved
     Triton kernels (``gpu_triton_qkv.backward_qkv``)."""
-    d = qkv.shape[-1] // 3
-    view = jax.ShapeDtypeStruct((*qkv.shape[:3], d), qkv.dtype)
+    view = gpu_mosaic.qkv_view(qkv)
     if unsupported_reason(view, view, view, decay, initial_state, segment_ids) is None:
         return backward_qkv(qkv, decay, initial_state, do, dst, interpret=params.interpret)
     return gpu_triton_qkv.backward_qkv(qkv, decay, initial_state, segment_ids, do, dst, params=params)

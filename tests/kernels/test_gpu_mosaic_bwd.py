@@ -8,6 +8,7 @@ whole forward + backward for CUDA. The support checks run everywhere.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import jax
@@ -104,33 +105,38 @@ def test_ragged_length_falls_back_to_triton_backward(rng):
 
 
 @needs_gpu_interpret
-@pytest.mark.parametrize("parts", [1, 2])
-def test_qkv_three_pass_backward_interpret(rng, monkeypatch, parts):
+@pytest.mark.parametrize("parts,sms,init,t",
+                         [(1, 1, True, 4 * 64), (2, 132, False, 4 * 64), (1, 132, True, 2 * 64 + 17)],
+                         ids=["lean-persistent", "split-3-slot", "ragged"])
+def test_qkv_three_pass_backward_interpret(rng, monkeypatch, parts, sms, init, t):
     """ops.lightning_attention_qkv(impl="mosaic_gpu_all"): the forward reads q | k | v in place, the three passes
-    write d qkv in place; against jax.vjp of the fp32 reference on the slices, whole and on a 2-way sequence split
-    (split_sequence_qkv seeds each chunk's passes with its end-state cotangent). 1 "SM": the lean persistent
-    layout."""
+    write d qkv in place; against jax.vjp of the fp32 reference on the slices: with 1 "SM" (the lean persistent
+    layout) and an initial state; on a 2-way sequence split (split_sequence_qkv seeds each chunk's passes with its
+    end-state cotangent) with the 3-slot layout and none; a ragged length (the forward's whole blocks read qkv's first
+    rows in place, the tail in the reference; the backward falls back to the interleaved Triton kernels)."""
     from pallas_kernels.lightning_attention import split
 
-    monkeypatch.setattr(split, "num_sms", lambda: 1)
-    b, t, d = 1, 4 * 64, 64
+    monkeypatch.setattr(split, "num_sms", lambda: sms)
+    b, d = 1, 64
     qkv = jnp.asarray(rng.standard_normal((b, t, H, 3 * d)) / d**0.25, jnp.float32).astype(jnp.bfloat16)
-    s0 = jnp.asarray(rng.standard_normal((b, H, d, d)), jnp.float32)
+    s0 = jnp.asarray(rng.standard_normal((b, H, d, d)), jnp.float32) if init else None
     do = jnp.asarray(rng.standard_normal((b, t, H, d)), jnp.float32).astype(jnp.bfloat16)
     dst = jnp.asarray(rng.standard_normal((b, H, d, d)), jnp.float32)
 
     def run(x, s, impl, **kw):
-        def f(x, s):
-            return ops.lightning_attention_qkv(x, DECAY, initial_state=s, return_state=True, impl=impl, **kw)
+        def f(x, *s):
+            return ops.lightning_attention_qkv(x, DECAY, initial_state=s[0] if s else None, return_state=True,
+                                               impl=impl, **kw)
 
-        out, pullback = jax.vjp(f, x, s)
+        out, pullback = jax.vjp(f, x, *(() if s is None else (s,)))
         return out, pullback((do.astype(out[0].dtype), dst))
 
-    (o, st), (dqkv, ds0) = jax.jit(lambda x, s: run(x, s, "mosaic_gpu_all", interpret=True, seq_split=parts))(
+    (o, st), (dqkv, *ds0) = jax.jit(lambda x, s: run(x, s, "mosaic_gpu_all", interpret=True, seq_split=parts))(
         qkv, s0)
-    (o_r, st_r), (dqkv_r, ds0_r) = jax.jit(lambda x, s: run(x, s, "reference"))(qkv.astype(jnp.float32), s0)
-    assert dqkv.dtype == jnp.bfloat16 and dqkv.shape == qkv.shape
-    assert rel_err(o, o_r) < 2e-2 and rel_err(st, st_r) < 2e-2 and rel_err(ds0, ds0_r) < 2e-2
+    (o_r, st_r), (dqkv_r, *ds0_r) = jax.jit(lambda x, s: run(x, s, "reference"))(qkv.astype(jnp.float32), s0)
+    assert dqkv.dtype == jnp.bfloat16 and dqkv.shape == qkv.shape and len(ds0) == len(ds0_r) == int(init)
+    assert rel_err(o, o_r) < 2e-2 and rel_err(st, st_r) < 2e-2
+    assert all(rel_err(a, b) < 2e-2 for a, b in zip(ds0, ds0_r, strict=True))
     for i, name in enumerate(("dq", "dk", "dv")):  # each third is its own gradient (a misplaced one is O(1) off)
         assert rel_err(dqkv[..., i * d: (i + 1) * d], dqkv_r[..., i * d: (i + 1) * d]) < 2e-2, name
 
@@ -150,7 +156,7 @@ def test_qkv_forward_and_backward_lower_for_hopper():
     text = exported.mlir_module()
     assert len(re.findall(r"custom_call @mosaic_gpu_v2", text)) == 4
     assert not re.findall(r"custom_call @triton", text)
-    assert not re.findall(r"stablehlo\.(slice|concatenate|pad)\b[^\n]*tensor<2x256x2x384xbf16>", text)
+    assert not re.findall(r"stablehlo\.(slice|dynamic_slice|concatenate|pad)\b[^\n]*tensor<2x256x2x384xbf16>", text)
 
 
 def test_unsupported_reason():
@@ -170,6 +176,28 @@ def test_reverse_needs_whole_blocks():
     x = jnp.zeros((1, 100, H, 64), jnp.bfloat16)
     with pytest.raises(ValueError, match="reverse=True needs a sequence length that is a multiple of 64, got 100"):
         gpu_mosaic.lightning_attention_fwd(x, x, x, DECAY, interpret=True, reverse=True)
+
+
+def test_forward_columns_rejects_bad_columns_and_buffers():
+    """Runs everywhere (the checks precede any kernel): columns outside the arrays, zero widths, and an output buffer
+    of the wrong shape, dtype or column range, or with a ragged length, are ValueErrors naming the problem."""
+    from pallas_kernels.lightning_attention import gpu_mosaic
+
+    qkv = jnp.zeros((1, 128, H, 3 * 64), jnp.bfloat16)
+    fwd = functools.partial(gpu_mosaic.forward_columns, qkv, qkv, qkv, DECAY, interpret=True)
+    with pytest.raises(ValueError, match=r"v's columns \[160, 224\) are not within"):
+        fwd(cols=(0, 64, 160, 64, 64))
+    with pytest.raises(ValueError, match=r"q's columns \[0, 0\) are not within"):  # a zero width
+        fwd(cols=(0, 64, 128, 0, 64))
+    for buf, col, msg in ((jnp.zeros((1, 128, H, 192), jnp.float32), 0, "o_buf must be"),
+                          (jnp.zeros((1, 64, H, 192), jnp.bfloat16), 0, "o_buf must be"),
+                          (jnp.zeros((1, 128, H, 192), jnp.bfloat16), 160, "o_buf must be")):
+        with pytest.raises(ValueError, match=msg):
+            fwd(cols=(0, 64, 128, 64, 64), o_buf=jax.new_ref(buf), o_col=col)
+    ragged = jnp.zeros((1, 100, H, 3 * 64), jnp.bfloat16)
+    with pytest.raises(ValueError, match="o_buf needs a sequence length that is a multiple of 64, got 100"):
+        gpu_mosaic.forward_columns(ragged, ragged, ragged, DECAY, cols=(0, 64, 128, 64, 64),
+                                   o_buf=jax.new_ref(ragged), interpret=True)
 
 
 @needs_gpu_interpret
