@@ -126,16 +126,14 @@ from pallas_kernels.lightning_attention.gpu_mosaic_layout import (  # noqa: F401
 
 
 def _launch(body, scratch, args, *, block_v, interpret, state_t=False, grid_ctas=None, dims=None, o_buf=None,
-            rows=None, **kernel_kw):
+            **kernel_kw):
     """Run ``body`` over the grid (dv / block_v, heads, batch) on args = (q, k, v, tables..., s0): outputs
     (o [B, T, H, dv] in q's dtype, final state [B, H, dk, dv] fp32; state_t: [B, H, dv, dk]). With
     ``grid_ctas``, a persistent grid of that many CTAs ("w") instead, which walk the (v, h, b) items. ``dims``
     (dk, dv): the head dims where q, k, v are wider arrays read at column offsets (default: their last dims).
-    ``o_buf``: a Ref the body writes o into (an extra input, updated in place); then only the state is returned.
-    ``rows``: o's sequence length where the body walks only the first ``rows`` of longer q, k, v (default: all)."""
+    ``o_buf``: a Ref the body writes o into (an extra input, updated in place); then only the state is returned."""
     q, v = args[0], args[2]
     b, t, h = q.shape[:3]
-    t = t if rows is None else rows
     dk, dv = (q.shape[-1], v.shape[-1]) if dims is None else dims
     if interpret:
         kernel_kw["interpret"] = plgpu.InterpretGPUParams()
@@ -172,8 +170,7 @@ def with_tail(run, q, k, v, decay, initial_state, c, reverse=False, cols=None):
     (o, final state)`` (a kernel call), the T % c tail in the jnp reference from the kernel's final state (exact).
     Returns (o [B, T, H, dv] in q.dtype, final fp32 state). ``reverse`` (T a multiple of c): the kernel walks the
     blocks from the last, with the in-block tables mirrored (the causal mask transposed, the row factors reversed).
-    ``cols`` (q start, k start, v start, dk, dv): q, k, v are read at those columns of wider arrays, which ``run`` gets
-    whole with ``rows`` = the tokens of whole blocks (no copy of the first rows of a wide array)."""
+    ``cols`` (q start, k start, v start, dk, dv): q, k, v are read at those columns of wider arrays."""
     t = q.shape[1]
     qc, kc, vc, dk, dv = _cols(q, v, cols)
     t_main = (t // c) * c
@@ -184,11 +181,11 @@ def with_tail(run, q, k, v, decay, initial_state, c, reverse=False, cols=None):
         if reverse:  # token i of a block is step C - 1 - i of the reversed scan
             mask, qdec, kdec = jnp.swapaxes(mask, 1, 2), qdec[:, ::-1], kdec[:, ::-1]
         s0 = state if state is not None else jnp.zeros((1, 1, dk, dv), jnp.float32)
-        if cols is None:
-            sl = lambda x: x if t_main == t else x[:, :t_main]  # noqa: E731
-            o_main, state = run(sl(q), sl(k), sl(v), mask, qdec, kdec, bdec, s0, has_init=state is not None)
-        else:
-            o_main, state = run(q, k, v, mask, qdec, kdec, bdec, s0, has_init=state is not None, rows=t_main)
+        # A ragged length slices the whole blocks' rows off (a copy, of the wide array with cols): Mosaic's TMA
+        # lowering rejects a sequence dimension that is not a multiple of its 8-row tiling (reading only the first
+        # rows of the whole array in place failed there, 2026-12-01)
+        sl = lambda x: x if t_main == t else x[:, :t_main]  # noqa: E731
+        o_main, state = run(sl(q), sl(k), sl(v), mask, qdec, kdec, bdec, s0, has_init=state is not None)
         outs.append(o_main)
     if t_main < t:
         o_tail, state = reference.chunked(
@@ -202,12 +199,11 @@ def with_tail(run, q, k, v, decay, initial_state, c, reverse=False, cols=None):
 
 def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, interpret, p_in_smem=None,
                  num_slots=2, lean=False, vdecay=False, q_regs=False, m_regs=False, state_t=False,
-                 grid_ctas=None, reverse=False, cols=None, o_buf=None, o_col=0, rows=None):
+                 grid_ctas=None, reverse=False, cols=None, o_buf=None, o_col=0):
     # cols (q start, k start, v start, dk, dv): q, k, v are read at those columns of wider arrays (the interleaved
-    # q|k|v projection); o_buf: a Ref [B, T, H, >= o_col + dv] that o is written into at column o_col, in place;
-    # rows: walk only the first rows (whole blocks) of q, k, v.
+    # q|k|v projection); o_buf: a Ref [B, T, H, >= o_col + dv] that o is written into at column o_col, in place.
     qc, kc, vc, dk, dv = _cols(q, v, cols)
-    t = q.shape[1] if rows is None else rows
+    t = q.shape[1]
     nblk = t // c
     dtype = q.dtype
     f32 = jnp.float32
@@ -453,7 +449,7 @@ def _kernel_call(q, k, v, mask, qdec, kdec, bdec, s0, *, c, block_v, has_init, i
     scratch = smem_types(permanent)
     scratch.update({name: plgpu.Barrier(num_barriers=n) for name, n in barriers.items()})
     launch = functools.partial(_launch, block_v=block_v, interpret=interpret, grid_ctas=grid_ctas, dims=(dk, dv),
-                               o_buf=o_buf, rows=t)
+                               o_buf=o_buf)
     if state_t:
         s0 = jnp.swapaxes(s0, -1, -2)  # [B, H, dv, dk] (an [1, 1, dk, dv] placeholder without an initial state)
     out = launch(body, scratch, (q, k, v, mask, qdec, kdec, bdec, s0), state_t=state_t)
