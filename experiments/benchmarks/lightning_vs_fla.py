@@ -60,26 +60,23 @@ def jax_fns(b, t, h, d, decay, variants=(), interpret=False, impls=(), qkv_impls
     ks = jax.random.split(jax.random.key(b * 1_000_003 + t), 3)
     q, k, v = (jax.random.normal(x, (b, t, h, d), jnp.float32).astype(jnp.bfloat16) / d**0.25 for x in ks)
 
-    def passes(impl):
-        def op(q, k, v):
-            return pallas_kernels.lightning_attention(q, k, v, decay, impl=impl, interpret=interpret and impl != "auto")
-
+    def timed(op, *xs):
+        """{"fwd": op(*xs), "fwd+bwd": value_and_grad of sum(op) w.r.t. xs}, jitted, as thunks. value_and_grad, not
+        grad: the kernels' custom_vjp keeps only the inputs as residuals, so under jax.grad alone the forward's
+        output is dead and JAX drops the forward kernel (fla's fwd+bwd runs its forward)."""
         fwd = jax.jit(op)
-        # value_and_grad, not grad: the kernels' custom_vjp keeps only the inputs as residuals, so under jax.grad
-        # alone the forward's output is dead and JAX drops the forward kernel (fla's fwd+bwd runs its forward)
-        loss = lambda q, k, v: jnp.sum(op(q, k, v).astype(jnp.float32))  # noqa: E731
-        fwd_bwd = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
-        return {"fwd": lambda: fwd(q, k, v), "fwd+bwd": lambda: fwd_bwd(q, k, v)}
+        loss = lambda *a: jnp.sum(op(*a).astype(jnp.float32))  # noqa: E731
+        fwd_bwd = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(len(xs)))))
+        return {"fwd": lambda: fwd(*xs), "fwd+bwd": lambda: fwd_bwd(*xs)}
+
+    def passes(impl):
+        return timed(lambda q, k, v: pallas_kernels.lightning_attention(
+            q, k, v, decay, impl=impl, interpret=interpret and impl != "auto"), q, k, v)
 
     def qkv_passes(impl):
         qkv = jnp.concatenate([q, k, v], axis=-1)  # [b, t, h, 3 d]: the lightning layer's projection, per head
-
-        def op(x):
-            return pallas_kernels.lightning_attention_qkv(x, decay, impl=impl, interpret=interpret and impl != "auto")
-
-        fwd = jax.jit(op)
-        fwd_bwd = jax.jit(jax.value_and_grad(lambda x: jnp.sum(op(x).astype(jnp.float32))))
-        return {"fwd": lambda: fwd(qkv), "fwd+bwd": lambda: fwd_bwd(qkv)}
+        return timed(lambda x: pallas_kernels.lightning_attention_qkv(
+            x, decay, impl=impl, interpret=interpret and impl != "auto"), qkv)
 
     fns = {("ours", p): fn for p, fn in passes("auto").items()}
     for impl in impls:

@@ -2,8 +2,7 @@
 and lightning_vs_fla.py --mosaic-variants (in rounds) time side by side: spec strings joining bv32 / bv64 (value-column
 tile), lean (the shared-memory-lean layout), slots2 / slots3, vd / st / rq / rm (the step with less SMEM traffic: decay
 on V, the state transposed, Q in registers, the mask and row factors in registers), pers (a persistent grid), or
-ws / ws3 (the warp-specialised kernel,
-gpu_mosaic_ws.py), e.g. "bv64,bv32lean,vdrqrm,ws3"."""
+ws / ws3 (the warp-specialised kernel, gpu_mosaic_ws.py), e.g. "bv64,bv32lean,vdrqrm,ws3"."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ lightning-attention forward with the operands renamed (per head, s = decay):
          = forward(q=v, k=dO, v=q, initial_state=e^{s} dS_T^T, reverse=True).o
     dS0  = sum_t e^{-s(t+1)} q_t^T dO_t + e^{-sT} dS_T = e^{-s} x (the dv pass's final state)
 
-``reverse=True`` walks the blocks from the end with the in-block tables mirrored (gpu_mosaic.with_tail), so no
+``reverse=True`` walks the blocks from the end with the in-block tables mirrored (gpu_mosaic_call.with_tail), so no
 array is flipped in memory. The reverse scan's initial state enters one step after the last token (weight
 e^{-s(T-t)}), hence the e^{s} on dS_T. Each pass reads three [B, T, H, D] arrays and writes one, as each of the
 Triton backward's three kernels does, and runs at the forward's speed with ``gpu_mosaic.auto_layout``'s layout.
@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from pallas_kernels.lightning_attention import gpu_mosaic, gpu_triton, gpu_triton_qkv
+from pallas_kernels.lightning_attention import gpu_mosaic, gpu_mosaic_call, gpu_triton, gpu_triton_qkv
 
 _F32 = jnp.float32
 BLOCK = 64
@@ -108,7 +108,7 @@ def backward_qkv(qkv, decay, initial_state, do, dst, *, interpret=False):
 def backward_qkv_or_triton(qkv, decay, initial_state, segment_ids, do, dst, *, params):
     """gpu_triton_qkv.qkv_with_backward's backward: ``backward_qkv`` where the passes apply, else the interleaved
     Triton kernels (``gpu_triton_qkv.backward_qkv``)."""
-    view = gpu_mosaic.qkv_view(qkv)
+    view = gpu_mosaic_call.qkv_view(qkv)
     if unsupported_reason(view, view, view, decay, initial_state, segment_ids) is None:
         return backward_qkv(qkv, decay, initial_state, do, dst, interpret=params.interpret)
     return gpu_triton_qkv.backward_qkv(qkv, decay, initial_state, segment_ids, do, dst, params=params)

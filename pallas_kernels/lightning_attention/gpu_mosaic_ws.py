@@ -73,15 +73,14 @@ from jax import lax
 
 from pallas_kernels.lightning_attention.gpu_mosaic import (
     BLOCK_V,
-    _launch,
     _load,
     _smem_types,
     _t,
     check_supported,
     pl,
     plgpu,
-    with_tail,
 )
+from pallas_kernels.lightning_attention.gpu_mosaic_call import _launch, with_tail
 
 INTRA, STATE, MEM = 0, 1, 2  # warpgroup indices
 COMPUTE_REGS, MEM_REGS = 232, 40  # 128 * (2 * 232 + 40) = 64512 <= 65536 registers per SM

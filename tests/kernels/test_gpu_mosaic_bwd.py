@@ -230,14 +230,14 @@ def _record_passes(monkeypatch, b):
     """Replace gpu_mosaic.forward_columns by a recorder: each call's (q, k, v) views (its columns), initial state,
     reverse flag, layout and output column; o is the pass's index + 1 (written into o_buf when given), the final
     state 2."""
-    from pallas_kernels.lightning_attention import gpu_mosaic
+    from pallas_kernels.lightning_attention import gpu_mosaic, gpu_mosaic_call
 
     calls = []
 
     def fake(q_, k_, v_, decay, *, cols, o_buf=None, o_col=0, initial_state=None, reverse=False, interpret=False,
              **layout):
         qc, kc, vc, dk, dv = cols
-        views = tuple(gpu_mosaic._columns(x, c, w) for x, c, w in ((q_, qc, dk), (k_, kc, dk), (v_, vc, dv)))
+        views = tuple(gpu_mosaic_call._columns(x, c, w) for x, c, w in ((q_, qc, dk), (k_, kc, dk), (v_, vc, dv)))
         calls.append((views, initial_state, reverse, layout, o_col))
         o = jnp.full(q_.shape[:3] + (dv,), len(calls), q_.dtype)
         final = jnp.full((b, H, dk, dv), 2.0, jnp.float32)
